@@ -1,0 +1,54 @@
+"""One interface over every text generator ragtune talks to: local transformers models and OpenAI-compatible servers.
+
+Stages (synthesis, evaluation, retriever training, serving) depend on this interface only, never on a backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings. The default is greedy, which makes evaluation deterministic."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """One completion, with the accounting every caller wants (tokens, time)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    finish_reason: str = "stop"
+    raw: dict[str, Any] | None = None
+
+
+class LLM(ABC):
+    """A chat model. Backends implement `generate` and `loglikelihood`; `chat` is a convenience over `generate`."""
+
+    name: str = "llm"
+
+    @abstractmethod
+    def generate(
+        self, conversations: list[list[Message]], config: GenerationConfig | None = None, batch_size: int = 8
+    ) -> list[Generation]:
+        """Complete each conversation (batched where the backend can); results in input order."""
+
+    @abstractmethod
+    def loglikelihood(self, requests: list[tuple[list[Message], str]], batch_size: int = 8) -> list[float]:
+        """Sum of log p(continuation tokens | conversation rendered with the chat template, as the assistant turn)."""
+
+    def chat(self, messages: list[Message], config: GenerationConfig | None = None) -> str:
+        return self.generate([messages], config)[0].text
