@@ -96,6 +96,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
@@ -164,10 +165,23 @@ def _hub(ref: str) -> ResolvedModel:
 _EMBEDDERS: dict[tuple[str, str], object] = {}
 
 
+def quiet_transformers() -> None:
+    """Keep weight-loading progress bars and advisory warnings out of ragtune's own output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
 def load_embedder(ref: str | None = None, device: str | None = None):
     """A SentenceTransformer for `ref`, loaded once per process (loading costs seconds, embedding is the hot path)."""
     from sentence_transformers import SentenceTransformer
 
+    quiet_transformers()
     resolved = resolve_embedder(ref)
     key = (resolved.path, device or "auto")
     model = _EMBEDDERS.get(key)

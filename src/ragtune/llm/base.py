@@ -6,7 +6,8 @@ Stages (synthesis, evaluation, retriever training, serving) depend on this inter
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+import threading
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
@@ -35,10 +36,52 @@ class Generation:
     raw: dict[str, Any] | None = None
 
 
+@dataclass
+class Usage:
+    """Running totals of what a backend spent, so a synthesis run can report tokens, retries and dollars."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    cost_usd: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, generation: Generation, cost_usd: float = 0.0) -> None:
+        with self._lock:
+            self.requests += 1
+            self.prompt_tokens += generation.prompt_tokens
+            self.completion_tokens += generation.completion_tokens
+            self.seconds += generation.seconds
+            self.cost_usd += cost_usd
+
+    def count(self, retries: int = 0, failures: int = 0) -> None:
+        with self._lock:
+            self.retries += retries
+            self.failures += failures
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("_lock", None)
+        data["seconds"] = round(self.seconds, 3)
+        data["cost_usd"] = round(self.cost_usd, 6)
+        return data
+
+
 class LLM(ABC):
     """A chat model. Backends implement `generate` and `loglikelihood`; `chat` is a convenience over `generate`."""
 
     name: str = "llm"
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens, requests, retries and cost so far (created on first use, so subclasses need no __init__ call)."""
+        current = self.__dict__.get("_usage")
+        if current is None:
+            current = self.__dict__["_usage"] = Usage()
+        return current
 
     @abstractmethod
     def generate(

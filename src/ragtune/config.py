@@ -1,0 +1,50 @@
+"""Settings of each stage as pydantic models, with defaults that run offline on a laptop.
+
+The CLI builds these from its options; `ragtune run CONFIG.yaml` (later) reads the same models from YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from ragtune.models import default_embedder
+
+ChunkerName = Literal["tokens", "sentences", "paragraphs", "semantic"]
+SearchMode = Literal["hybrid", "dense", "bm25"]
+
+
+class IngestConfig(BaseModel):
+    """How documents become indexed chunks.
+
+    Chunk size and overlap are counted in the embedder's own tokens (MiniLM reads at most 256, so the default of 200
+    leaves room for the title line and special tokens).
+    """
+
+    embedder: str = Field(default_factory=default_embedder)
+    chunker: ChunkerName = "sentences"
+    chunk_size: int = 200
+    overlap: int = 0
+    batch_size: int = 32
+    commit_every: int = 512
+    format: str = "auto"
+    text_field: str | None = None
+    id_field: str | None = None
+    title_field: str | None = None
+    metadata_fields: list[str] | None = None
+    tenant: str | None = None
+    version: str | None = None
+    prune: bool = True
+    device: str | None = None
+
+
+class SearchConfig(BaseModel):
+    """How a query is answered: which legs run, how many candidates each gives, how they are fused."""
+
+    mode: SearchMode = "hybrid"
+    k: int = 5
+    candidates: int = 50
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0

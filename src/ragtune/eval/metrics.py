@@ -1,0 +1,271 @@
+"""Answer, quote, retrieval and speed metrics.
+
+Answer scores follow the official SQuAD evaluation script (normalisation: lowercase, drop punctuation, drop the
+articles a/an/the, collapse whitespace; the score of a prediction is its best score over the gold aliases) so the
+numbers are comparable to published ones, RAFT's included. Everything here is a pure function of strings and lists:
+the runner decides what was shown and generated, this module only counts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+ANSWER_MARKER = "<ANSWER>:"
+QUOTE_BEGIN = "##begin_quote##"
+QUOTE_END = "##end_quote##"
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = set(string.punctuation)
+_ANSWER_RE = re.compile(r"<\s*answer\s*>\s*:?", re.IGNORECASE)
+_QUOTE_RE = re.compile(re.escape(QUOTE_BEGIN) + r"(.*?)" + re.escape(QUOTE_END), re.DOTALL)
+_LEAD_IN = re.compile(r"^\s*(final answer|short answer|answer)\s*[:\-]\s*", re.IGNORECASE)
+# Phrases a model uses to decline; an abstention is the correct answer to an unanswerable (SQuAD 2.0) question.
+_ABSTAIN = re.compile(
+    r"\b(unanswerable|no answer|not answerable|cannot be answered|can ?not answer|can't be answered|"
+    r"not (?:mentioned|stated|given|provided|specified|found|in the (?:context|documents?|text|passage))|"
+    r"does(?: not|n't) (?:say|mention|state|provide|contain|specify)|i do(?: not|n't) know|unknown|"
+    r"insufficient information|not enough information)\b",
+    re.IGNORECASE,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Answers
+
+
+def normalize_answer(text: str) -> str:
+    """The SQuAD official normalisation: lowercase, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def extract_answer(generation: str) -> str:
+    """The short answer inside a generation.
+
+    RAFT-style outputs end with `<ANSWER>: ...`; everything before is reasoning and must not be scored. Without the
+    marker the answer is the first non-empty line, cut at the first sentence end, with a leading "Answer:" removed:
+    small models often keep talking after the answer, and that tail would only dilute F1.
+    """
+    text = generation.strip()
+    match = None
+    for match in _ANSWER_RE.finditer(text):
+        pass
+    if match is not None:  # the last marker wins: a model may restate the format in its reasoning
+        text = text[match.end() :].strip()
+        text = text.split("\n", 1)[0].strip() if text else ""
+        text = text.replace(QUOTE_BEGIN, "").replace(QUOTE_END, "").strip()
+        return _strip_wrappers(text)
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            text = line
+            break
+    else:
+        return ""
+    text = _LEAD_IN.sub("", text)
+    text = _first_sentence(text)
+    return _strip_wrappers(text)
+
+
+def _first_sentence(text: str) -> str:
+    # A sentence ends at . ! ? followed by a space and a capital letter or the end; "U.S." and "3.5" survive.
+    match = re.search(r"(?<=[^\s.][.!?])\s+(?=[A-Z(\"'])", text)
+    return text[: match.start()] if match else text
+
+
+def _strip_wrappers(text: str) -> str:
+    text = text.strip().strip("*").strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1]
+    return text.strip()
+
+
+def is_abstention(prediction: str) -> bool:
+    """Whether an answer declines to answer (empty, or says the documents do not contain it)."""
+    return not normalize_answer(prediction) or bool(_ABSTAIN.search(prediction))
+
+
+def _f1_single(prediction: str, gold: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:  # the official script: 1 only when both are empty
+        return float(pred_tokens == gold_tokens)
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision = same / len(pred_tokens)
+    recall = same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, golds: Sequence[str], answerable: bool = True) -> float:
+    """1.0 when the normalised prediction equals a normalised gold alias.
+
+    An unanswerable question (no gold alias, or `answerable=False`) is answered correctly by an abstention, the SQuAD
+    2.0 convention (the official script compares against the empty string; we also accept "unanswerable" and
+    its paraphrases, because an instruction-tuned model says so rather than printing nothing).
+    """
+    if not answerable or not golds:
+        return float(is_abstention(prediction))
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in golds))
+
+
+def f1_score(prediction: str, golds: Sequence[str], answerable: bool = True) -> float:
+    """Token-level F1 after normalisation, the best over the gold aliases (abstention rule as in `exact_match`)."""
+    if not answerable or not golds:
+        return float(is_abstention(prediction))
+    return max(_f1_single(prediction, g) for g in golds)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Quotes (RAFT chain-of-thought answers copy evidence between ##begin_quote## and ##end_quote##)
+
+
+def extract_quotes(generation: str) -> list[str]:
+    """The non-empty quoted spans of a generation, in order."""
+    return [q.strip() for q in _QUOTE_RE.findall(generation) if q.strip()]
+
+
+def _quote_key(text: str) -> str:
+    # Whitespace and case are not evidence; punctuation at the span's ends is often trimmed by the model.
+    return " ".join(text.lower().split()).strip(string.punctuation + " ")
+
+
+def quote_in(quote: str, documents: Iterable[str]) -> bool:
+    """Whether a quoted span occurs verbatim (up to whitespace and case) in one of the documents."""
+    key = _quote_key(quote)
+    if not key:
+        return False
+    return any(key in " ".join(doc.lower().split()) for doc in documents)
+
+
+def quote_stats(generation: str, shown_docs: Sequence[str], gold_docs: Sequence[str]) -> dict[str, Any]:
+    """Per-answer quote accounting: how many spans were quoted, how many are real, whether one cites an oracle."""
+    quotes = extract_quotes(generation)
+    valid = [q for q in quotes if quote_in(q, shown_docs)]
+    cites_oracle = any(quote_in(q, gold_docs) for q in valid) if gold_docs else False
+    return {"quotes": len(quotes), "valid_quotes": len(valid), "cites_oracle": cites_oracle}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Retrieval (binary relevance against the gold documents)
+
+
+def _dedupe(ids: Sequence[str]) -> list[str]:
+    # Several chunks of one document count once, at the rank of the best chunk.
+    seen: set[str] = set()
+    out = []
+    for i in ids:
+        if i not in seen:
+            seen.add(i)
+            out.append(i)
+    return out
+
+
+def recall_at_k(retrieved: Sequence[str], gold: Iterable[str], k: int) -> float:
+    """Share of gold documents found in the top k (documents, not chunks)."""
+    gold_set = set(gold)
+    if not gold_set:
+        return 0.0
+    top = set(_dedupe(retrieved)[:k])
+    return len(top & gold_set) / len(gold_set)
+
+
+def mrr(retrieved: Sequence[str], gold: Iterable[str], k: int | None = None) -> float:
+    """Reciprocal rank of the first gold document (0 when none is retrieved)."""
+    gold_set = set(gold)
+    ranked = _dedupe(retrieved)
+    for rank, doc_id in enumerate(ranked[:k] if k else ranked, start=1):
+        if doc_id in gold_set:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at_k(retrieved: Sequence[str], gold: Iterable[str], k: int) -> float:
+    """Binary-relevance nDCG@k: DCG of the ranking over the DCG of a ranking with every gold document first."""
+    gold_set = set(gold)
+    if not gold_set:
+        return 0.0
+    ranked = _dedupe(retrieved)[:k]
+    dcg = sum(1.0 / math.log2(rank + 1) for rank, doc_id in enumerate(ranked, start=1) if doc_id in gold_set)
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(gold_set), k) + 1))
+    return dcg / ideal
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def aggregate(records: Sequence[dict[str, Any]], wall_seconds: float | None = None) -> dict[str, Any]:
+    """Scores of a run from its per-question records (the lines of predictions.jsonl).
+
+    Each record carries `em`, `f1`, `answerable`, `abstained`, quote counts, optional retrieval scores and the
+    generation accounting. Means are over the questions that have the metric; a metric nobody has is None, so a
+    closed-book run does not report a quote precision of 0. Percentages are fractions in [0, 1].
+    """
+    n = len(records)
+    answerable = [r for r in records if r.get("answerable", True)]
+    unanswerable = [r for r in records if not r.get("answerable", True)]
+    scores: dict[str, Any] = {
+        "n": n,
+        "em": _mean([r["em"] for r in records]),
+        "f1": _mean([r["f1"] for r in records]),
+    }
+    if unanswerable:
+        scores["n_unanswerable"] = len(unanswerable)
+        scores["unanswerable_accuracy"] = _mean([float(r["abstained"]) for r in unanswerable])
+        scores["answerable_em"] = _mean([r["em"] for r in answerable])
+        scores["answerable_f1"] = _mean([r["f1"] for r in answerable])
+        scores["answerable_abstain_rate"] = _mean([float(r["abstained"]) for r in answerable])
+    quoted = sum(r.get("quotes", 0) for r in records)
+    scores["quotes_per_answer"] = quoted / n if n else None
+    scores["quote_precision"] = sum(r.get("valid_quotes", 0) for r in records) / quoted if quoted else None
+    with_oracle = [r for r in records if r.get("oracle_shown")]
+    scores["oracle_citation_rate"] = _mean([float(r.get("cites_oracle", False)) for r in with_oracle])
+    with_retrieval = [r for r in records if r.get("retrieval")]
+    if with_retrieval:
+        for key in sorted({key for r in with_retrieval for key in r["retrieval"]}):
+            scores[key] = _mean([r["retrieval"][key] for r in with_retrieval if key in r["retrieval"]])
+    # Speed: per-question latency is the batch's time shared by its questions (that is what a user waits per answer
+    # when the batch is full); throughput uses the wall clock of the whole run when the runner passes it.
+    latencies = [r.get("seconds", 0.0) for r in records]
+    prompt_tokens = sum(r.get("prompt_tokens", 0) for r in records)
+    completion_tokens = sum(r.get("completion_tokens", 0) for r in records)
+    gen_seconds = sum(latencies)
+    total = wall_seconds if wall_seconds is not None else gen_seconds
+    scores.update(
+        {
+            "latency_mean_s": _mean(latencies),
+            "latency_p50_s": _percentile(latencies, 0.5),
+            "latency_p95_s": _percentile(latencies, 0.95),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "generation_seconds": gen_seconds,
+            "questions_per_min": 60.0 * n / total if total else None,
+            "completion_tokens_per_s": completion_tokens / gen_seconds if gen_seconds else None,
+            "prompt_tokens_per_s": prompt_tokens / gen_seconds if gen_seconds else None,
+        }
+    )
+    return scores

@@ -1,0 +1,1 @@
+"""Embedding, the vector store, the lexical index, fusion, and search over them."""

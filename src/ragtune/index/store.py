@@ -1,0 +1,221 @@
+"""The chunk table: one embedded LanceDB table holding every chunk's text, metadata and vector.
+
+Why LanceDB: it is embedded (no server), stores text + metadata + vectors in one versioned table, applies metadata
+filters inside the vector search (prefilter, before top-k), and every `add` is one atomic commit. That last property
+is what makes ingestion crash-safe: a document's chunks are either all in the table or none are, so the table itself
+is the record of what has been indexed (see `ragtune.index.ingest`). benchmarks/retrieval.py measures it against
+exact FAISS search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger is chatty about benign things on stderr
+
+import numpy as np
+import pyarrow as pa
+
+from ragtune.records import Chunk
+from ragtune.workspace import Workspace
+
+TABLE = "chunks"
+CATALOG_COLUMNS = ["chunk_id", "doc_id", "doc_key", "source", "title", "text", "start", "end", "metadata", "tags"]
+_STANDARD_TAG_FIELDS = ("doc_id", "source", "title", "tenant", "version")
+
+
+def chunk_tags(chunk: Chunk) -> list[str]:
+    """'key=value' strings a filter matches against: the standard fields plus every scalar metadata entry."""
+    tags = []
+    for key in _STANDARD_TAG_FIELDS:
+        value = getattr(chunk, key)
+        if value not in (None, ""):
+            tags.append(f"{key}={value}")
+    for key, value in chunk.metadata.items():
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            tags.append(f"{key}={value}")
+    return tags
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def filter_sql(filters: dict[str, str] | None) -> str | None:
+    """A LanceDB where-clause that keeps chunks carrying every key=value tag."""
+    if not filters:
+        return None
+    return " AND ".join(f"array_has(tags, {sql_string(f'{k}={v}')})" for k, v in sorted(filters.items()))
+
+
+def schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("chunk_id", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("doc_key", pa.string()),
+            pa.field("doc_hash", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("text", pa.string()),
+            pa.field("start", pa.int64()),
+            pa.field("end", pa.int64()),
+            pa.field("tenant", pa.string()),
+            pa.field("version", pa.string()),
+            pa.field("metadata", pa.string()),
+            pa.field("tags", pa.list_(pa.string())),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+class ChunkStore:
+    """Read and write the chunk table of one workspace."""
+
+    def __init__(self, workspace: Workspace | str | os.PathLike[str]):
+        import lancedb
+
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        self.workspace.lancedb_dir.mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(str(self.workspace.lancedb_dir))
+        self._table: Any = None
+
+    # -- table lifecycle -------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return TABLE in self.db.table_names() if hasattr(self.db, "table_names") else self._try_open() is not None
+
+    def _try_open(self) -> Any:
+        try:
+            return self.db.open_table(TABLE)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    @property
+    def table(self) -> Any:
+        if self._table is None:
+            self._table = self._try_open()
+            if self._table is None:
+                raise FileNotFoundError(
+                    f"No index in workspace {self.workspace.root}: run `ragtune ingest PATH --workspace "
+                    f"{self.workspace.root}` first."
+                )
+        return self._table
+
+    def create(self, dim: int) -> None:
+        if self._try_open() is None:
+            self._table = self.db.create_table(TABLE, schema=schema(dim))
+
+    def drop(self) -> None:
+        if self._try_open() is not None:
+            self.db.drop_table(TABLE)
+        self._table = None
+
+    @property
+    def version(self) -> int:
+        return int(self.table.version)
+
+    def count(self, filters: dict[str, str] | None = None) -> int:
+        return int(self.table.count_rows(filter_sql(filters)))
+
+    # -- writes ----------------------------------------------------------------------------------------------------
+    def add(self, chunks: Sequence[Chunk], vectors: np.ndarray, doc_keys: dict[str, str]) -> None:
+        """Add chunks in one atomic commit. `doc_keys` maps doc_id to the key that marks it as indexed."""
+        if not chunks:
+            return
+        rows = {
+            "chunk_id": [c.chunk_id for c in chunks],
+            "doc_id": [c.doc_id for c in chunks],
+            "doc_key": [doc_keys[c.doc_id] for c in chunks],
+            "doc_hash": [c.doc_hash for c in chunks],
+            "source": [c.source for c in chunks],
+            "title": [c.title for c in chunks],
+            "text": [c.text for c in chunks],
+            "start": [c.start for c in chunks],
+            "end": [c.end for c in chunks],
+            "tenant": [c.tenant for c in chunks],
+            "version": [c.version for c in chunks],
+            "metadata": [json.dumps(c.metadata, ensure_ascii=False, default=str) for c in chunks],
+            "tags": [chunk_tags(c) for c in chunks],
+        }
+        dim = vectors.shape[1]
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        arrays = [pa.array(v, type=schema(dim).field(k).type) for k, v in rows.items()]
+        arrays.append(pa.FixedSizeListArray.from_arrays(flat, dim))
+        self.table.add(pa.Table.from_arrays(arrays, schema=schema(dim)))
+
+    def delete_docs(self, doc_ids: Iterable[str], batch: int = 500) -> int:
+        ids = sorted(set(doc_ids))
+        for i in range(0, len(ids), batch):
+            quoted = ", ".join(sql_string(d) for d in ids[i : i + batch])
+            self.table.delete(f"doc_id IN ({quoted})")
+        return len(ids)
+
+    def compact(self) -> None:
+        """Merge the small fragments that per-batch commits leave behind, and drop old versions' files."""
+        try:
+            self.table.optimize()
+        except Exception:  # optimisation is an optional speed-up; never fail an ingest over it
+            pass
+
+    # -- reads -----------------------------------------------------------------------------------------------------
+    def scan(self, columns: list[str], filters: dict[str, str] | None = None) -> pa.Table:
+        query = self.table.search().select(columns).limit(None)
+        where = filter_sql(filters)
+        if where:
+            query = query.where(where)
+        return query.to_arrow()
+
+    def indexed_docs(self) -> dict[str, tuple[set[str], str]]:
+        """doc_id -> (doc keys present, source). A doc with more than one key was interrupted mid-update."""
+        out: dict[str, tuple[set[str], str]] = {}
+        if self._try_open() is None:
+            return out
+        table = self.scan(["doc_id", "doc_key", "source"])
+        for doc_id, key, source in zip(
+            table["doc_id"].to_pylist(), table["doc_key"].to_pylist(), table["source"].to_pylist(), strict=True
+        ):
+            entry = out.setdefault(doc_id, (set(), source))
+            entry[0].add(key)
+        return out
+
+    def catalog(self) -> pa.Table:
+        """Everything but the vectors, in a stable order (by chunk id), for the lexical index and hit lookup."""
+        table = self.scan(CATALOG_COLUMNS)
+        return table.sort_by("chunk_id") if table.num_rows else table
+
+    def read_chunks(self, filters: dict[str, str] | None = None) -> list[Chunk]:
+        """All chunks (optionally filtered) as records, for the stages that build datasets from the index."""
+        table = self.scan([*CATALOG_COLUMNS, "doc_hash", "tenant", "version"], filters)
+        return [row_to_chunk(row) for row in table.sort_by("chunk_id").to_pylist()] if table.num_rows else []
+
+    def dense_search(
+        self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None
+    ) -> list[tuple[str, float]]:
+        """(chunk_id, cosine similarity) of the k nearest chunks that pass the filters (applied before top-k)."""
+        query = self.table.search(np.asarray(vector, dtype=np.float32)).metric("cosine").limit(k)
+        where = filter_sql(filters)
+        if where:
+            query = query.where(where, prefilter=True)
+        result = query.select(["chunk_id", "_distance"]).to_arrow()
+        ids = result["chunk_id"].to_pylist()
+        dists = result["_distance"].to_pylist()
+        return [(cid, 1.0 - float(d)) for cid, d in zip(ids, dists, strict=True)]
+
+
+def row_to_chunk(row: dict[str, Any]) -> Chunk:
+    return Chunk(
+        chunk_id=row["chunk_id"],
+        doc_id=row["doc_id"],
+        text=row["text"],
+        start=row["start"],
+        end=row["end"],
+        source=row["source"],
+        title=row.get("title") or "",
+        doc_hash=row.get("doc_hash") or "",
+        tenant=row.get("tenant"),
+        version=row.get("version"),
+        metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
+    )
