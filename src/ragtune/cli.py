@@ -24,11 +24,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages stay one line each: greppable in logs
 out = Console()
 
 WorkspaceOption = typer.Option(
-    DEFAULT_WORKSPACE, "--workspace", "-w", help="Folder holding the index and every artifact.", envvar="RAGTUNE_WORKSPACE"
+    DEFAULT_WORKSPACE, "--workspace", "-w", help="Folder holding the index and every artifact.",
+    envvar="RAGTUNE_WORKSPACE",
 )
 
 
@@ -72,7 +73,8 @@ def ingest(
         config = IngestConfig(
             chunker=chunker, chunk_size=chunk_size, overlap=overlap, format=format, text_field=text_field,
             id_field=id_field, title_field=title_field, metadata_fields=meta_field or None, tenant=tenant,
-            version=doc_version, batch_size=batch_size, commit_every=commit_every, **({"embedder": embedder} if embedder else {}),
+            version=doc_version, batch_size=batch_size, commit_every=commit_every,
+            **({"embedder": embedder} if embedder else {}),
         )
     except ValueError as exc:
         fail(str(exc).splitlines()[0] if "validation error" not in str(exc) else _pydantic_message(exc))

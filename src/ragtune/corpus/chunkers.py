@@ -226,6 +226,11 @@ class BaseChunker:
 class TokenChunker(BaseChunker):
     name = "tokens"
 
+    def enforce_limit(self, text: str, spans: list[Span]) -> list[Span]:
+        # Windows are exact on the document's tokenization; re-tokenizing a window that starts inside a word can
+        # count differently, so no second pass here.
+        return spans
+
     def spans(self, doc: Document) -> list[Span]:
         return self.token_windows(doc.text, 0, len(doc.text))
 
@@ -248,14 +253,14 @@ class ParagraphChunker(BaseChunker):
 class SemanticChunker(BaseChunker):
     """Breakpoints where the cosine similarity of adjacent sentences falls below a percentile of the document's own.
 
-    `percentile` = 20 puts a break at the 20% least similar neighbour pairs (relative, so it adapts to each document);
+    `percentile` = 10 puts a break at the 10% least similar neighbour pairs (relative, so it adapts to each document);
     chunks never exceed `chunk_size` tokens either way.
     """
 
     name = "semantic"
 
     def __init__(self, tokenizer: TokenizerAdapter, embed: Callable[[list[str]], np.ndarray], chunk_size: int = 200,
-                 overlap: int = 0, percentile: float = 20.0):
+                 overlap: int = 0, percentile: float = 10.0):
         super().__init__(tokenizer, chunk_size, overlap)
         self.embed = embed
         self.percentile = percentile
@@ -274,7 +279,7 @@ class SemanticChunker(BaseChunker):
 
     def spans(self, doc: Document) -> list[Span]:
         units = sentence_spans(doc.text)
-        return self.pack(doc.text, units, breaks=self.breaks_for(doc.text, units), min_tokens=self.chunk_size // 4)
+        return self.pack(doc.text, units, breaks=self.breaks_for(doc.text, units), min_tokens=self.chunk_size // 8)
 
 
 def make_chunker(name: str, tokenizer: TokenizerAdapter, chunk_size: int = 200, overlap: int = 0,

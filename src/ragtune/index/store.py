@@ -9,6 +9,7 @@ exact FAISS search.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -155,10 +156,9 @@ class ChunkStore:
 
     def compact(self) -> None:
         """Merge the small fragments that per-batch commits leave behind, and drop old versions' files."""
-        try:
+        # Optimisation is an optional speed-up; never fail an ingest over it.
+        with contextlib.suppress(Exception):
             self.table.optimize()
-        except Exception:  # optimisation is an optional speed-up; never fail an ingest over it
-            pass
 
     # -- reads -----------------------------------------------------------------------------------------------------
     def scan(self, columns: list[str], filters: dict[str, str] | None = None) -> pa.Table:
