@@ -22,20 +22,22 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+DEMO_WS := $(WORKSPACE)/demo
+
 demo: setup
 	$(VENV)/bin/ragtune models
-	$(VENV)/bin/ragtune ingest examples/hotpotqa_mini/hotpotqa_mini.json --workspace $(WORKSPACE)/demo
-	$(VENV)/bin/ragtune search "Which country is Scott Derrickson from?" --workspace $(WORKSPACE)/demo -k 3
+	$(VENV)/bin/ragtune ingest examples/hotpotqa_mini/hotpotqa_mini.json --workspace $(DEMO_WS)
+	$(VENV)/bin/ragtune search "Were Scott Derrickson and Ed Wood of the same nationality?" --workspace $(DEMO_WS) -k 3
+	$(VENV)/bin/python examples/hotpotqa_retrieval.py --workspace $(DEMO_WS)
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
 bench: setup
-	$(VENV)/bin/python benchmarks/retrieval.py --quick
+	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(VENV)/bin/python $$b --quick || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:

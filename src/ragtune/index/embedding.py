@@ -44,4 +44,15 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def encode_query(self, query: str) -> np.ndarray:
-        return self.encode([query])[0]
+        """One short text: run on a single thread. Splitting a 10-token forward pass across cores costs more in
+        synchronisation than it saves (measured 29 ms on one thread vs 169 ms on two on a busy 2-core machine)."""
+        import torch
+
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return self.encode([query])[0]
+        torch.set_num_threads(1)
+        try:
+            return self.encode([query])[0]
+        finally:
+            torch.set_num_threads(threads)
