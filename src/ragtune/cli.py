@@ -70,12 +70,12 @@ def ingest(
     from ragtune.index.settings import IndexMismatchError
 
     try:
-        config = IngestConfig(
+        config = IngestConfig.model_validate(dict(
             chunker=chunker, chunk_size=chunk_size, overlap=overlap, format=format, text_field=text_field,
             id_field=id_field, title_field=title_field, metadata_fields=meta_field or None, tenant=tenant,
             version=doc_version, batch_size=batch_size, commit_every=commit_every,
             **({"embedder": embedder} if embedder else {}),
-        )
+        ))
     except ValueError as exc:
         fail(str(exc).splitlines()[0] if "validation error" not in str(exc) else _pydantic_message(exc))
     missing = [str(p) for p in paths if not p.exists()]
@@ -113,7 +113,7 @@ def ingest(
 
 
 def _pydantic_message(exc: Exception) -> str:
-    errors = getattr(exc, "errors", lambda: [])()
+    errors: list = getattr(exc, "errors", lambda: [])()
     if errors:
         e = errors[0]
         return f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
@@ -144,8 +144,8 @@ def search(
         fail("-k must be at least 1")
     try:
         filters = parse_filters(filter)
-        config = SearchConfig(mode=mode, k=k, candidates=candidates, dense_weight=dense_weight,
-                              bm25_weight=bm25_weight)
+        config = SearchConfig.model_validate(dict(mode=mode, k=k, candidates=candidates, dense_weight=dense_weight,
+                                                  bm25_weight=bm25_weight))
         hits = Searcher(workspace, config).search(query, k=k, mode=mode, filters=filters)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
@@ -212,4 +212,4 @@ def main() -> None:  # pragma: no cover - console entry for `python -m ragtune`
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

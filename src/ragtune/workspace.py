@@ -72,7 +72,7 @@ class Manifest:
 class Workspace:
     """Paths of every artifact inside one workspace folder."""
 
-    def __init__(self, root: str | Path = DEFAULT_WORKSPACE):
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_WORKSPACE):
         self.root = Path(root)
 
     def ensure(self) -> Workspace:

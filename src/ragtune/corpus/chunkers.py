@@ -156,7 +156,7 @@ class BaseChunker:
             doc_hash=doc.content_hash,
             tenant=doc.tenant,
             version=doc.version,
-            metadata=doc.metadata,
+            metadata={**doc.metadata, "modified": doc.modified} if doc.modified is not None else doc.metadata,
         )
 
     def token_windows(self, text: str, start: int, end: int) -> list[Span]:

@@ -67,7 +67,7 @@ def _own_split_of(item_id: str) -> str:
 
 
 def split_of(item_id: str) -> str:
-    """"train" or "eval" for an id; the same function synthesis uses, so evaluation never sees training questions."""
+    """ "train" or "eval" for an id; the same function synthesis uses, so evaluation never sees training questions."""
     try:
         from ragtune.synth.splits import split_of as synth_split_of
     except ImportError:  # synthesis not installed in this build: the identical rule, inlined
@@ -79,7 +79,7 @@ def select(items: list[QAItem], split: Split = "eval", limit: int | None = None)
     """Sort by id, keep one split, take the first `limit`: the deterministic question set of a run."""
     ordered = sorted(items, key=lambda it: it.id)
     if split != "all":
-        ordered = [it for it in ordered if split_of(it.id) == split]
+        ordered = [it for it in ordered if it.metadata.get("split", split_of(it.id)) == split]
     return ordered[:limit] if limit is not None and limit >= 0 else ordered
 
 
@@ -132,7 +132,8 @@ def load_hotpotqa(path: Path) -> list[QAItem]:
     for example in data:
         gold_titles = {title for title, _ in example.get("supporting_facts", [])}
         paragraphs = {title: sentences for title, sentences in example.get("context", [])}
-        gold, distractors = [], []
+        gold: list[EvalDoc] = []
+        distractors: list[EvalDoc] = []
         for title, sentences in example.get("context", []):
             text = hotpotqa_paragraph_text(sentences)
             if not text:
@@ -200,7 +201,8 @@ def load_nq(path: Path) -> list[QAItem]:
         question = str(record.get("question", "")).strip()
         if not question:
             raise DatasetError(f"{path}:{lineno}: record has no 'question'")
-        gold, distractors = [], []
+        gold: list[EvalDoc] = []
+        distractors: list[EvalDoc] = []
         for ctx in record.get("ctxs", []):
             title, text = str(ctx.get("title", "")), str(ctx.get("text", "")).strip()
             if not text:
@@ -209,7 +211,7 @@ def load_nq(path: Path) -> list[QAItem]:
             (gold if ctx.get("isgold") else distractors).append(doc)
         items.append(
             QAItem(
-                id=str(record.get("id") or "nq-" + short_id("nq", question)),
+                id=str(record.get("id") or short_id("nq", question)),  # the id synthesis gives it
                 question=question,
                 answers=_dedupe_strings(list(record.get("answers", []))),
                 gold_docs=gold,
@@ -220,31 +222,36 @@ def load_nq(path: Path) -> list[QAItem]:
     return items
 
 
-# Generic JSONL: the first key present wins.
+# Generic JSONL, the format `ragtune synth from-qa --format jsonl` reads, plus the usual aliases.
 _ID_KEYS = ("id", "_id", "qid", "question_id")
-_QUESTION_KEYS = ("question", "query", "input", "instruction")
+_QUESTION_KEYS = ("question", "query", "input")
 _ANSWER_KEYS = ("answers", "answer", "gold_answers", "output", "target")
-_DOC_KEYS = ("documents", "docs", "contexts", "ctxs", "context", "passages")
-_GOLD_KEYS = ("gold_documents", "oracle_documents", "gold_docs", "oracle_context", "positive_ctxs")
+_ORACLE_KEYS = ("oracle", "oracles", "gold", "gold_documents", "oracle_documents", "oracle_context")
+_DOC_KEYS = ("context", "documents", "docs", "contexts", "ctxs", "passages")
 
 
-def _as_doc(value: Any, dataset: str) -> tuple[EvalDoc, bool] | None:
-    """A document from a string or a {title, text|content|chunk, isgold|oracle|gold} object, with its gold flag."""
+def _as_doc(value: Any, dataset: str) -> tuple[EvalDoc, bool | None] | None:
+    """A document from a string or a {id?, title, text|content, isgold|is_oracle|...} object, with its gold flag.
+
+    Ids follow the synthesis reader (`id` field, else a hash of title and text; a bare string hashes its text) so
+    an evaluation set and the training data built from the same file agree on which document is which.
+    """
     if isinstance(value, str):
-        title, text, is_gold = "", value.strip(), False
-    elif isinstance(value, dict):
-        title = str(value.get("title", "") or "")
-        text = str(value.get("text") or value.get("content") or value.get("chunk") or "").strip()
-        is_gold = bool(value.get("isgold") or value.get("is_gold") or value.get("oracle") or value.get("gold"))
-    else:
+        text = value.strip()
+        return (EvalDoc(doc_id=short_id(dataset, text), text=text), None) if text else None
+    if not isinstance(value, dict):
         return None
+    title = str(value.get("title") or "")
+    text = str(value.get("text") or value.get("content") or value.get("chunk") or "").strip()
     if not text:
         return None
-    doc_id = str(value.get("doc_id") or short_id(dataset, title, text)) if isinstance(value, dict) else None
-    return EvalDoc(doc_id=doc_id or short_id(dataset, title, text), title=title, text=text), is_gold
+    flags = [value.get(k) for k in ("isgold", "is_gold", "is_oracle", "oracle", "gold") if k in value]
+    is_gold = bool(any(flags)) if flags else None
+    doc_id = str(value.get("doc_id") or value.get("id") or short_id(dataset, title, text))
+    return EvalDoc(doc_id=doc_id, title=title, text=text), is_gold
 
 
-def _docs_from(value: Any, dataset: str) -> list[tuple[EvalDoc, bool]]:
+def _docs_from(value: Any, dataset: str) -> list[tuple[EvalDoc, bool | None]]:
     if value is None:
         return []
     if isinstance(value, dict) and "sentences" in value:  # gorilla RAFT: {"title": [[...]], "sentences": [[...]]}
@@ -253,7 +260,8 @@ def _docs_from(value: Any, dataset: str) -> list[tuple[EvalDoc, bool]]:
         titles = titles[0] if titles and isinstance(titles[0], list) else titles
         sentences = sentences[0] if sentences and isinstance(sentences[0], list) else sentences
         titles = list(titles) + [""] * (len(sentences) - len(titles))
-        return [d for d in (_as_doc({"title": t, "text": s}, dataset) for t, s in zip(titles, sentences)) if d]
+        docs = (_as_doc({"title": t, "text": s} if t else s, dataset) for t, s in zip(titles, sentences, strict=False))
+        return [d for d in docs if d]
     if not isinstance(value, list):
         value = [value]
     return [d for d in (_as_doc(v, dataset) for v in value) if d]
@@ -261,7 +269,7 @@ def _docs_from(value: Any, dataset: str) -> list[tuple[EvalDoc, bool]]:
 
 def _first(record: dict[str, Any], keys: tuple[str, ...]) -> Any:
     for key in keys:
-        if key in record and record[key] not in (None, ""):
+        if key in record and record[key] not in (None, "", []):
             return record[key]
     return None
 
@@ -274,60 +282,92 @@ def _item_from_record(record: dict[str, Any], dataset: str, where: str) -> QAIte
     if isinstance(answers_value, dict):  # SQuAD-style {"text": [...]}
         answers_value = answers_value.get("text", [])
     answers = _dedupe_strings(answers_value if isinstance(answers_value, list) else [answers_value or ""])
-    docs = _docs_from(_first(record, _DOC_KEYS), dataset)
-    gold_extra = _first(record, _GOLD_KEYS)
-    gold = [d for d, is_gold in docs if is_gold]
-    if gold_extra is not None:
-        gold_texts = {d.text for d in gold}
-        gold += [d for d, _ in _docs_from(gold_extra, dataset) if d.text not in gold_texts]
+
+    gold: list[EvalDoc] = [d for d, _ in _docs_from(_first(record, _ORACLE_KEYS), dataset)]
+    context = _docs_from(_first(record, _DOC_KEYS), dataset)
+    flagged = any(flag is not None for _, flag in context)
+    if not gold and not flagged:
+        gold = [d for d, _ in context]  # unflagged context is the oracle, as synthesis reads it
+    else:
+        gold += [d for d, flag in context if flag]
     gold_texts = {d.text for d in gold}
-    distractors = [d for d, _ in docs if d.text not in gold_texts]
+    distractors = [d for d, _ in context if d.text not in gold_texts]
+    distractors += [d for d, _ in _docs_from(record.get("distractors"), dataset) if d.text not in gold_texts]
+
     answerable = record.get("answerable")
     if answerable is None:
         answerable = not record.get("is_impossible", False) and bool(answers)
     item_id = _first(record, _ID_KEYS)
+    if item_id is None:  # the id synthesis gives the same record, so both stages split it the same way
+        item_id = short_id(dataset, question, answers[0] if answers else "")
     return QAItem(
-        id=str(item_id) if item_id is not None else f"{dataset}-" + short_id(dataset, question),
+        id=str(item_id),
         question=question.strip(),
         answers=answers,
-        gold_docs=gold,
-        distractor_docs=distractors,
-        supporting_facts=[str(s) for s in record.get("supporting_facts", []) if isinstance(s, str)],
+        gold_docs=_unique(gold),
+        distractor_docs=_unique(distractors),
+        supporting_facts=[
+            str(s) for s in record.get("supporting_facts", record.get("evidence", [])) if isinstance(s, str)
+        ],
         answerable=bool(answerable),
         dataset=dataset,
     )
 
 
-def load_jsonl(path: Path) -> list[QAItem]:
-    """Generic JSONL: {id?, question, answers|answer, documents?: [str | {title, text, isgold}], gold_documents?}.
+def _unique(docs: list[EvalDoc]) -> list[EvalDoc]:
+    seen: set[str] = set()
+    out = []
+    for d in docs:
+        if d.text not in seen:
+            seen.add(d.text)
+            out.append(d)
+    return out
 
-    Documents flagged gold (or listed under gold_documents) are the oracle; the others are distractors. A record
-    without answers counts as unanswerable unless it says `"answerable": true`.
+
+def load_jsonl(path: Path) -> list[QAItem]:
+    """Generic JSONL: {id?, question, answer|answers, oracle|gold?, context|documents?, distractors?} per line.
+
+    Documents may be strings or {id?, title, text, isgold?} objects. Context documents flagged gold join the
+    oracle; unflagged context with no oracle field is the oracle (as `ragtune synth from-qa` reads it); the rest
+    are distractors. A record without answers counts as unanswerable unless it says `"answerable": true`.
     """
     return [_item_from_record(record, "jsonl", f"{path}:{lineno}") for lineno, record in _read_jsonl(path)]
 
 
-def load_raft(path: Path) -> list[QAItem]:
-    """A RAFT dataset (ragtune synth or gorilla format); the answer is the text after `<ANSWER>:` of the CoT answer.
+def _raft_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    # ragtune synth writes group lines {"group_id", "examples": [...], "counts"}; gorilla RAFT writes flat examples.
+    for lineno, record in _read_jsonl(path):
+        if "examples" in record and "group_id" in record:
+            for n, example in enumerate(record.get("examples") or [], start=1):
+                yield f"{path}:{lineno} (example {n})", example
+        else:
+            yield f"{path}:{lineno}", record
 
-    Training examples sometimes leave the oracle out on purpose (probability 1-P); for evaluation the oracle is
-    always known from `oracle_context` / the oracle flag, so the settings can put it back.
+
+def load_raft(path: Path) -> list[QAItem]:
+    """A RAFT dataset: ragtune's `synth/raft.jsonl` (group lines of RaftExample) or the gorilla RAFT format.
+
+    The gold answer is `answer` (else the text after `<ANSWER>:` of `cot_answer`); the oracle is every document
+    flagged `is_oracle` plus `dropped_oracles` (the (1-P) share of training examples leave it out on purpose; an
+    evaluation puts it back). The example's own `split` field, when present, decides its split.
     """
     from ragtune.eval.metrics import extract_answer
 
     items = []
-    for lineno, record in _read_jsonl(path):
+    for where, record in _raft_records(path):
         record = dict(record)
         if not _first(record, _ANSWER_KEYS) and record.get("cot_answer"):
             record["answer"] = extract_answer(str(record["cot_answer"]))
-        item = _item_from_record(record, "raft", f"{path}:{lineno}")
-        oracle_index = record.get("oracle_index", record.get("oracle_position"))
-        if not item.gold_docs and isinstance(oracle_index, int):
-            docs = [d for d, _ in _docs_from(_first(record, _DOC_KEYS), "raft")]
-            if 0 <= oracle_index < len(docs):
-                item.gold_docs = [docs[oracle_index]]
-                item.distractor_docs = [d for i, d in enumerate(docs) if i != oracle_index]
-        item.answerable = True if item.answers else item.answerable
+        if "documents" in record and "dropped_oracles" in record:  # ragtune RaftExample
+            record["documents"] = list(record["documents"]) + [
+                {**d, "is_oracle": True} for d in record.get("dropped_oracles") or []
+            ]
+        elif "oracle_context" in record and isinstance(record.get("context"), dict):  # gorilla: oracle is a string
+            record["oracle"] = record.pop("oracle_context")
+        item = _item_from_record(record, "raft", where)
+        item.answerable = bool(item.answers) or item.answerable
+        if record.get("split") in ("train", "eval"):
+            item.metadata["split"] = record["split"]
         items.append(item)
     return _merge_duplicates(items)
 
@@ -369,8 +409,6 @@ def load_items(fmt: str, path: str | Path) -> list[QAItem]:
         raise DatasetError(f"{path}: does not look like {fmt} data ({type(exc).__name__}: {exc})") from exc
 
 
-def load_dataset(
-    fmt: str, path: str | Path, split: Split = "eval", limit: int | None = None
-) -> list[QAItem]:
+def load_dataset(fmt: str, path: str | Path, split: Split = "eval", limit: int | None = None) -> list[QAItem]:
     """The deterministic question set of a run: load, sort by id, keep `split`, take `limit`."""
     return select(load_items(fmt, path), split=split, limit=limit)

@@ -23,13 +23,15 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
 _ANSWER_RE = re.compile(r"<\s*answer\s*>\s*:?", re.IGNORECASE)
 _QUOTE_RE = re.compile(re.escape(QUOTE_BEGIN) + r"(.*?)" + re.escape(QUOTE_END), re.DOTALL)
-_LEAD_IN = re.compile(r"^\s*(final answer|short answer|answer)\s*[:\-]\s*", re.IGNORECASE)
+_LEAD_IN = re.compile(
+    r"^\s*(?:the\s+)?(?:final\s+|short\s+|correct\s+)?answer(?:\s+is\b\s*:?|\s*[:\-])\s*", re.IGNORECASE
+)
 # Phrases a model uses to decline; an abstention is the correct answer to an unanswerable (SQuAD 2.0) question.
 _ABSTAIN = re.compile(
     r"\b(unanswerable|no answer|not answerable|cannot be answered|can ?not answer|can't be answered|"
     r"not (?:mentioned|stated|given|provided|specified|found|in the (?:context|documents?|text|passage))|"
-    r"does(?: not|n't) (?:say|mention|state|provide|contain|specify)|i do(?: not|n't) know|unknown|"
-    r"insufficient information|not enough information)\b",
+    r"(?:does|do|did)(?: not|n't) (?:say|mention|state|provide|contain|specify|include)|i do(?: not|n't) know|"
+    r"unknown|insufficient information|not enough information|no information)\b",
     re.IGNORECASE,
 )
 
@@ -54,11 +56,9 @@ def extract_answer(generation: str) -> str:
     small models often keep talking after the answer, and that tail would only dilute F1.
     """
     text = generation.strip()
-    match = None
-    for match in _ANSWER_RE.finditer(text):
-        pass
-    if match is not None:  # the last marker wins: a model may restate the format in its reasoning
-        text = text[match.end() :].strip()
+    markers = list(_ANSWER_RE.finditer(text))
+    if markers:  # the last marker wins: a model may restate the format in its reasoning
+        text = text[markers[-1].end() :].strip()
         text = text.split("\n", 1)[0].strip() if text else ""
         text = text.replace(QUOTE_BEGIN, "").replace(QUOTE_END, "").strip()
         return _strip_wrappers(text)
@@ -75,8 +75,9 @@ def extract_answer(generation: str) -> str:
 
 
 def _first_sentence(text: str) -> str:
-    # A sentence ends at . ! ? followed by a space and a capital letter or the end; "U.S." and "3.5" survive.
-    match = re.search(r"(?<=[^\s.][.!?])\s+(?=[A-Z(\"'])", text)
+    # A sentence ends at . ! ? after a lowercase letter, digit or closing mark, then a space and a capital:
+    # "U.S. Army" and "3.5" survive, "Paris. It is" is cut.
+    match = re.search(r"(?<=[a-z0-9)\"'][.!?])\s+(?=[A-Z(\"'])", text)
     return text[: match.start()] if match else text
 
 

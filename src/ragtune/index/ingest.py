@@ -94,8 +94,8 @@ def ingest(
     config = config or IngestConfig()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     ws.ensure()
-    paths = [Path(p) for p in paths]
-    roots = [p.resolve() for p in paths]
+    path_list = [Path(p) for p in paths]
+    roots = [p.resolve() for p in path_list]
     store = ChunkStore(ws)
     embedder = embedder or Embedder(config.embedder, device=config.device, batch_size=config.batch_size)
     settings = _check_settings(ws, store, embedder, rebuild)
@@ -109,7 +109,7 @@ def ingest(
     seen: set[str] = set()
     pending: list[tuple[Document, str]] = []  # (document, doc_key)
     stale: set[str] = set()
-    for doc in load_paths(paths, _load_options(config), report):
+    for doc in load_paths(path_list, _load_options(config), report):
         if doc.doc_id in seen:
             summary.duplicates += 1
             continue
@@ -176,7 +176,7 @@ def ingest(
     summary.warnings = report.warnings
     summary.chunks_total = store.count()
     summary.seconds = time.perf_counter() - started
-    _write_manifest(ws, paths, config, summary)
+    _write_manifest(ws, path_list, config, summary)
     return summary
 
 

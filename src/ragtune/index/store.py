@@ -26,6 +26,7 @@ from ragtune.workspace import Workspace
 TABLE = "chunks"
 CATALOG_COLUMNS = ["chunk_id", "doc_id", "doc_key", "source", "title", "text", "start", "end", "metadata", "tags"]
 _STANDARD_TAG_FIELDS = ("doc_id", "source", "title", "tenant", "version")
+_UNTAGGED = {"modified"}  # a timestamp is never matched exactly; it stays in the metadata JSON
 
 
 def chunk_tags(chunk: Chunk) -> list[str]:
@@ -36,6 +37,8 @@ def chunk_tags(chunk: Chunk) -> list[str]:
         if value not in (None, ""):
             tags.append(f"{key}={value}")
     for key, value in chunk.metadata.items():
+        if key in _UNTAGGED:
+            continue
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             tags.append(f"{key}={value}")
     return tags

@@ -5,9 +5,9 @@ Stages (synthesis, evaluation, retriever training, serving) depend on this inter
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import threading
-from dataclasses import asdict, dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
@@ -63,11 +63,17 @@ class Usage:
             self.failures += failures
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("_lock", None)
+        data = {name: getattr(self, name) for name in fields_of_usage()}
         data["seconds"] = round(self.seconds, 3)
         data["cost_usd"] = round(self.cost_usd, 6)
         return data
+
+
+def fields_of_usage() -> list[str]:
+    return [f.name for f in fields(Usage) if not f.name.startswith("_")]
+
+
+_USAGE_LOCK = threading.Lock()
 
 
 class LLM(ABC):
@@ -78,10 +84,11 @@ class LLM(ABC):
     @property
     def usage(self) -> Usage:
         """Tokens, requests, retries and cost so far (created on first use, so subclasses need no __init__ call)."""
-        current = self.__dict__.get("_usage")
-        if current is None:
-            current = self.__dict__["_usage"] = Usage()
-        return current
+        with _USAGE_LOCK:
+            current = self.__dict__.get("_usage")
+            if current is None:
+                current = self.__dict__["_usage"] = Usage()
+            return current
 
     @abstractmethod
     def generate(
