@@ -48,3 +48,6 @@ class SearchConfig(BaseModel):
     rrf_k: int = 60
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
+    # "memory": exact search over the vectors held in RAM (as fast as bare FAISS); "lancedb": query the table.
+    dense_backend: Literal["memory", "lancedb"] = "memory"
+    memory_limit: int = 5_000_000

@@ -184,9 +184,10 @@ class ChunkStore:
             entry[0].add(key)
         return out
 
-    def catalog(self) -> pa.Table:
-        """Everything but the vectors, in a stable order (by chunk id), for the lexical index and hit lookup."""
-        table = self.scan(CATALOG_COLUMNS)
+    def catalog(self, with_vectors: bool = False) -> pa.Table:
+        """Every chunk's fields (and optionally vectors) in a stable order (by chunk id): the row order shared by
+        the lexical index, the in-memory vectors and the filter masks."""
+        table = self.scan(CATALOG_COLUMNS + (["vector"] if with_vectors else []))
         return table.sort_by("chunk_id") if table.num_rows else table
 
     def read_chunks(self, filters: dict[str, str] | None = None) -> list[Chunk]:
