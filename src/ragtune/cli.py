@@ -58,7 +58,7 @@ def ingest(
     doc_version: str = typer.Option(None, "--doc-version", help="Version label (filterable as version=LABEL)."),
     rebuild: bool = typer.Option(False, help="Drop the existing index and re-embed everything."),
     batch_size: int = typer.Option(32, help="Embedding batch size."),
-    commit_every: int = typer.Option(512, help="Commit to the index after about this many chunks.", hidden=True),
+    commit_every: int = typer.Option(1024, help="Commit to the index after about this many chunks.", hidden=True),
 ) -> None:
     """Parse, chunk, embed and index documents (txt, md, html, pdf, json, jsonl, HotpotQA, SQuAD, NQ).
 

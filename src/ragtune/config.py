@@ -27,7 +27,7 @@ class IngestConfig(BaseModel):
     chunk_size: int = 200
     overlap: int = 0
     batch_size: int = 32
-    commit_every: int = 512
+    commit_every: int = 1024
     format: str = "auto"
     text_field: str | None = None
     id_field: str | None = None
