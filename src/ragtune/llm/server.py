@@ -1,0 +1,183 @@
+"""A minimal OpenAI-compatible server over any `LLM`: `/v1/models`, `/v1/chat/completions`, and
+`/v1/ragtune/loglikelihood` (a ragtune extension: the chat API cannot score a given continuation).
+
+Concurrent requests are gathered into batches (a request waits at most `batch_wait_ms` for company), so a local model
+serves many concurrent clients the way vLLM's continuous batching does, in miniature. It exists so ragtune's
+OpenAI client is tested against a real HTTP server with a real model, and so a user can put a local (LoRA-tuned)
+model behind the same client code as a hosted one. The full RAG server is `ragtune.serve`.
+
+    python -m ragtune.llm.server --model smollm2-135m-instruct --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from ragtune.llm.base import LLM, GenerationConfig, Message
+
+
+@dataclass
+class _Job:
+    messages: list[Message]
+    config: GenerationConfig
+    future: Future
+
+
+class Batcher:
+    """One worker thread that drains a queue of chat jobs into `llm.generate` calls of up to `max_batch`."""
+
+    def __init__(self, llm: LLM, max_batch: int = 16, batch_wait_ms: float = 20.0):
+        self.llm = llm
+        self.max_batch = max_batch
+        self.batch_wait = batch_wait_ms / 1000.0
+        self.jobs: queue.Queue[_Job] = queue.Queue()
+        self.lock = threading.Lock()  # generate and loglikelihood never run at once on one model
+        self.batches = 0
+        self.thread = threading.Thread(target=self._run, name="ragtune-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, messages: list[Message], config: GenerationConfig) -> Future:
+        future: Future = Future()
+        self.jobs.put(_Job(messages, config, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            first = self.jobs.get()
+            batch = [first]
+            deadline = time.monotonic() + self.batch_wait
+            while len(batch) < self.max_batch:
+                left = deadline - time.monotonic()
+                try:
+                    batch.append(self.jobs.get(timeout=max(0.0, left)) if left > 0 else self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            # one generate call per distinct decoding config (a batch shares max_new_tokens, temperature, stop)
+            groups: dict[tuple, list[_Job]] = {}
+            for job in batch:
+                c = job.config
+                groups.setdefault((c.max_new_tokens, c.temperature, c.top_p, tuple(c.stop), c.seed), []).append(job)
+            for jobs in groups.values():
+                try:
+                    with self.lock:
+                        outs = self.llm.generate([j.messages for j in jobs], jobs[0].config, batch_size=len(jobs))
+                    self.batches += 1
+                    for job, out in zip(jobs, outs, strict=True):
+                        job.future.set_result(out)
+                except Exception as exc:  # noqa: BLE001 - every waiting client must get an answer
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+
+
+def create_app(
+    llm: LLM,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    max_batch: int = 16,
+    batch_wait_ms: float = 20.0,
+):
+    """A FastAPI app serving `llm` under `model_name` (any model name is accepted, as llama.cpp's server does)."""
+    import asyncio
+
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+
+    name = model_name or getattr(llm, "name", "ragtune")
+    batcher = Batcher(llm, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+    app = FastAPI(title="ragtune LLM server")
+    app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
+            return JSONResponse(
+                {"error": {"message": "invalid API key", "type": "invalid_request_error"}}, status_code=401
+            )
+        return await call_next(request)
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "ragtune"}]}
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": name, "batches": batcher.batches}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict[str, Any]) -> dict[str, Any]:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise HTTPException(400, "messages must be a non-empty list")
+        if body.get("stream"):
+            raise HTTPException(400, "streaming is not supported by this minimal server")
+        stop = body.get("stop") or []
+        config = GenerationConfig(
+            max_new_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
+            temperature=float(body.get("temperature") or 0.0),
+            top_p=float(body.get("top_p") or 1.0),
+            stop=[stop] if isinstance(stop, str) else list(stop),
+            seed=body.get("seed"),
+        )
+        gen = await asyncio.wrap_future(batcher.submit(messages, config))
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or name,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": gen.text}, "finish_reason": gen.finish_reason}
+            ],
+            "usage": {
+                "prompt_tokens": gen.prompt_tokens,
+                "completion_tokens": gen.completion_tokens,
+                "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+            },
+        }
+
+    @app.post("/v1/ragtune/loglikelihood")
+    def loglikelihood(body: dict[str, Any]) -> dict[str, Any]:
+        requests = [(r["messages"], r["continuation"]) for r in body.get("requests", [])]
+        with batcher.lock:
+            scores = llm.loglikelihood(requests)
+        return {"model": name, "loglikelihoods": scores}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a local model over an OpenAI-compatible HTTP API.")
+    parser.add_argument("--model", default=None, help="model reference (bundled name, folder, .gguf, hub id)")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder")
+    parser.add_argument("--name", default=None, help="model id reported by /v1/models")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="require this bearer key")
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--batch-wait-ms", type=float, default=20.0)
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    from ragtune.llm import load_llm
+
+    llm = load_llm(args.model, adapter=args.adapter)
+    app = create_app(
+        llm,
+        args.name or args.model or "smollm2-135m-instruct",
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Local causal LMs through transformers: batched chat generation and continuation log-likelihoods.
+
+Batches are left-padded (a decoder-only model continues from the last position, so padding must sit on the left) and
+sorted by length so one long prompt does not make every other row pay for its padding. Loaded models are cached per
+process: loading costs seconds, and synthesis, evaluation and retriever training all ask for the same model again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ragtune.llm.base import LLM, Generation, GenerationConfig, Message
+
+_CACHE: dict[tuple[str, str | None, str, str], tuple[Any, Any]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _pick_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def _pick_dtype(dtype: str | None, device: str) -> Any:
+    import torch
+
+    if dtype in (None, "auto"):
+        # fp32 on CPU: bf16 matmuls are slower than fp32 on most CPUs and the model is small.
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }[dtype]
+
+
+def load_model(path: str, adapter: str | None = None, device: str | None = None, dtype: str | None = None):
+    """(model, tokenizer) for a resolved folder or hub id, optionally with a LoRA adapter, cached per process."""
+    device = _pick_device(device)
+    torch_dtype = _pick_dtype(dtype, device)
+    key = (path, adapter, device, str(torch_dtype))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = (
+            AutoTokenizer.from_pretrained(adapter or path)
+            if adapter and _has_tokenizer(adapter)
+            else AutoTokenizer.from_pretrained(path)
+        )
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+        model = model.to(device)
+        model.eval()
+        _CACHE[key] = (model, tokenizer)
+        return model, tokenizer
+
+
+def _has_tokenizer(folder: str) -> bool:
+    from pathlib import Path
+
+    return (Path(folder) / "tokenizer_config.json").exists()
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (tests and long-running servers that swap adapters use it)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut], cut < len(text)
+
+
+class TransformersLLM(LLM):
+    """A chat model run in-process. `path` is what `from_pretrained` takes (resolve it with `ragtune.models`)."""
+
+    batch_sensitive = True  # padded batches change float sums: callers that need bit-exact reruns keep batches fixed
+
+    def __init__(
+        self,
+        path: str,
+        adapter: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        name: str | None = None,
+        max_length: int | None = None,
+    ):
+        self.path = path
+        self.adapter = adapter
+        self.model, self.tokenizer = load_model(path, adapter, device, dtype)
+        self.device = next(self.model.parameters()).device
+        self.name = name or path
+        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None) or 8192
+        # one forward pass at a time: torch releases the GIL, and two threads on one model only fight for cores
+        self._lock = threading.Lock()
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt string for a conversation, with the model's own chat template and the assistant turn opened."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _encode_prompts(self, conversations: list[list[Message]], room: int) -> list[list[int]]:
+        limit = max(16, self.max_length - room)
+        encoded = []
+        for conv in conversations:
+            ids = self.tokenizer(self.render(conv), add_special_tokens=False)["input_ids"]
+            encoded.append(ids[-limit:])  # keep the end: the question and the opened assistant turn matter most
+        return encoded
+
+    def _pad_left(self, rows: list[list[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def generate(
+        self, conversations: list[list[Message]], config: GenerationConfig | None = None, batch_size: int = 8
+    ) -> list[Generation]:
+        import torch
+
+        config = config or GenerationConfig()
+        if not conversations:
+            return []
+        encoded = self._encode_prompts(conversations, config.max_new_tokens)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[Generation | None] = [None] * len(encoded)
+        eos_ids = self._eos_ids()
+        for start in range(0, len(order), max(1, batch_size)):
+            batch = order[start : start + max(1, batch_size)]
+            ids, mask = self._pad_left([encoded[i] for i in batch])
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": config.max_new_tokens,
+                "pad_token_id": self.tokenizer.pad_token_id,
+                "eos_token_id": eos_ids,
+            }
+            if config.temperature > 0:
+                kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if config.stop:
+                kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
+            t0 = time.perf_counter()
+            with self._lock, torch.inference_mode():
+                if config.seed is not None:
+                    torch.manual_seed(config.seed)
+                out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            seconds = time.perf_counter() - t0
+            new = out[:, ids.shape[1] :]
+            for row, i in enumerate(batch):
+                tokens = new[row].tolist()
+                n = len(tokens)
+                hit_eos = False
+                for j, t in enumerate(tokens):
+                    if t in eos_ids:
+                        n, hit_eos = j, True
+                        break
+                text = self.tokenizer.decode(tokens[:n], skip_special_tokens=True)
+                text, stopped = _truncate_at_stop(text, config.stop)
+                gen = Generation(
+                    text=text.strip(),
+                    prompt_tokens=len(encoded[i]),
+                    completion_tokens=n,
+                    seconds=seconds / len(batch),
+                    finish_reason="stop" if (hit_eos or stopped or n < config.max_new_tokens) else "length",
+                )
+                self.usage.add(gen)
+                results[i] = gen
+        return [r for r in results if r is not None]
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, (list, tuple)):
+                ids.update(int(x) for x in source)
+        return sorted(ids)
+
+    def loglikelihood(self, requests: list[tuple[list[Message], str]], batch_size: int = 8) -> list[float]:
+        """Sum of log-probs of the continuation tokens only, batched.
+
+        Rows are left-padded with explicit position ids, so every continuation ends at the last position and only the
+        last `max continuation + 1` logits are materialised (the full vocabulary times the full prompt would not fit
+        in memory for long retrieval contexts).
+        """
+        import torch
+
+        if not requests:
+            return []
+        rows: list[tuple[list[int], int]] = []
+        for messages, continuation in requests:
+            prompt = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+            cont = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if not cont:
+                rows.append((prompt, 0))
+                continue
+            keep = max(1, self.max_length - len(cont))
+            rows.append((prompt[-keep:] + cont, len(cont)))
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+        scores = [0.0] * len(rows)
+        for start in range(0, len(order), max(1, batch_size)):
+            batch = [i for i in order[start : start + max(1, batch_size)] if rows[i][1] > 0]
+            if not batch:
+                continue
+            ids, mask = self._pad_left([rows[i][0] for i in batch])
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            max_cont = max(rows[i][1] for i in batch)
+            with self._lock, torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=max_cont + 1
+                ).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1, :], dim=-1)  # position j predicts token at -(max_cont - j)
+            targets = ids[:, -max_cont:]
+            picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, max_cont)
+            for row, i in enumerate(batch):
+                c = rows[i][1]
+                scores[i] = float(picked[row, max_cont - c :].sum())
+        return scores

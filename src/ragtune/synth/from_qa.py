@@ -1,0 +1,568 @@
+"""RAFT examples from labelled QA sets (HotpotQA, SQuAD 2.0, NQ-oracle, generic JSONL).
+
+The gold documents are the oracle; distractors come from the example's own context (HotpotQA's eight non-gold
+paragraphs, NQ's non-gold passages), from the workspace index, or from the data set's other documents. The
+chain-of-thought is written by a teacher, or, with `cot="evidence"`, built from the gold evidence itself (HotpotQA's
+supporting-fact sentences, the SQuAD / NQ sentence holding the answer), so a labelled set yields quoted RAFT data with
+no teacher at all.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.hashing import short_id
+from ragtune.llm.base import LLM, GenerationConfig
+from ragtune.synth import prompts
+from ragtune.synth.distractors import DistractorPool, Exclusion, HardNegativeMiner, assemble, pick_distractors
+from ragtune.synth.raft import (
+    SynthConfigError,
+    SynthSummary,
+    _progress,
+    answer_counts,
+    answer_with_retries,
+    check_resume,
+)
+from ragtune.synth.records import ContextDoc, Group, RaftExample
+from ragtune.synth.splits import keep, split_of
+from ragtune.synth.store import GroupFile
+from ragtune.synth.validate import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, CotCheck, check_cot, normalize_ws
+from ragtune.workspace import Manifest, Workspace
+
+STAGE = "synth-raft"
+FORMATS = ("hotpotqa", "squad", "nq", "jsonl")
+
+
+@dataclass
+class QARecord:
+    """One labelled question, normalised across data sets."""
+
+    id: str
+    question: str
+    answer: str
+    oracles: list[ContextDoc]
+    evidence: list[tuple[str, str]] = field(default_factory=list)  # (title, sentence) to quote
+    own_distractors: list[ContextDoc] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FromQAConfig:
+    cot: str = "evidence"  # or "teacher"
+    distractors: int = 3
+    p_oracle: float = 0.8
+    distractor_source: str = "auto"  # auto | own | index | pool
+    split: str = "train"
+    limit: int | None = None
+    seed: int = 0
+    concurrency: int = 8
+    retries: int = 1
+    teacher_context: str = "all"
+    answer_tokens: int = 384
+    include_unanswerable: bool = False
+
+    FINGERPRINT = (
+        "cot",
+        "distractors",
+        "p_oracle",
+        "distractor_source",
+        "split",
+        "seed",
+        "retries",
+        "teacher_context",
+        "answer_tokens",
+        "include_unanswerable",
+    )
+
+    def check(self) -> None:
+        if self.cot not in ("evidence", "teacher"):
+            raise SynthConfigError("--cot must be 'evidence' or 'teacher'")
+        if not 0.0 <= self.p_oracle <= 1.0:
+            raise SynthConfigError(f"--p-oracle must be between 0 and 1, got {self.p_oracle}")
+        if self.distractors < 0:
+            raise SynthConfigError("--distractors must be >= 0")
+        if self.distractor_source not in ("auto", "own", "index", "pool"):
+            raise SynthConfigError("--distractor-source must be auto, own, index or pool")
+        if self.split not in ("train", "eval", "all"):
+            raise SynthConfigError("--split must be train, eval or all")
+        if self.concurrency < 1:
+            raise SynthConfigError("--concurrency must be >= 1")
+
+
+# ---- readers -------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SynthConfigError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise SynthConfigError(f"{path}:{lineno}: expected a JSON object")
+            yield record
+
+
+def read_hotpotqa(path: Path) -> Iterator[QARecord]:
+    from ragtune.corpus.qa_corpora import hotpotqa_doc_id, hotpotqa_paragraph_text
+
+    data = _read_json(path)
+    if not isinstance(data, list) or (data and "supporting_facts" not in data[0]):
+        raise SynthConfigError(f"{path} is not HotpotQA (a JSON list of records with supporting_facts)")
+    for ex in data:
+        gold_titles = {t for t, _ in ex["supporting_facts"]}
+        paragraphs = {title: sentences for title, sentences in ex["context"]}
+        oracles: list[ContextDoc] = []
+        own: list[ContextDoc] = []
+        for title, sentences in ex["context"]:
+            text = hotpotqa_paragraph_text(sentences)
+            doc = ContextDoc(doc_id=hotpotqa_doc_id(title, text), text=text, title=title)
+            (oracles if title in gold_titles else own).append(doc)
+        evidence = []
+        for title, idx in ex["supporting_facts"]:
+            sentences = paragraphs.get(title, [])
+            if 0 <= idx < len(sentences) and sentences[idx].strip():
+                evidence.append((title, sentences[idx].strip()))
+        yield QARecord(
+            id=ex["_id"],
+            question=ex["question"],
+            answer=ex["answer"],
+            oracles=oracles,
+            evidence=evidence,
+            own_distractors=own,
+            metadata={"type": ex.get("type"), "level": ex.get("level")},
+        )
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def sentence_at(text: str, position: int) -> str:
+    """The sentence of `text` that holds character `position` (a light splitter; good enough to quote)."""
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        if m.start() >= position:
+            return text[start : m.start()].strip()
+        start = m.end()
+    return text[start:].strip()
+
+
+def sentence_with(text: str, answer: str) -> str | None:
+    i = text.find(answer)
+    if i == -1:
+        i = text.lower().find(answer.lower())
+    return sentence_at(text, i) if i != -1 and answer.strip() else None
+
+
+def read_squad(path: Path, include_unanswerable: bool = False) -> Iterator[QARecord]:
+    data = _read_json(path)
+    if not isinstance(data, dict) or "data" not in data:
+        raise SynthConfigError(f"{path} is not SQuAD JSON (an object with a 'data' list)")
+    for article in data["data"]:
+        title = str(article.get("title", "")).replace("_", " ")
+        for paragraph in article.get("paragraphs", []):
+            text = str(paragraph.get("context", "")).strip()
+            doc = ContextDoc(doc_id=short_id("squad", title, text), text=text, title=title)
+            for qa in paragraph.get("qas", []):
+                answers = qa.get("answers") or []
+                if qa.get("is_impossible") or not answers:
+                    if include_unanswerable:
+                        yield QARecord(
+                            id=qa["id"],
+                            question=qa["question"],
+                            answer="",
+                            oracles=[doc],
+                            metadata={"unanswerable": True},
+                        )
+                    continue
+                first = answers[0]
+                sentence = sentence_at(paragraph["context"], int(first.get("answer_start", 0)))
+                # the splitter works on the raw context; normalise the same way the oracle text was
+                sentence = sentence.strip() if sentence.strip() in text else (sentence_with(text, first["text"]) or "")
+                yield QARecord(
+                    id=qa["id"],
+                    question=qa["question"],
+                    answer=first["text"],
+                    oracles=[doc],
+                    evidence=[(title, sentence)] if sentence else [],
+                )
+
+
+def read_nq(path: Path) -> Iterator[QARecord]:
+    for record in _read_jsonl(path):
+        if "question" not in record or "ctxs" not in record:
+            raise SynthConfigError(f"{path} is not NQ-oracle JSONL (records with question and ctxs)")
+        answers = [a for a in record.get("answers", []) if a]
+        ctxs = record.get("ctxs", [])
+        gold = [c for c in ctxs if c.get("isgold")] or [c for c in ctxs if c.get("hasanswer")][:1]
+        if not gold or not answers:
+            continue
+        oracles = [
+            ContextDoc(
+                doc_id=short_id("nq", str(c.get("title", "")), str(c.get("text", "")).strip()),
+                text=str(c.get("text", "")).strip(),
+                title=str(c.get("title", "")),
+            )
+            for c in gold
+        ]
+        own = [
+            ContextDoc(
+                doc_id=short_id("nq", str(c.get("title", "")), str(c.get("text", "")).strip()),
+                text=str(c.get("text", "")).strip(),
+                title=str(c.get("title", "")),
+            )
+            for c in ctxs
+            if c not in gold and not c.get("hasanswer")
+        ]
+        evidence = []
+        for answer in answers:
+            for doc in oracles:
+                sentence = sentence_with(doc.text, answer)
+                if sentence:
+                    evidence.append((doc.title, sentence))
+                    break
+            if evidence:
+                answer_text = answer
+                break
+        else:
+            answer_text = answers[0]
+        yield QARecord(
+            id=short_id("nq", record["question"]),
+            question=record["question"],
+            answer=answer_text,
+            oracles=oracles,
+            evidence=evidence,
+            own_distractors=own,
+        )
+
+
+def _docs_field(value: Any, prefix: str) -> list[ContextDoc]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    docs = []
+    for item in items:
+        if isinstance(item, dict):
+            text, title = str(item.get("text") or item.get("content") or ""), str(item.get("title") or "")
+            doc_id = str(item.get("id") or short_id(prefix, title, text))
+        else:
+            text, title = str(item), ""
+            doc_id = short_id(prefix, text)
+        if text.strip():
+            docs.append(ContextDoc(doc_id=doc_id, text=text.strip(), title=title))
+    return docs
+
+
+def read_generic_jsonl(path: Path) -> Iterator[QARecord]:
+    """`{"question", "answer", "oracle"|"context"|"documents"|"gold": str | [str | {title, text}],
+    "distractors"?: [...], "evidence"?: [str], "id"?: str}` per line."""
+    for record in _read_jsonl(path):
+        question, answer = record.get("question"), record.get("answer")
+        if isinstance(answer, list):
+            answer = answer[0] if answer else ""
+        oracle_value = next(
+            (record[k] for k in ("oracle", "oracles", "gold", "context", "documents") if k in record), None
+        )
+        if not question or oracle_value is None:
+            raise SynthConfigError(f"{path}: each line needs 'question' and one of oracle/gold/context/documents")
+        oracles = _docs_field(oracle_value, "jsonl")
+        evidence_value = record.get("evidence") or []
+        if isinstance(evidence_value, str):
+            evidence_value = [evidence_value]
+        evidence = [("", str(e).strip()) for e in evidence_value if str(e).strip()]
+        if not evidence and answer:
+            for doc in oracles:
+                sentence = sentence_with(doc.text, str(answer))
+                if sentence:
+                    evidence.append((doc.title, sentence))
+                    break
+        rid = str(record.get("id") or short_id("jsonl", str(question), str(answer or "")))
+        yield QARecord(
+            id=rid,
+            question=str(question),
+            answer=str(answer or ""),
+            oracles=oracles,
+            evidence=evidence,
+            own_distractors=_docs_field(record.get("distractors"), "jsonl"),
+        )
+
+
+def read_records(fmt: str, path: str | Path, include_unanswerable: bool = False) -> Iterator[QARecord]:
+    path = Path(path)
+    if not path.exists():
+        raise SynthConfigError(f"no such file: {path}")
+    if fmt == "hotpotqa":
+        return read_hotpotqa(path)
+    if fmt == "squad":
+        return read_squad(path, include_unanswerable)
+    if fmt == "nq":
+        return read_nq(path)
+    if fmt == "jsonl":
+        return read_generic_jsonl(path)
+    raise SynthConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+# ---- chain of thought from evidence ------------------------------------------------------------------------------
+
+
+def evidence_cot(question: str, answer: str, evidence: Sequence[tuple[str, str]]) -> str:
+    """A quoted chain of thought built from gold evidence: each supporting sentence quoted, then the answer."""
+    parts = ["To answer the question, I look for the relevant facts in the documents."]
+    for n, (title, sentence) in enumerate(evidence):
+        where = f"The document about {title}" if title else "The document"
+        lead = where + (" says" if n == 0 else " also says")
+        parts.append(f"{lead} {BEGIN_QUOTE}{sentence}{END_QUOTE}")
+    parts.append(f"Putting this together, the answer is {answer}.")
+    return " ".join(parts) + f"\n{ANSWER_TAG} {answer}"
+
+
+def _answer_matches(predicted: str, gold: str) -> bool:
+    p, g = normalize_ws(predicted).lower().strip(" .\"'"), normalize_ws(gold).lower().strip(" .\"'")
+    return bool(g) and (g in p or (p in g and len(p) >= max(1, len(g) // 2)))
+
+
+# ---- the builder ---------------------------------------------------------------------------------------------------
+
+
+def synthesize_from_qa(
+    fmt: str,
+    path: str | Path,
+    workspace: Workspace | str | Path,
+    config: FromQAConfig | None = None,
+    teacher: LLM | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    searcher: Any = None,
+) -> SynthSummary:
+    """RAFT examples from a labelled set, appended per record to `out` (default WORKSPACE/synth/raft.jsonl)."""
+    config = config or FromQAConfig()
+    config.check()
+    if config.cot == "teacher" and teacher is None:
+        raise SynthConfigError("--cot teacher needs --teacher MODEL")
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    ws.ensure()
+    out = Path(out) if out else ws.root / "synth" / "raft.jsonl"
+    started = time.perf_counter()
+    records = [r for r in read_records(fmt, path, config.include_unanswerable) if keep(r.id, config.split)]
+    if config.limit is not None:
+        records = records[: config.limit]
+    if not records:
+        raise SynthConfigError(f"no usable records in {path} for split {config.split!r}")
+
+    source = config.distractor_source
+    if source == "auto":
+        has_own = sum(len(r.own_distractors) >= config.distractors + len(r.oracles) for r in records)
+        if has_own >= len(records) * 0.9:
+            source = "own"
+        elif searcher is not None or ws.index_settings_path.exists():
+            source = "index"
+        else:
+            source = "pool"
+    pool = None
+    miner = None
+    if source in ("own", "pool"):
+        # the data set's own documents fill in where an example's own context runs short
+        seen: dict[str, ContextDoc] = {}
+        for r in records:
+            for d in [*r.oracles, *r.own_distractors]:
+                seen.setdefault(d.doc_id, d)
+        pool = DistractorPool(sorted(seen.values(), key=lambda d: d.doc_id))
+    if source == "index":
+        if searcher is None:
+            from ragtune.index.search import Searcher
+
+            searcher = Searcher(ws)
+        miner = HardNegativeMiner(searcher)
+
+    teacher_name = teacher.name if (teacher is not None and config.cot == "teacher") else None
+    fingerprint = {k: getattr(config, k) for k in FromQAConfig.FINGERPRINT} | {
+        "teacher": teacher_name,
+        "format": fmt,
+        "input": str(Path(path).resolve()),
+        "distractor_source": source,
+    }
+    check_resume(ws, STAGE, out, fingerprint, overwrite)
+    manifest = Manifest(
+        stage=STAGE,
+        config=asdict(config) | {"format": fmt, "teacher": teacher_name},
+        inputs={"path": str(Path(path).resolve())},
+        extra={"fingerprint": fingerprint, "out": str(out), "status": "running", "distractor_source": source},
+    )
+    ws.write_manifest(manifest)
+    summary = SynthSummary(out=out, groups_total=len(records))
+    a_config = GenerationConfig(max_new_tokens=config.answer_tokens, seed=config.seed)
+    batch_sensitive = getattr(teacher, "batch_sensitive", False)
+    with GroupFile(out, overwrite=overwrite) as store_file:
+        summary.groups_done_before = sum(r.id in store_file.done for r in records)
+        bar, task = _progress(progress, len(records), summary.groups_done_before, f"synth from-qa {fmt}")
+        wave_size = config.concurrency if config.cot == "teacher" else 256
+        with bar:
+            for start in range(0, len(records), wave_size):
+                wave = records[start : start + wave_size]
+                pending = [r for r in wave if r.id not in store_file.done]
+                if not pending:
+                    continue
+                work = wave if batch_sensitive else pending
+                try:
+                    groups = _qa_wave(work, config, fmt, pool, miner, teacher, a_config)
+                except Exception as exc:
+                    from ragtune.llm.openai_backend import AuthenticationError
+
+                    if isinstance(exc, AuthenticationError):
+                        raise
+                    summary.groups_failed += len(pending)
+                    summary.errors.append(f"{type(exc).__name__}: {exc}")
+                    bar.update(task, advance=len(pending))
+                    continue
+                for group in groups:
+                    if group.group_id in store_file.done:
+                        continue
+                    store_file.append(group)
+                    summary.groups_written += 1
+                    summary.examples_written += len(group.examples)
+                    bar.update(task, advance=1, examples=summary.examples_written)
+        summary.examples_total = store_file.examples
+        summary.counts = dict(store_file.counts)
+    if teacher is not None and config.cot == "teacher":
+        summary.usage = teacher.usage.to_dict()
+    summary.seconds = time.perf_counter() - started
+    manifest.counts = {
+        "records": len(records),
+        "groups_written": summary.groups_written,
+        "groups_failed": summary.groups_failed,
+        "examples": summary.examples_total,
+        **{k: v for k, v in summary.counts.items() if not k.startswith("dropped")},
+    }
+    manifest.timings = {"total": summary.seconds}
+    manifest.extra |= {
+        "status": "complete" if summary.groups_failed == 0 else "partial",
+        "dropped": {k: v for k, v in summary.counts.items() if k.startswith("dropped")},
+        "usage": summary.usage,
+        "errors": summary.errors[:20],
+    }
+    ws.write_manifest(manifest)
+    return summary
+
+
+def _qa_wave(
+    records: Sequence[QARecord],
+    config: FromQAConfig,
+    fmt: str,
+    pool: DistractorPool | None,
+    miner: HardNegativeMiner | None,
+    teacher: LLM | None,
+    a_config: GenerationConfig,
+) -> list[Group]:
+    jobs: list[tuple[QARecord, list[ContextDoc], bool, Counter]] = []
+    for r in records:
+        rng = random.Random(f"{config.seed}:{r.id}")
+        counter: Counter = Counter(records=1)
+        exclude = Exclusion(r.oracles)
+        need = config.distractors + len(r.oracles)
+        own = r.own_distractors if miner is None else []
+        distractors = pick_distractors(rng, need, exclude, pool, own=own, miner=miner, query=r.question)
+        if len(distractors) < need:
+            counter["short_of_distractors"] += 1
+        docs, kept = assemble(rng, r.oracles, distractors, config.distractors, config.p_oracle)
+        jobs.append((r, docs, kept, counter))
+
+    checks: list[CotCheck] = []
+    attempts: list[int] = []
+    if config.cot == "evidence":
+        for r, _docs, _kept, _counter in jobs:
+            if not r.answer:
+                checks.append(CotCheck(False, "no answer (unanswerable)"))
+            elif not r.evidence:
+                checks.append(CotCheck(False, "no evidence sentence"))
+            else:
+                checks.append(
+                    check_cot(
+                        evidence_cot(r.question, r.answer, r.evidence), [prompts.shown_text(d) for d in r.oracles]
+                    )
+                )
+            attempts.append(1)
+    else:
+        assert teacher is not None
+        conversations = []
+        for r, docs, _kept, _counter in jobs:
+            oracles = [d.model_copy(update={"is_oracle": True}) for d in r.oracles]
+            if config.teacher_context == "oracle":
+                teacher_docs = oracles
+            else:
+                others = [d for d in docs if not d.is_oracle][: config.distractors]
+                teacher_docs = sorted([*oracles, *others], key=lambda d: short_id("teacher-order", d.doc_id))
+            conversations.append(prompts.cot_messages(teacher_docs, r.question, answer_hint=r.answer or None))
+
+        def accept(i: int, check: CotCheck) -> CotCheck:
+            gold = jobs[i][0].answer
+            if gold and not _answer_matches(check.answer, gold):
+                return CotCheck(
+                    False,
+                    "answer disagrees with the gold answer",
+                    check.cot_answer,
+                    check.answer,
+                    check.quotes,
+                    check.quotes_ok,
+                )
+            if gold:  # train on the gold wording of the answer
+                reasoning = check.cot_answer.rsplit(ANSWER_TAG, 1)[0].rstrip()
+                return CotCheck(True, "", f"{reasoning}\n{ANSWER_TAG} {gold}", gold, check.quotes, check.quotes_ok)
+            return check
+
+        checks, attempts = answer_with_retries(
+            teacher,
+            conversations,
+            [[prompts.shown_text(d) for d in r.oracles] for r, *_ in jobs],
+            a_config,
+            config.retries,
+            config.concurrency,
+            accept=accept,
+        )
+
+    groups = []
+    for (r, docs, kept, counter), check, n_attempts in zip(jobs, checks, attempts, strict=True):
+        counter.update(answer_counts(check, n_attempts))
+        examples = []
+        if check.valid:
+            examples.append(
+                RaftExample(
+                    id=r.id,
+                    group_id=r.id,
+                    question=r.question,
+                    documents=docs,
+                    oracle_ids=[d.doc_id for d in r.oracles],
+                    oracle_kept=kept,
+                    dropped_oracles=[] if kept else [d.model_copy(update={"is_oracle": True}) for d in r.oracles],
+                    cot_answer=check.cot_answer,
+                    answer=r.answer or check.answer,
+                    quotes=check.quotes,
+                    quote_valid=True,
+                    source=fmt,
+                    split=split_of(r.id),
+                    teacher=None if config.cot == "evidence" else (teacher.name if teacher else None),
+                    metadata={"cot": config.cot, **{k: v for k, v in r.metadata.items() if v is not None}},
+                ).model_dump()
+            )
+        counter["examples"] = len(examples)
+        groups.append(Group(group_id=r.id, examples=examples, counts=dict(counter)))
+    return groups

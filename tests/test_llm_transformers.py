@@ -1,0 +1,82 @@
+"""The local transformers backend on the bundled SmolLM2 (GGUF converted once): left-padded batches give the same
+greedy text as single prompts, log-likelihoods count only the continuation, LoRA adapters load through peft."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragtune.llm import GenerationConfig, load_llm
+from ragtune.llm.transformers_backend import TransformersLLM
+
+SHORT = [{"role": "user", "content": "Say hello."}]
+LONG = [
+    {"role": "system", "content": "You are a terse assistant. Answer in as few words as you can."},
+    {
+        "role": "user",
+        "content": "Here is some context that makes this prompt much longer than the other one. "
+        "What is the capital of France?",
+    },
+]
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def llm() -> TransformersLLM:
+    model = load_llm()
+    assert isinstance(model, TransformersLLM)
+    return model
+
+
+def test_cached_per_process(llm):
+    again = load_llm("smollm2-135m-instruct")
+    assert again.model is llm.model
+
+
+def test_batched_generation_matches_single(llm):
+    config = GenerationConfig(max_new_tokens=6)
+    batched = llm.generate([LONG, SHORT], config, batch_size=2)
+    alone = llm.generate([SHORT], config)
+    assert batched[1].text == alone[0].text  # left padding does not change the short prompt's greedy output
+    assert batched[0].prompt_tokens > batched[1].prompt_tokens
+    assert all(0 < g.completion_tokens <= 6 for g in batched)
+    assert llm.usage.requests >= 3
+
+
+def test_stop_strings(llm):
+    out = llm.generate(
+        [[{"role": "user", "content": "Count from 1 to 20, separated by commas."}]],
+        GenerationConfig(max_new_tokens=8, stop=["2"]),
+    )[0]
+    assert "2" not in out.text and out.finish_reason == "stop"
+
+
+def test_loglikelihood_counts_only_the_continuation(llm):
+    requests = [
+        (QUESTION, "The capital of France is Paris."),
+        (QUESTION, "The capital of France is Berlin."),
+        (QUESTION, " Paris"),
+        (QUESTION, " Paris is nice, and Berlin too."),
+        (SHORT, ""),
+    ]
+    paris, berlin, a, ab, empty = llm.loglikelihood(requests, batch_size=8)
+    assert llm.loglikelihood(requests[:1], batch_size=1)[0] == pytest.approx(paris, abs=2e-3)  # padding-free
+    assert berlin < paris < 0  # Paris is likelier than Berlin
+    assert ab < a < 0  # a longer continuation adds (negative) terms: p(A B) <= p(A)
+    assert empty == 0.0
+
+
+def test_lora_adapter(llm, tmp_path):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(llm.path, dtype=torch.float32)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tuned = load_llm(adapter=str(tmp_path / "adapter"))
+    assert isinstance(tuned.model, PeftModel)
+    request = [(QUESTION, "The capital of France is Paris.")]
+    assert tuned.loglikelihood(request)[0] != pytest.approx(llm.loglikelihood(request)[0], abs=1e-3)
+    assert tuned.model is not llm.model
