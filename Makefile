@@ -29,6 +29,9 @@ demo: setup
 	$(VENV)/bin/ragtune ingest examples/hotpotqa_mini/hotpotqa_mini.json --workspace $(DEMO_WS)
 	$(VENV)/bin/ragtune search "Were Scott Derrickson and Ed Wood of the same nationality?" --workspace $(DEMO_WS) -k 3
 	$(VENV)/bin/python examples/hotpotqa_retrieval.py --workspace $(DEMO_WS)
+	# RAFT training data from the labelled train split, no teacher needed: gold evidence quoted as chain of thought.
+	$(VENV)/bin/ragtune synth from-qa hotpotqa examples/hotpotqa_mini/hotpotqa_mini.json --workspace $(DEMO_WS) --cot evidence
+	$(VENV)/bin/ragtune export --workspace $(DEMO_WS) --format openai-chat --out $(DEMO_WS)/raft_openai_chat.jsonl
 
 test: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
