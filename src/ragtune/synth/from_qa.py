@@ -31,6 +31,7 @@ from ragtune.synth.raft import (
     answer_counts,
     answer_with_retries,
     check_resume,
+    run_waves,
 )
 from ragtune.synth.records import ContextDoc, Group, RaftExample
 from ragtune.synth.splits import keep, split_of
@@ -417,30 +418,11 @@ def synthesize_from_qa(
         bar, task = _progress(progress, len(records), summary.groups_done_before, f"synth from-qa {fmt}")
         wave_size = config.concurrency if config.cot == "teacher" else 256
         with bar:
-            for start in range(0, len(records), wave_size):
-                wave = records[start : start + wave_size]
-                pending = [r for r in wave if r.id not in store_file.done]
-                if not pending:
-                    continue
-                work = wave if batch_sensitive else pending
-                try:
-                    groups = _qa_wave(work, config, fmt, pool, miner, teacher, a_config)
-                except Exception as exc:
-                    from ragtune.llm.openai_backend import AuthenticationError
-
-                    if isinstance(exc, AuthenticationError):
-                        raise
-                    summary.groups_failed += len(pending)
-                    summary.errors.append(f"{type(exc).__name__}: {exc}")
-                    bar.update(task, advance=len(pending))
-                    continue
-                for group in groups:
-                    if group.group_id in store_file.done:
-                        continue
-                    store_file.append(group)
-                    summary.groups_written += 1
-                    summary.examples_written += len(group.examples)
-                    bar.update(task, advance=1, examples=summary.examples_written)
+            run_waves(
+                records, lambda r: r.id, wave_size, batch_sensitive,
+                lambda work: _qa_wave(work, config, fmt, pool, miner, teacher, a_config),
+                store_file, summary, bar, task,
+            )
         summary.examples_total = store_file.examples
         summary.counts = dict(store_file.counts)
     if teacher is not None and config.cot == "teacher":

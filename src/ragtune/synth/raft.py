@@ -285,32 +285,11 @@ def synthesize_raft(
         summary.groups_done_before = sum(c.chunk_id in store_file.done for c in eligible)
         bar, task = _progress(progress, len(eligible), summary.groups_done_before, "synth raft")
         with bar:
-            for start in range(0, len(eligible), config.concurrency):
-                wave = eligible[start : start + config.concurrency]
-                pending = [c for c in wave if c.chunk_id not in store_file.done]
-                if not pending:
-                    continue
-                # a local batched model's numerics depend on the batch; recompute whole waves so a resumed run
-                # sees the same batches as an uninterrupted one
-                work = wave if batch_sensitive else pending
-                try:
-                    groups = _run_wave(work, teacher, config, pool, miner, q_config, a_config)
-                except Exception as exc:
-                    from ragtune.llm.openai_backend import AuthenticationError
-
-                    if isinstance(exc, AuthenticationError):
-                        raise
-                    summary.groups_failed += len(pending)
-                    summary.errors.append(f"{type(exc).__name__}: {exc}")
-                    bar.update(task, advance=len(pending))
-                    continue
-                for group in groups:
-                    if group.group_id in store_file.done:
-                        continue
-                    store_file.append(group)
-                    summary.groups_written += 1
-                    summary.examples_written += len(group.examples)
-                    bar.update(task, advance=1, examples=summary.examples_written)
+            run_waves(
+                eligible, lambda c: c.chunk_id, config.concurrency, batch_sensitive,
+                lambda work: _run_wave(work, teacher, config, pool, miner, q_config, a_config),
+                store_file, summary, bar, task,
+            )
         summary.examples_total = store_file.examples
         summary.counts = dict(store_file.counts)
     summary.usage = teacher.usage.to_dict()
@@ -331,6 +310,40 @@ def synthesize_raft(
     }
     ws.write_manifest(manifest)
     return summary
+
+
+def run_waves(items: Sequence[Any], item_id: Callable[[Any], str], wave_size: int, batch_sensitive: bool,
+              make_groups: Callable[[list[Any]], list[Group]], store_file: GroupFile, summary: SynthSummary,
+              bar: Any, task: Any) -> None:
+    """Process items in fixed waves, appending each finished group once; shared by `raft` and `from-qa`.
+
+    A wave whose teacher calls fail is counted and skipped (a re-run retries it); a 401 stops everything. A local
+    batched model's numerics depend on the batch, so with `batch_sensitive` whole waves are recomputed on resume and
+    a resumed run sees the same batches as an uninterrupted one.
+    """
+    for start in range(0, len(items), wave_size):
+        wave = list(items[start : start + wave_size])
+        pending = [x for x in wave if item_id(x) not in store_file.done]
+        if not pending:
+            continue
+        try:
+            groups = make_groups(wave if batch_sensitive else pending)
+        except Exception as exc:
+            from ragtune.llm.openai_backend import AuthenticationError
+
+            if isinstance(exc, AuthenticationError):
+                raise
+            summary.groups_failed += len(pending)
+            summary.errors.append(f"{type(exc).__name__}: {exc}")
+            bar.update(task, advance=len(pending))
+            continue
+        for group in groups:
+            if group.group_id in store_file.done:
+                continue
+            store_file.append(group)
+            summary.groups_written += 1
+            summary.examples_written += len(group.examples)
+            bar.update(task, advance=1, examples=summary.examples_written)
 
 
 def _run_wave(
