@@ -1,0 +1,353 @@
+"""`ragtune eval` and `ragtune compare`: the commands that prove (or disprove) that tuning helped.
+
+Registered on the main app by `ragtune.cli` through `register(app)`, so this stage owns its options and the main
+CLI file stays small. Output folders: `WORKSPACE/eval/<run-name>/` (scores.json, predictions.jsonl, manifest.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ragtune.workspace import DEFAULT_WORKSPACE, Workspace
+
+console = Console(stderr=True)
+out = Console()
+
+DATA_HELP = (
+    "FORMAT PATH: the questions. FORMAT is hotpotqa (official JSON), squad (1.1/2.0 JSON), nq (NQ-oracle JSONL, "
+    "may be .gz), jsonl (generic: question, answer(s), documents) or raft (a `ragtune synth` RAFT file; its "
+    "held-out split)."
+)
+SETTING_HELP = (
+    "closed-book: the question alone; oracle: gold documents + K distractors; retrieved: top-k from the "
+    "workspace index."
+)
+DISTRACTORS_HELP = "Oracle setting: K distractors, or a sweep such as 0..9 or 0,2,4 (the robustness curve)."
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("questions"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _load_items(data: tuple[str, Path] | None, split: str, limit: int | None):
+    from ragtune.eval.datasets import DatasetError, load_dataset
+
+    if not data or data[0] is None:
+        _fail("--data FORMAT PATH is required, e.g. --data hotpotqa data/hotpot_dev.json")
+    fmt, path = data
+    if split not in ("eval", "train", "all"):
+        _fail(f"--split must be eval, train or all, not {split!r}")
+    try:
+        items = load_dataset(fmt, path, split=split, limit=limit)  # type: ignore[arg-type]
+    except DatasetError as exc:
+        _fail(str(exc))
+    if not items:
+        _fail(f"no questions in {path} for split {split!r}")
+    missing_gold = sum(1 for it in items if not it.gold_docs)
+    if missing_gold:
+        console.print(
+            f"[yellow]warning:[/] {missing_gold} of {len(items)} questions have no gold document: the oracle "
+            "setting shows them distractors only, and retrieval cannot be scored for them."
+        )
+    return items
+
+
+def _scores_table(title: str, scores: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in scores.items():
+        if isinstance(value, dict | list):
+            continue
+        if isinstance(value, float):
+            shown = f"{value:.2f}" if "seconds" in key or key.endswith("_s") or "per_" in key else f"{value:.4f}"
+        else:
+            shown = "–" if value is None else str(value)
+        table.add_row(key, shown)
+    return table
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from ragtune.eval.datasets import DatasetError
+    from ragtune.models import ModelNotFoundError
+
+    return (DatasetError, ModelNotFoundError, FileNotFoundError, ValueError, OSError)
+
+
+def eval_command(
+    workspace: Path = typer.Option(
+        DEFAULT_WORKSPACE,
+        "--workspace",
+        "-w",
+        help="Folder holding the index and every artifact.",
+        envvar="RAGTUNE_WORKSPACE",
+    ),
+    data: tuple[str, Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Generator: bundled name, local folder, .gguf, hub id "
+        "or openai:NAME. Default: the bundled SmolLM2-135M-Instruct.",
+    ),
+    adapter: str = typer.Option(None, "--adapter", help="A LoRA adapter folder (e.g. from `ragtune train`)."),
+    setting: str = typer.Option("oracle", "--setting", "-s", help=SETTING_HELP),
+    distractors: str = typer.Option("0", "--distractors", help=DISTRACTORS_HELP),
+    k: int = typer.Option(5, "-k", "--top-k", help="Retrieved setting: number of chunks shown."),
+    mode: str = typer.Option("hybrid", "--mode", help="Retrieved setting: hybrid | dense | bm25."),
+    prompt: str = typer.Option(
+        "short",
+        "--prompt",
+        help="short: answer only; cot: the RAFT chain-of-thought student prompt (quotes, then <ANSWER>:).",
+    ),
+    split: str = typer.Option("eval", "--split", help="eval | train | all: the hash split shared with synthesis."),
+    limit: int = typer.Option(None, "--limit", "-n", help="Evaluate the first N questions (sorted by id)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Questions per generation batch (length-sorted)."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Default: 32 (short), 256 (cot)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of distractor draws and generation."),
+    run_name: str = typer.Option(None, "--run-name", help="Folder name under WORKSPACE/eval/ (default: derived)."),
+    ingest_data: bool = typer.Option(
+        False,
+        "--ingest",
+        help="Retrieved setting: index the data file's documents into the workspace first (HotpotQA, SQuAD, NQ).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON on stdout (keys em, f1, ...)."),
+) -> None:
+    """Answer a QA set with one model and score it: EM / F1 (SQuAD normalisation), quote precision, oracle
+    citations, unanswerable accuracy, retrieval recall@k / MRR / nDCG, latency and throughput.
+
+    Deterministic: greedy decoding, fixed seeds, questions sorted by id. Interrupted? Run the same command again:
+    finished batches are kept.
+    """
+    from ragtune.eval.runner import (
+        SystemSpec,
+        data_key,
+        default_run_name,
+        open_searcher,
+        run_system,
+        write_manifest,
+    )
+
+    items = _load_items(data, split, limit)
+    fmt, path = data
+    try:
+        spec = SystemSpec(
+            name=run_name or "",
+            model=model,
+            adapter=adapter,
+            setting=setting,  # type: ignore[arg-type]
+            distractors=distractors,
+            k=k,
+            retrieval_mode=mode,
+            prompt=prompt,  # type: ignore[arg-type]
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+        settings = spec.settings(batch_size)
+        ks = spec.ks()
+    except ValueError as exc:
+        _fail(str(exc))
+    if adapter and not Path(adapter).exists():
+        _fail(f"adapter folder not found: {adapter}")
+    from ragtune.models import default_generator
+
+    name = run_name or default_run_name(model or default_generator(), adapter, fmt, settings, ks, split, limit)
+    ws = Workspace(workspace).ensure()
+    run_dir = ws.root / "eval" / name
+    started = time.perf_counter()
+    try:
+        searcher = None
+        if setting == "retrieved":
+            searcher = open_searcher(ws, path if ingest_data else None, fmt)
+        with _progress_bar() as bar:
+            task = bar.add_task(name[:40], total=len(items) * len(ks))
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = run_system(spec, items, ws, run_dir, batch_size, searcher, progress, data_key=data_key(path))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished batches are kept; run the same command again to resume.")
+        raise typer.Exit(130) from None
+    except _errors() as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    seconds = time.perf_counter() - started
+    write_manifest(
+        ws,
+        name,
+        run_dir,
+        path,
+        spec.describe(),
+        result.scores,
+        len(items),
+        seconds,
+        {"data": {"format": fmt, "path": str(path), "split": split, "limit": limit}},
+    )
+    if as_json:
+        out.print_json(json.dumps({**result.scores, "run_dir": str(run_dir)}, default=str))
+        return
+    scores = {k: v for k, v in result.scores.items() if k != "by_distractors"}
+    out.print(_scores_table(f"{name} ({len(items)} questions)", scores))
+    if len(ks) > 1:
+        curve = Table(title="F1 against the number of distractors", header_style="bold")
+        for kk in ks:
+            curve.add_column(f"K={kk}", justify="right")
+        curve.add_row(*(f"{100 * (result.curve[kk].get('f1') or 0):.1f}" for kk in ks))
+        out.print(curve)
+    console.print(f"[green]wrote[/] {run_dir} · {seconds:.1f}s")
+
+
+def _read_systems(path: Path) -> list[Any]:
+    import yaml
+
+    from ragtune.eval.runner import SystemSpec
+
+    if not path.is_file():
+        _fail(f"systems file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        _fail(f"{path}: not valid YAML ({str(exc).splitlines()[0]})")
+    defaults: dict[str, Any] = {}
+    if isinstance(raw, dict):
+        defaults = dict(raw.get("defaults") or {})
+        raw = raw.get("systems")
+    if not isinstance(raw, list) or not raw:
+        _fail(f"{path}: expected a list of systems (or a mapping with 'systems:' and optional 'defaults:')")
+    specs = []
+    for i, entry in enumerate(raw, start=1):
+        if not isinstance(entry, dict):
+            _fail(f"{path}: system #{i} is not a mapping")
+        data = {**defaults, **entry}
+        data.setdefault("name", f"system{i}")
+        try:
+            spec = SystemSpec.from_dict(data)
+            spec.settings(1)
+            spec.ks()
+        except (TypeError, ValueError) as exc:
+            _fail(f"{path}: system {data['name']!r}: {exc}")
+        specs.append(spec)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        _fail(f"{path}: system names must be unique (got {', '.join(names)})")
+    return specs
+
+
+def compare_command(
+    workspace: Path = typer.Option(
+        DEFAULT_WORKSPACE,
+        "--workspace",
+        "-w",
+        help="Folder holding the index and every artifact.",
+        envvar="RAGTUNE_WORKSPACE",
+    ),
+    systems: Path = typer.Option(
+        ...,
+        "--systems",
+        help="YAML: a list of systems (name, model, adapter, setting, "
+        "distractors, k, mode, prompt, max_new_tokens), optionally under 'systems:' with "
+        "shared 'defaults:'.",
+    ),
+    data: tuple[str, Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="Report folder."),
+    split: str = typer.Option("eval", "--split", help="eval | train | all."),
+    limit: int = typer.Option(None, "--limit", "-n", help="Evaluate the first N questions (sorted by id)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Questions per generation batch."),
+    title: str = typer.Option("ragtune comparison", "--title", help="Report title."),
+    as_json: bool = typer.Option(False, "--json", help="Print every system's scores as JSON on stdout."),
+) -> None:
+    """Run several systems on the same questions and write one report: report.md, report.json, f1_per_system.png,
+    f1_vs_k.png, a self-contained report.html and per-question outputs.
+    """
+    from ragtune.eval.report import SystemReport, write_report
+    from ragtune.eval.runner import data_key, run_system, slug, write_manifest
+
+    specs = _read_systems(systems)
+    items = _load_items(data, split, limit)
+    fmt, path = data
+    ws = Workspace(workspace).ensure()
+    reports = []
+    searcher = None
+    try:
+        with _progress_bar() as bar:
+            for spec in specs:
+                task = bar.add_task(spec.name[:40], total=len(items) * len(spec.ks()))
+
+                def progress(done: int, total: int, task: Any = task) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                if spec.setting == "retrieved" and searcher is None:
+                    from ragtune.eval.runner import open_searcher
+
+                    searcher = open_searcher(ws)
+                run_dir = ws.root / "eval" / "compare" / slug(f"{spec.name}-{fmt}-{split}-n{limit}")
+                run = run_system(spec, items, ws, run_dir, batch_size, searcher, progress, data_key=data_key(path))
+                data_info = {"data": {"format": fmt, "path": str(path), "split": split, "limit": limit}}
+                write_manifest(
+                    ws,
+                    f"compare-{run_dir.name}",
+                    run_dir,
+                    path,
+                    spec.describe(),
+                    run.scores,
+                    len(items),
+                    run.seconds,
+                    data_info,
+                )
+                reports.append(SystemReport(spec.name, spec.describe(), run.scores, run.records, run.curve))
+                with open(run_dir / "all_predictions.jsonl", "w", encoding="utf-8") as f:
+                    for record in run.all_records:
+                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished batches are kept; run the same command again to resume.")
+        raise typer.Exit(130) from None
+    except _errors() as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    paths = write_report(
+        reports,
+        out_dir,
+        title=title,
+        data={"format": fmt, "path": os.fspath(path), "split": split, "limit": limit, "questions": len(items)},
+    )
+    if as_json:
+        out.print_json(json.dumps({r.name: r.scores for r in reports}, default=str))
+    else:
+        from ragtune.eval.report import headline_rows
+
+        header, rows = headline_rows(reports)
+        table = Table(title=title, header_style="bold")
+        for h in header:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    console.print(f"[green]wrote[/] {paths['html']} (and report.md, report.json, PNGs, per-question outputs)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval` and `compare` to the main app."""
+    app.command("eval")(eval_command)
+    app.command("compare")(compare_command)
