@@ -8,6 +8,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 WORKSPACE ?= ragtune-workspace
+# Everything runs offline by default: the default models come from PyPI packages. `make demo HF_HUB_OFFLINE=0` lets
+# a hub id through. Nothing phones home either way.
+HF_HUB_OFFLINE ?= 1
+export HF_HUB_OFFLINE
+export HF_HUB_DISABLE_TELEMETRY = 1
 
 .PHONY: setup demo test bench lint typecheck clean
 
@@ -32,12 +37,15 @@ demo: setup
 	# RAFT training data from the labelled train split, no teacher needed: gold evidence quoted as chain of thought.
 	$(VENV)/bin/ragtune synth from-qa hotpotqa examples/hotpotqa_mini/hotpotqa_mini.json --workspace $(DEMO_WS) --cot evidence
 	$(VENV)/bin/ragtune export --workspace $(DEMO_WS) --format openai-chat --out $(DEMO_WS)/raft_openai_chat.jsonl
+	# The untuned generator on held-out questions, shown the gold paragraphs plus 2 distractors.
+	$(VENV)/bin/ragtune eval --workspace $(DEMO_WS) --data hotpotqa examples/hotpotqa_mini/hotpotqa_mini.json \
+		--setting oracle --distractors 2 --limit 8
 
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q
 
 bench: setup
-	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(VENV)/bin/python $$b --quick || exit 1; done
+	for b in benchmarks/*.py; do $(VENV)/bin/python $$b --quick || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
