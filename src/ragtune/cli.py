@@ -43,7 +43,7 @@ def ingest(
     paths: list[Path] = typer.Argument(..., help="Files or folders (searched recursively)."),
     workspace: Path = WorkspaceOption,
     chunker: str = typer.Option("sentences", help="tokens | sentences | paragraphs | semantic"),
-    chunk_size: int = typer.Option(200, help="Maximum chunk size, in the embedder's tokens."),
+    chunk_size: int = typer.Option(240, help="Maximum chunk size, in the embedder's tokens."),
     overlap: int = typer.Option(0, help="Overlap between consecutive chunks, in tokens."),
     embedder: str = typer.Option(None, help="Embedding model: bundled name, local folder or hub id."),
     format: str = typer.Option(

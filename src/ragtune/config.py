@@ -18,13 +18,14 @@ SearchMode = Literal["hybrid", "dense", "bm25"]
 class IngestConfig(BaseModel):
     """How documents become indexed chunks.
 
-    Chunk size and overlap are counted in the embedder's own tokens (MiniLM reads at most 256, so the default of 200
-    leaves room for the title line and special tokens).
+    Chunk size and overlap are counted in the embedder's own tokens. MiniLM reads at most 256 including its two
+    special tokens; the default of 240 leaves room for the title line that is embedded with each chunk. (On 100
+    HotpotQA questions, 240 instead of 200 split fewer paragraphs and raised dense recall@5 from 0.755 to 0.780.)
     """
 
     embedder: str = Field(default_factory=default_embedder)
     chunker: ChunkerName = "sentences"
-    chunk_size: int = 200
+    chunk_size: int = 240
     overlap: int = 0
     batch_size: int = 32
     commit_every: int = 1024

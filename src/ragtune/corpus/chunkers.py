@@ -114,7 +114,7 @@ class BaseChunker:
 
     name = "base"
 
-    def __init__(self, tokenizer: TokenizerAdapter, chunk_size: int = 200, overlap: int = 0):
+    def __init__(self, tokenizer: TokenizerAdapter, chunk_size: int = 240, overlap: int = 0):
         if chunk_size < 8:
             raise ValueError(f"chunk size must be at least 8 tokens, got {chunk_size}")
         if overlap < 0 or overlap >= chunk_size:
@@ -259,7 +259,7 @@ class SemanticChunker(BaseChunker):
 
     name = "semantic"
 
-    def __init__(self, tokenizer: TokenizerAdapter, embed: Callable[[list[str]], np.ndarray], chunk_size: int = 200,
+    def __init__(self, tokenizer: TokenizerAdapter, embed: Callable[[list[str]], np.ndarray], chunk_size: int = 240,
                  overlap: int = 0, percentile: float = 10.0):
         super().__init__(tokenizer, chunk_size, overlap)
         self.embed = embed
@@ -282,7 +282,7 @@ class SemanticChunker(BaseChunker):
         return self.pack(doc.text, units, breaks=self.breaks_for(doc.text, units), min_tokens=self.chunk_size // 8)
 
 
-def make_chunker(name: str, tokenizer: TokenizerAdapter, chunk_size: int = 200, overlap: int = 0,
+def make_chunker(name: str, tokenizer: TokenizerAdapter, chunk_size: int = 240, overlap: int = 0,
                  embed: Callable[[list[str]], np.ndarray] | None = None) -> BaseChunker:
     """The chunker called `name`; `embed` is needed only by the semantic chunker."""
     if chunk_size > tokenizer.max_tokens:
