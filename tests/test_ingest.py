@@ -71,6 +71,7 @@ def test_incremental_reindex(tmp_path, embedder):
     manifest = json.loads((ws / "manifests" / "ingest.json").read_text())
     assert manifest["counts"]["chunks_total"] == 4 and manifest["versions"]["lancedb"]
     assert list(manifest["inputs"]) == [str((other / "x.txt").resolve())] and manifest["timings"]["total_s"] > 0
+    assert {"load_s", "chunk_s", "embed_s", "store_s", "lexical_s"} <= set(manifest["timings"])
 
 
 def test_changing_the_chunker_rechunks(tmp_path, embedder):

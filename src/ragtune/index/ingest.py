@@ -48,6 +48,7 @@ class IngestSummary:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # load, chunk, embed, store, compact, lexical
 
 
 def _under(source: str, roots: Sequence[Path]) -> bool:
@@ -135,7 +136,10 @@ def ingest(
     if removed:
         summary.removed = store.delete_docs(removed)
 
+    summary.stage_seconds["load"] = time.perf_counter() - started
+    t_chunk = time.perf_counter()
     chunked: list[tuple[list[Chunk], str]] = [(chunker.chunk(doc), key) for doc, key in pending]
+    summary.stage_seconds["chunk"] = time.perf_counter() - t_chunk
     # Embed documents in order of chunk length, longest first, as SentenceTransformer.encode orders texts: each
     # commit group then holds texts of similar length and batches carry little padding. Commits stay whole
     # documents, so the order changes nothing but speed (measured: see benchmarks/retrieval.py).
@@ -155,8 +159,10 @@ def ingest(
         summary.embed_seconds += time.perf_counter() - t0
         # A changed document's old chunks go first; if we die right after, the document is simply absent and the
         # next run adds it again.
+        t_store = time.perf_counter()
         store.delete_docs([d for d in keys if d in stale])
         store.add(chunks, vectors, keys)
+        summary.stage_seconds["store"] = summary.stage_seconds.get("store", 0.0) + time.perf_counter() - t_store
         done += len(chunks)
         summary.chunks_added += len(chunks)
         group.clear()
@@ -170,10 +176,15 @@ def ingest(
     if group:
         commit()
 
+    t_compact = time.perf_counter()
     if summary.chunks_added or summary.removed:
         store.compact()
+    t_lexical = time.perf_counter()
     lexical = build_lexical(store, settings)
     lexical.save(ws.bm25_dir, store.version)
+    summary.stage_seconds["compact"] = t_lexical - t_compact
+    summary.stage_seconds["lexical"] = time.perf_counter() - t_lexical
+    summary.stage_seconds["embed"] = summary.embed_seconds
 
     summary.files_loaded = report.files_loaded
     summary.documents = report.documents
@@ -206,7 +217,7 @@ def _write_manifest(ws: Workspace, paths: Sequence[Path], config: IngestConfig, 
             "chunks_total": summary.chunks_total,
             "warnings": len(summary.warnings),
         },
-        timings={"total_s": summary.seconds, "embed_s": summary.embed_seconds},
+        timings={"total_s": summary.seconds, **{f"{k}_s": v for k, v in summary.stage_seconds.items()}},
         extra={"skipped": summary.skipped, "warnings": summary.warnings[:200]},
     )
     ws.write_manifest(manifest)
