@@ -56,6 +56,9 @@ def load_model(path: str, adapter: str | None = None, device: str | None = None,
             return cached
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from ragtune.models import quiet_transformers
+
+        quiet_transformers()
         tokenizer = (
             AutoTokenizer.from_pretrained(adapter or path)
             if adapter and _has_tokenizer(adapter)
