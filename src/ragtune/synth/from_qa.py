@@ -32,6 +32,7 @@ from ragtune.synth.raft import (
     answer_with_retries,
     check_resume,
     run_waves,
+    write_final_manifest,
 )
 from ragtune.synth.records import ContextDoc, Group, RaftExample
 from ragtune.synth.splits import keep, split_of
@@ -428,21 +429,7 @@ def synthesize_from_qa(
     if teacher is not None and config.cot == "teacher":
         summary.usage = teacher.usage.to_dict()
     summary.seconds = time.perf_counter() - started
-    manifest.counts = {
-        "records": len(records),
-        "groups_written": summary.groups_written,
-        "groups_failed": summary.groups_failed,
-        "examples": summary.examples_total,
-        **{k: v for k, v in summary.counts.items() if not k.startswith("dropped")},
-    }
-    manifest.timings = {"total": summary.seconds}
-    manifest.extra |= {
-        "status": "complete" if summary.groups_failed == 0 else "partial",
-        "dropped": {k: v for k, v in summary.counts.items() if k.startswith("dropped")},
-        "usage": summary.usage,
-        "errors": summary.errors[:20],
-    }
-    ws.write_manifest(manifest)
+    write_final_manifest(ws, manifest, summary, {"records": len(records)})
     return summary
 
 

@@ -294,8 +294,14 @@ def synthesize_raft(
         summary.counts = dict(store_file.counts)
     summary.usage = teacher.usage.to_dict()
     summary.seconds = time.perf_counter() - started
+    write_final_manifest(ws, manifest, summary, {"chunks": len(eligible)})
+    return summary
+
+
+def write_final_manifest(ws: Workspace, manifest: Manifest, summary: SynthSummary, inputs: dict[str, int]) -> None:
+    """Counts, drops, usage and status of a finished (or partly failed) synthesis run; shared by raft and from-qa."""
     manifest.counts = {
-        "chunks": len(eligible),
+        **inputs,
         "groups_written": summary.groups_written,
         "groups_failed": summary.groups_failed,
         "examples": summary.examples_total,
@@ -309,7 +315,6 @@ def synthesize_raft(
         "errors": summary.errors[:20],
     }
     ws.write_manifest(manifest)
-    return summary
 
 
 def run_waves(items: Sequence[Any], item_id: Callable[[Any], str], wave_size: int, batch_sensitive: bool,
