@@ -9,16 +9,16 @@ example's own distractors serve as negatives.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ragtune.synth.distractors import Exclusion, HardNegativeMiner
-from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, check_resume
+from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft
 from ragtune.synth.records import ContextDoc, Group, PairExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
-from ragtune.workspace import Manifest, Workspace
+from ragtune.workspace import Workspace
 
 STAGE = "synth-pairs"
 
@@ -79,17 +79,7 @@ def build_pairs(
         "mine": mine,
         "source": str(source),
     }
-    check_resume(ws, STAGE, out, fingerprint, overwrite)
-    manifest = Manifest(
-        stage=STAGE,
-        config=fingerprint,
-        inputs={"raft": str(source)},
-        extra={"fingerprint": fingerprint, "out": str(out)},
-    )
-    ws.write_manifest(manifest)
-    by_group: dict[str, list[RaftExample]] = defaultdict(list)
-    for e in examples:
-        by_group[e.group_id].append(e)
+    manifest, by_group = start_from_raft(ws, STAGE, out, fingerprint, source, overwrite, examples)
     summary = SynthSummary(out=out, groups_total=len(by_group))
     with GroupFile(out, overwrite=overwrite) as store_file:
         summary.groups_done_before = sum(g in store_file.done for g in by_group)

@@ -18,7 +18,7 @@ from pathlib import Path
 from ragtune.hashing import short_id
 from ragtune.llm.base import LLM, GenerationConfig
 from ragtune.synth import prompts
-from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, check_resume
+from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft
 from ragtune.synth.records import Group, PreferenceExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
 from ragtune.synth.validate import (
@@ -30,7 +30,7 @@ from ragtune.synth.validate import (
     quote_in,
     split_answer,
 )
-from ragtune.workspace import Manifest, Workspace
+from ragtune.workspace import Workspace
 
 STAGE = "synth-preferences"
 
@@ -136,17 +136,7 @@ def build_preferences(
         "system_prompt": config.system_prompt,
         "source": str(source),
     }
-    check_resume(ws, STAGE, out, fingerprint, overwrite)
-    manifest = Manifest(
-        stage=STAGE,
-        config=fingerprint,
-        inputs={"raft": str(source)},
-        extra={"fingerprint": fingerprint, "out": str(out)},
-    )
-    ws.write_manifest(manifest)
-    by_group: dict[str, list[RaftExample]] = defaultdict(list)
-    for e in examples:
-        by_group[e.group_id].append(e)
+    manifest, by_group = start_from_raft(ws, STAGE, out, fingerprint, source, overwrite, examples)
     group_ids = list(by_group)
     gen_config = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed)
     summary = SynthSummary(out=out, groups_total=len(group_ids))

@@ -209,6 +209,19 @@ def check_resume(ws: Workspace, stage: str, out: Path, fingerprint: dict[str, An
     write_json_atomic(sidecar, current)
 
 
+def start_from_raft(ws: Workspace, stage: str, out: Path, fingerprint: dict[str, Any], source: Path, overwrite: bool,
+                    examples: Sequence[RaftExample]) -> tuple[Manifest, dict[str, list[RaftExample]]]:
+    """Shared start of the builders that read a RAFT file (pairs, preferences): refuse a resume under other
+    settings, record the manifest, and group the examples by the chunk or record they came from."""
+    check_resume(ws, stage, out, fingerprint, overwrite)
+    manifest = Manifest(stage=stage, config=fingerprint, inputs={"raft": str(source)},
+                        extra={"fingerprint": fingerprint, "out": str(out)})
+    ws.write_manifest(manifest)
+    by_group: dict[str, list[RaftExample]] = {}
+    for e in examples:
+        by_group.setdefault(e.group_id, []).append(e)
+    return manifest, by_group
+
 def chunk_docs(chunks: Sequence[Chunk]) -> tuple[list[ContextDoc], dict[str, tuple[str, int, int]]]:
     docs = [ContextDoc(doc_id=c.chunk_id, text=c.text, title=c.title) for c in chunks]
     spans = {c.chunk_id: (c.doc_id, c.start, c.end) for c in chunks}
