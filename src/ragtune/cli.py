@@ -133,8 +133,13 @@ def search(
     candidates: int = typer.Option(50, help="Hybrid: candidates taken from each leg before fusion."),
     dense_weight: float = typer.Option(1.0, help="Hybrid: weight of the dense ranking in RRF."),
     bm25_weight: float = typer.Option(1.0, help="Hybrid: weight of the BM25 ranking in RRF."),
+    retriever: Path = typer.Option(None, "--retriever", help="A trained retriever folder (`ragtune train retriever`):"
+                                   " its query encoder embeds the query for the dense leg."),
+    rerank: str = typer.Option(None, "--rerank", help="A cross-encoder folder (`ragtune train reranker`) or hub id "
+                               "that re-scores the top --rerank-candidates hits."),
+    rerank_candidates: int = typer.Option(20, help="With --rerank: first-stage hits the cross-encoder reads."),
 ) -> None:
-    """Search the indexed chunks."""
+    """Search the indexed chunks (optionally with a trained query encoder and a cross-encoder reranker)."""
     from ragtune.config import SearchConfig
     from ragtune.index.search import MODES, Searcher, parse_filters
 
@@ -144,8 +149,10 @@ def search(
         fail("-k must be at least 1")
     try:
         filters = parse_filters(filter)
-        config = SearchConfig.model_validate(dict(mode=mode, k=k, candidates=candidates, dense_weight=dense_weight,
-                                                  bm25_weight=bm25_weight))
+        config = SearchConfig.model_validate(dict(
+            mode=mode, k=k, candidates=candidates, dense_weight=dense_weight, bm25_weight=bm25_weight,
+            retriever=str(retriever) if retriever else None, reranker=rerank, rerank_candidates=rerank_candidates,
+        ))
         hits = Searcher(workspace, config).search(query, k=k, mode=mode, filters=filters)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))

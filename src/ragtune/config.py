@@ -52,3 +52,8 @@ class SearchConfig(BaseModel):
     # "memory": exact search over the vectors held in RAM (as fast as bare FAISS); "lancedb": query the table.
     dense_backend: Literal["memory", "lancedb"] = "memory"
     memory_limit: int = 5_000_000
+    # A trained retriever folder (`ragtune train retriever`): its query encoder embeds the queries.
+    retriever: str | None = None
+    # A cross-encoder (folder or hub id) that re-scores the first stage's top `rerank_candidates` hits.
+    reranker: str | None = None
+    rerank_candidates: int = 20

@@ -5,6 +5,9 @@ matrix and scores exactly with a single matrix-vector product: benchmarks/retrie
 brute-force search at about twice the latency of bare FAISS on the same vectors (10k-100k chunks), and a matrix
 product matches FAISS. `dense_backend="lancedb"` (or more than `memory_limit` chunks) queries LanceDB instead.
 
+With `SearchConfig.retriever` the queries are embedded by a trained retriever's query encoder (see
+`ragtune.index.retriever`); with `SearchConfig.reranker` a cross-encoder re-scores the first stage's top candidates.
+
 Metadata filters are applied inside each leg before its top-k (a row mask over the catalog; LanceDB prefilter on the
 other backend), so a filtered search returns k hits whenever k chunks match, not whatever survived a post-filter.
 """
@@ -23,6 +26,8 @@ from ragtune.config import SearchConfig
 from ragtune.index.embedding import Embedder
 from ragtune.index.fusion import reciprocal_rank_fusion
 from ragtune.index.lexical import LexicalIndex
+from ragtune.index.rerank import Reranker
+from ragtune.index.retriever import query_encoder_path
 from ragtune.index.settings import IndexSettings, index_text
 from ragtune.index.store import ChunkStore
 from ragtune.records import Hit
@@ -70,6 +75,12 @@ class Searcher:
         self.settings = settings
         self.store = ChunkStore(self.workspace)
         self._embedder = embedder
+        self._query_embedder: Embedder | None = None
+        self._reranker: Reranker | None = None
+        if self.config.retriever:  # fail at construction, not at the first query, when it does not fit the index
+            self._query_path: str | None = query_encoder_path(self.config.retriever, settings.embedder)
+        else:
+            self._query_path = None
         self._version: int | None = None
         self._catalog: pa.Table | None = None
         self._rows: dict[str, int] = {}
@@ -82,6 +93,35 @@ class Searcher:
         if self._embedder is None:
             self._embedder = Embedder(self.settings.embedder)
         return self._embedder
+
+    @property
+    def query_embedder(self) -> Embedder:
+        """What embeds queries: a trained retriever's query encoder when configured, else the index's embedder."""
+        if self._query_path is None:
+            return self.embedder
+        if self._query_embedder is None:
+            self._query_embedder = Embedder(self._query_path)
+        return self._query_embedder
+
+    @property
+    def reranker(self) -> Reranker | None:
+        if self.config.reranker and self._reranker is None:
+            self._reranker = Reranker(self.config.reranker, embed_title=self.settings.embed_title)
+        return self._reranker
+
+    def vectors(self, chunk_ids: list[str]) -> np.ndarray:
+        """The stored document vectors of these chunks (rows in the given order), from the in-memory matrix."""
+        self.refresh()
+        if self._vectors is None:
+            raise ValueError("stored vectors are only kept in memory with dense_backend='memory'")
+        return self._vectors[[self._rows[c] for c in chunk_ids]]
+
+    def hit(self, chunk_id: str, score: float = 0.0, rank: int = 0) -> Hit:
+        """One chunk as a Hit (its text, title and metadata), by id."""
+        self.refresh()
+        if chunk_id not in self._rows:
+            raise KeyError(f"no chunk {chunk_id!r} in the index")
+        return self._hit(chunk_id, score, rank)
 
     def refresh(self) -> None:
         """(Re)load the catalog and the lexical index if the chunk table moved since the last search."""
@@ -133,7 +173,7 @@ class Searcher:
 
     def dense(self, query: str, k: int, filters: dict[str, str] | None = None) -> list[tuple[str, float]]:
         self.refresh()
-        return self.dense_by_vector(self.embedder.encode_query(query), k, filters)
+        return self.dense_by_vector(self.query_embedder.encode_query(query), k, filters)
 
     def dense_by_vector(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None
                         ) -> list[tuple[str, float]]:
@@ -172,6 +212,9 @@ class Searcher:
         if not query.strip():
             raise ValueError("empty query")
         self.refresh()
+        final_k = k
+        if self.reranker is not None:
+            k = max(k, self.config.rerank_candidates)
         if mode == "dense":
             ranked = self.dense(query, k, filters)
         elif mode == "bm25":
@@ -183,7 +226,10 @@ class Searcher:
             ranked = reciprocal_rank_fusion(
                 [dense, lexical], [self.config.dense_weight, self.config.bm25_weight], k=self.config.rrf_k
             )[:k]
-        return [self._hit(cid, score, rank) for rank, (cid, score) in enumerate(ranked[:k], start=1)]
+        hits = [self._hit(cid, score, rank) for rank, (cid, score) in enumerate(ranked[:k], start=1)]
+        if self.reranker is not None:
+            hits = self.reranker.rerank(query, hits, final_k)
+        return hits
 
     def _hit(self, chunk_id: str, score: float, rank: int) -> Hit:
         assert self._catalog is not None
