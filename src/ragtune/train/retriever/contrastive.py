@@ -1,0 +1,136 @@
+"""Contrastive embedding fine-tuning: MultipleNegativesRankingLoss over (question, positive chunk, hard negatives).
+
+Each question's positive is the chunk it was written about (every gold chunk, for multi-hop questions); its negatives
+are the dense index's top hits that are not gold (false negatives filtered: same gold document, holding the answer, or
+scoring too close to the positive). In-batch, every other row's chunks are negatives too, so batches come from
+sentence-transformers' NoDuplicatesBatchSampler: no text twice in a batch, hence no two questions of the same chunk
+(one would be trained away from its own positive). Both towers change, so the index is re-embedded afterwards,
+incrementally and resumably (`ragtune.index.reembed`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from ragtune.index.embedding import Embedder
+from ragtune.index.reembed import reembed_index
+from ragtune.index.retriever import RetrieverSpec
+from ragtune.index.search import Searcher
+from ragtune.models import resolve_embedder
+from ragtune.train.retriever.common import TrainResult, peak_rss_mb, quiet_trainer, retrieval_scores, training_args
+from ragtune.train.retriever.data import IndexChunks, RetrieverDataError, load_questions, mine_negatives
+from ragtune.train.retriever.lsr import prepare, write_manifest
+from ragtune.train.retriever.progress import StepCallback, bar
+from ragtune.workspace import Workspace
+
+
+class ContrastiveConfig(BaseModel):
+    """Settings of one contrastive run."""
+
+    negatives: Annotated[int, Field(ge=0)] = 1  # hard negatives per row (each costs one document forward pass per step)
+    depth: Annotated[int, Field(ge=1)] = 30  # how deep in the dense ranking negatives are mined
+    relative_margin: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    epochs: Annotated[float, Field(gt=0)] = 1.0
+    lr: Annotated[float, Field(gt=0)] = 2e-5
+    batch_size: Annotated[int, Field(ge=2)] = 16
+    scale: Annotated[float, Field(gt=0)] = 20.0  # MultipleNegativesRankingLoss's inverse temperature
+    limit: Annotated[int | None, Field(ge=1)] = None
+    reembed: bool = True
+    seed: int = 0
+
+
+def train_contrastive(
+    workspace: Workspace | str | Path,
+    data: str | Path,
+    config: ContrastiveConfig | None = None,
+    out: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Fine-tune the embedder on the questions' chunks, save it to `out`, and re-embed the index with it."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    config = config or ContrastiveConfig()
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    out = Path(out) if out else ws.root / "train" / "retriever-contrastive"
+    started = time.perf_counter()
+    searcher = Searcher(ws)
+    chunks, resolved, counts = prepare(ws, data, searcher, config.limit)
+    base = searcher.settings.embedder
+    query_vectors = searcher.embedder.encode([r.question.question for r in resolved])
+    counts.update(mine_negatives(chunks, resolved, query_vectors, config.negatives, config.depth,
+                                 config.relative_margin))
+    rows: dict[str, list[str]] = {"anchor": [], "positive": []}
+    for j in range(config.negatives):
+        rows[f"negative_{j + 1}"] = []
+    for r in resolved:
+        if len(r.negatives) < config.negatives:
+            continue  # every row needs the same columns; a short one is rarer than a useless one
+        for positive in r.positives:
+            rows["anchor"].append(r.question.question)
+            rows["positive"].append(chunks.doc_text(positive))
+            for j, cid in enumerate(r.negatives[: config.negatives]):
+                rows[f"negative_{j + 1}"].append(chunks.doc_text(cid))
+    if len(rows["anchor"]) < 2:
+        raise RetrieverDataError("fewer than 2 usable training rows: contrastive training needs in-batch negatives")
+    counts["rows"] = len(rows["anchor"])
+    held_out = _held_out(chunks, data, eval_data)
+    before = retrieval_scores(searcher, chunks, held_out) if held_out else {}
+    prepare_seconds = time.perf_counter() - started
+
+    dataset = Dataset.from_dict(rows)
+    torch.manual_seed(config.seed)
+    model = SentenceTransformer(resolve_embedder(base).path)
+    loss = MultipleNegativesRankingLoss(model, scale=config.scale)
+    args = training_args(SentenceTransformerTrainingArguments, config.epochs, config.lr,
+                         min(config.batch_size, len(dataset)), config.seed, len(dataset),
+                         batch_sampler=BatchSamplers.NO_DUPLICATES)
+    t0 = time.perf_counter()
+    with bar("contrastive training", progress) as b:
+        callback = StepCallback(b)
+        trainer = quiet_trainer(SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                             callbacks=[callback]))
+        state = trainer.train()
+    train_seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = (out / "model").resolve()
+    model.save(str(model_dir))
+    spec = RetrieverSpec(kind="dual-encoder", method="contrastive", query_encoder="model",
+                         document_encoder=str(model_dir), base=base)
+    spec.save(out)
+    result = TrainResult(out=out, method="contrastive", examples=len(dataset), steps=int(state.global_step),
+                         train_seconds=train_seconds, prepare_seconds=prepare_seconds, peak_rss_mb=peak_rss_mb(),
+                         losses=callback.losses, counts=counts, before=before)
+    if config.reembed:
+        t1 = time.perf_counter()
+        with bar("re-embedding index", progress) as b:
+            result.counts["reembedded"] = reembed_index(ws, Embedder(str(model_dir)), progress=b.update)
+        result.extra["reembed_seconds"] = time.perf_counter() - t1
+        if held_out:
+            result.after = retrieval_scores(Searcher(ws), chunks, held_out)
+    result.extra["eval_questions"] = len(held_out)
+    result.peak_rss_mb = peak_rss_mb()
+    spec.metrics = {"before": result.before, "after": result.after}
+    spec.save(out)
+    write_manifest(ws, "train-retriever-contrastive", data, config.model_dump(), result)
+    return result
+
+
+def _held_out(chunks: IndexChunks, data: str | Path, eval_data: str | Path | None) -> list:
+    try:
+        questions = load_questions(eval_data or data, split="eval")
+    except RetrieverDataError:
+        return []
+    return [r for r in (chunks.resolve(q) for q in questions) if r is not None]

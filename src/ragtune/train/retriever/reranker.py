@@ -1,0 +1,104 @@
+"""Train a cross-encoder reranker on the same questions: (question, chunk) -> relevant or not.
+
+Initialised from the bundled MiniLM weights (no reranker ships in a package; the classification head starts fresh)
+or from any hub id / folder, and trained with sentence-transformers' CrossEncoderTrainer and BinaryCrossEntropyLoss
+on each question's positive chunks (label 1) and its mined hard negatives (label 0), weighted so both classes count
+the same. The saved folder is a plain CrossEncoder: `ragtune search --rerank FOLDER` uses it as a second stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from ragtune.index.search import Searcher
+from ragtune.models import resolve_embedder
+from ragtune.train.retriever.common import TrainResult, peak_rss_mb, quiet_trainer, training_args
+from ragtune.train.retriever.data import RetrieverDataError, mine_negatives
+from ragtune.train.retriever.lsr import prepare, write_manifest
+from ragtune.train.retriever.progress import StepCallback, bar
+from ragtune.workspace import Workspace
+
+SPEC_FILE = "reranker.json"
+
+
+class RerankerConfig(BaseModel):
+    """Settings of one reranker run."""
+
+    base: str | None = None  # default: the bundled MiniLM weights
+    negatives: Annotated[int, Field(ge=1)] = 3
+    depth: Annotated[int, Field(ge=1)] = 30
+    epochs: Annotated[float, Field(gt=0)] = 1.0
+    lr: Annotated[float, Field(gt=0)] = 3e-5
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    max_length: Annotated[int, Field(ge=16)] = 256
+    limit: Annotated[int | None, Field(ge=1)] = None
+    seed: int = 0
+
+
+def train_reranker(
+    workspace: Workspace | str | Path,
+    data: str | Path,
+    config: RerankerConfig | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a cross-encoder and save it to `out` (default WORKSPACE/train/reranker)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from ragtune.models import quiet_transformers
+
+    quiet_transformers()
+    config = config or RerankerConfig()
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    out = Path(out) if out else ws.root / "train" / "reranker"
+    started = time.perf_counter()
+    searcher = Searcher(ws)
+    chunks, resolved, counts = prepare(ws, data, searcher, config.limit)
+    query_vectors = searcher.embedder.encode([r.question.question for r in resolved])
+    counts.update(mine_negatives(chunks, resolved, query_vectors, config.negatives, config.depth))
+    rows: dict[str, list] = {"query": [], "passage": [], "label": []}
+    for r in resolved:
+        for cid, label in [(p, 1.0) for p in r.positives] + [(n, 0.0) for n in r.negatives]:
+            rows["query"].append(r.question.question)
+            rows["passage"].append(chunks.doc_text(cid))
+            rows["label"].append(label)
+    positives = int(sum(rows["label"]))
+    if positives == 0 or positives == len(rows["label"]):
+        raise RetrieverDataError("a reranker needs both relevant and non-relevant chunks; no negatives were found")
+    counts.update(rows=len(rows["label"]), positive_rows=positives)
+    prepare_seconds = time.perf_counter() - started
+
+    base = config.base or "all-minilm-l6-v2"
+    base_path = resolve_embedder(base).path  # a bundled name or folder; a hub id passes through unchanged
+    torch.manual_seed(config.seed)
+    model = CrossEncoder(base_path, num_labels=1, max_length=config.max_length)
+    pos_weight = torch.tensor((len(rows["label"]) - positives) / positives)
+    loss = BinaryCrossEntropyLoss(model, pos_weight=pos_weight)
+    dataset = Dataset.from_dict(rows).shuffle(seed=config.seed)
+    args = training_args(CrossEncoderTrainingArguments, config.epochs, config.lr, config.batch_size, config.seed,
+                         len(dataset))
+    t0 = time.perf_counter()
+    with bar("reranker training", progress) as b:
+        callback = StepCallback(b)
+        trainer = quiet_trainer(
+            CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[callback])
+        )
+        state = trainer.train()
+    train_seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out))
+    (out / SPEC_FILE).write_text(json.dumps({"kind": "cross-encoder", "base": base, "rows": len(dataset)}, indent=2),
+                                 encoding="utf-8")
+    result = TrainResult(out=out, method="reranker", examples=len(dataset), steps=int(state.global_step),
+                         train_seconds=train_seconds, prepare_seconds=prepare_seconds, peak_rss_mb=peak_rss_mb(),
+                         losses=callback.losses, counts=counts)
+    write_manifest(ws, "train-reranker", data, config.model_dump(), result)
+    return result

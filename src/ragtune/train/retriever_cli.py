@@ -1,0 +1,151 @@
+"""`ragtune train retriever` and `ragtune train reranker`: parse, call the trainer, print the before/after table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console()
+
+METHODS = ("lsr", "contrastive")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from ragtune.models import ModelNotFoundError
+
+    return (FileNotFoundError, ValueError, ValidationError, ModelNotFoundError)
+
+
+def _message(exc: BaseException) -> str:
+    errors: Any = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            return f"--{'-'.join(str(x) for x in first.get('loc', ())).replace('_', '-')}: {first.get('msg')}"
+        except (IndexError, TypeError, AttributeError):
+            pass
+    return str(exc)
+
+
+def _report(result: Any, title: str) -> None:
+    console.print(
+        f"[green]{title}[/] {result.examples} training rows, {result.steps} steps, train {result.train_seconds:.1f}s "
+        f"(+{result.prepare_seconds:.1f}s preparing), peak RSS {result.peak_rss_mb:.0f} MB -> {result.out}"
+    )
+    if result.counts:
+        console.print("counts: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()))
+    if result.before and result.after:
+        table = Table(title=f"held-out questions ({int(result.before.get('n', 0))}), dense retrieval")
+        for col in ("metric", "before", "after", "change"):
+            table.add_column(col)
+        for key, before in result.before.items():
+            if key in ("n", "seconds"):
+                continue
+            after = result.after.get(key, 0.0)
+            change = f"{(after - before) / before:+.1%}" if before else "n/a"
+            table.add_row(key, f"{before:.3f}", f"{after:.3f}", change)
+        out_console.print(table)
+    elif not result.extra.get("eval_questions"):
+        console.print("[dim]no held-out (eval-split) questions given: pass --eval-data to see before / after[/]")
+
+
+def retriever_cmd(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace whose index the retriever serves."),
+    method: str = typer.Option("lsr", "--method", "-m", help="lsr: RA-DIT LM-supervised retrieval, trains a query "
+                               "tower, index untouched | contrastive: MultipleNegativesRankingLoss with mined hard "
+                               "negatives, both towers, index re-embedded."),
+    data: Path = typer.Option(..., "--data", help="RAFT file (synth/raft.jsonl: questions with answers) or pairs "
+                              "file (synth/pairs.jsonl). Only its train-split questions are used."),
+    lm: str = typer.Option(None, "--lm", help="LSR: the LM that scores chunks (default: bundled SmolLM2)."),
+    top_k: int = typer.Option(10, "--top-k", help="LSR: retrieved chunks per question that the LM scores."),
+    tau: float = typer.Option(0.01, "--tau", help="LSR: temperature of p_LSR (RA-DIT: 0.01)."),
+    temperature: float = typer.Option(0.05, "--temperature", help="LSR: temperature of the retriever's p_R."),
+    negatives: int = typer.Option(1, "--negatives", help="contrastive: mined hard negatives per question."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    lr: float = typer.Option(2e-5, "--lr", help="Learning rate."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    limit: int = typer.Option(None, "--limit", help="Train on the first N questions only."),
+    reembed: bool = typer.Option(True, "--reembed/--no-reembed", help="contrastive: re-embed the index afterwards."),
+    eval_data: Path = typer.Option(None, "--eval-data", help="RAFT or pairs file whose eval-split questions score "
+                                   "the retriever before and after (default: those of --data, if any)."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default WORKSPACE/train/retriever-METHOD)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train the retriever on workspace questions; `ragtune search --retriever OUT` then uses it.
+
+    lsr (RA-DIT R-ft): each question's top-k chunks are scored by the LM's log-likelihood of the answer given the
+    chunk (cached on disk under WORKSPACE/train/lsr-cache); the query encoder learns KL(p_R || p_LSR). The
+    document vectors stay as indexed. contrastive: MultipleNegativesRankingLoss over (question, gold chunk, mined
+    hard negatives), batches without duplicate chunks; the index is re-embedded with the new model.
+    """
+    if method not in METHODS:
+        _fail(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if not data.is_file():
+        _fail(f"--data {data} does not exist")
+    if eval_data is not None and not eval_data.is_file():
+        _fail(f"--eval-data {eval_data} does not exist")
+    try:
+        if method == "lsr":
+            from ragtune.train.retriever.lsr import LSRConfig, train_lsr
+
+            config = LSRConfig(top_k=top_k, tau=tau, temperature=temperature, epochs=epochs, lr=lr,
+                               batch_size=batch_size, lm=lm, limit=limit, seed=seed)
+            result = train_lsr(workspace, data, config, out=out, eval_data=eval_data, progress=True)
+        else:
+            from ragtune.train.retriever.contrastive import ContrastiveConfig, train_contrastive
+
+            cconfig = ContrastiveConfig(negatives=negatives, epochs=epochs, lr=lr, batch_size=batch_size,
+                                        limit=limit, reembed=reembed, seed=seed)
+            result = train_contrastive(workspace, data, cconfig, out=out, eval_data=eval_data, progress=True)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: LM scores computed so far are cached; run the same command to go on.")
+        raise typer.Exit(130) from None
+    except _errors() as exc:
+        _fail(_message(exc))
+    _report(result, f"trained retriever ({method})")
+    console.print(f"use it: ragtune search QUERY --workspace {workspace} --retriever {result.out}")
+
+
+def reranker_cmd(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace whose index mines the negatives."),
+    data: Path = typer.Option(..., "--data", help="Pairs file (synth/pairs.jsonl) or RAFT file; train split used."),
+    base: str = typer.Option(None, "--base", help="Initial weights: folder or hub id (default: bundled MiniLM, "
+                             "with a fresh scoring head)."),
+    negatives: int = typer.Option(3, "--negatives", help="Mined hard negatives per question (label 0)."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    lr: float = typer.Option(3e-5, "--lr", help="Learning rate."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    limit: int = typer.Option(None, "--limit", help="Train on the first N questions only."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default WORKSPACE/train/reranker)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a cross-encoder reranker; `ragtune search --rerank OUT` re-scores the top candidates with it."""
+    if not data.is_file():
+        _fail(f"--data {data} does not exist")
+    try:
+        from ragtune.train.retriever.reranker import RerankerConfig, train_reranker
+
+        config = RerankerConfig(base=base, negatives=negatives, epochs=epochs, lr=lr, batch_size=batch_size,
+                                limit=limit, seed=seed)
+        result = train_reranker(workspace, data, config, out=out, progress=True)
+    except _errors() as exc:
+        _fail(_message(exc))
+    _report(result, "trained reranker")
+    console.print(f"use it: ragtune search QUERY --workspace {workspace} --rerank {result.out}")
+
+
+def register(train_app: typer.Typer) -> None:
+    train_app.command("retriever")(retriever_cmd)
+    train_app.command("reranker")(reranker_cmd)
