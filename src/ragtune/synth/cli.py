@@ -158,7 +158,8 @@ def from_qa_cmd(
     fmt: str = typer.Argument(..., metavar="FORMAT", help="hotpotqa | squad | nq | jsonl"),
     path: Path = typer.Argument(..., help="the labelled data set file"),
     workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
-    cot: str = typer.Option("evidence", "--cot", help="'evidence': quote gold evidence (no teacher); 'teacher'"),
+    cot: str = typer.Option("evidence", "--cot", help="'evidence': quote gold evidence "
+                             "(no teacher); 'evidence-short': the quotes and the answer only; 'teacher'"),
     teacher: str = typer.Option(None, "--teacher", "-t", help="teacher model for --cot teacher"),
     distractors: int = typer.Option(3, "--distractors", "-k", min=0),
     p_oracle: float = typer.Option(0.8, "--p-oracle", "-p", min=0.0, max=1.0),
@@ -183,8 +184,8 @@ def from_qa_cmd(
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="FORMAT")
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist", param_hint="PATH")
-    if cot not in ("evidence", "teacher"):
-        raise typer.BadParameter("must be 'evidence' or 'teacher'", param_hint="--cot")
+    if cot not in ("evidence", "evidence-short", "teacher"):
+        raise typer.BadParameter("must be 'evidence', 'evidence-short' or 'teacher'", param_hint="--cot")
     if split not in ("train", "eval", "all"):
         raise typer.BadParameter("must be train, eval or all", param_hint="--split")
     if distractor_source not in ("auto", "own", "index", "pool"):

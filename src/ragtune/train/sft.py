@@ -1,0 +1,136 @@
+"""Supervised fine-tuning of the generator on RAFT or RA-DIT data, through TRL's SFTTrainer and PEFT.
+
+ragtune's part is the data (the student prompt the evaluator uses too; loss on the answer only), the run (LoRA, QLoRA
+or full; bf16 autocast where the CPU has it; length-grouped batches or packing; checkpoints and `--resume`) and the
+record of what it cost (tokens/s, peak memory). The optimisation loop is TRL's.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ragtune.hashing import file_hash
+from ragtune.train import data as train_data
+from ragtune.train.common import (
+    TrainResult,
+    finish_run,
+    is_main_process,
+    load_model_for_training,
+    lora_config,
+    prepare_run,
+    progress_callback,
+    run_dir,
+    trainer_arguments,
+)
+from ragtune.train.config import SFTRunConfig, TrainConfigError
+from ragtune.workspace import Workspace
+
+
+def default_data_path(workspace: str | Path) -> Path:
+    return Workspace(workspace).root / "synth" / "raft.jsonl"
+
+
+def build_rows(workspace: str | Path, data_path: Path, config: SFTRunConfig) -> list[dict[str, Any]]:
+    """The training rows for the configured data mode, mixed with instruction data when asked."""
+    examples = train_data.load_raft(data_path, split=config.split, limit=config.limit)
+    if config.data_mode == "radit":
+        from ragtune.index.search import Searcher
+
+        searcher = Searcher(workspace)
+
+        def retrieve(question: str, k: int):
+            return searcher.search(question, k=k, mode=config.retrieval_mode)
+
+        rows = train_data.radit_rows(examples, retrieve, config.top_k)
+    else:
+        system = config.system_prompt if config.system_prompt is not None else train_data.STUDENT_SYSTEM
+        rows = train_data.raft_rows(examples, system or None)
+    if config.mix_ratio > 0 and config.mix_path:
+        rows = train_data.mix(rows, train_data.read_instruction_rows(config.mix_path), config.mix_ratio, config.seed)
+    return rows
+
+
+def drop_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """Rows whose prompt + answer exceed `max_length` tokens are left out (truncating would cut the answer the loss
+    is on, or the documents it quotes); the caller reports how many."""
+    kept = []
+    for row in rows:
+        text = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_length:
+            kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
+def train_sft(
+    workspace: str | Path,
+    model: str | None = None,
+    data_path: str | Path | None = None,
+    config: SFTRunConfig | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `model` (default: the bundled SmolLM2) on the workspace's RAFT data; returns where the adapter or
+    model went and what the run cost. Rerun with `resume=True` after an interruption to continue from the last
+    checkpoint."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    config = config or SFTRunConfig()
+    config.check()
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    data_path = Path(data_path) if data_path else default_data_path(workspace)
+    name = name or f"sft-{config.data_mode}-{config.method}"
+    folder = run_dir(workspace, name)
+    resume_from = prepare_run(folder, resume, overwrite)
+
+    rows = build_rows(workspace, data_path, config)
+    net, tokenizer, base_path = load_model_for_training(model, config)
+    rows, dropped = drop_too_long(rows, tokenizer, config.max_length)
+    if dropped and is_main_process():
+        say(f"note: {dropped} examples longer than --max-length {config.max_length} tokens were left out")
+    if not rows:
+        raise TrainConfigError(f"no example fits in --max-length {config.max_length}; raise it")
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+    args = SFTConfig(
+        **trainer_arguments(config, folder / "checkpoints"),
+        packing=config.packing,
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        completion_only_loss=True,
+        dataset_num_proc=None,
+    )
+    progress = progress_callback(f"sft {config.method}", quiet=quiet)
+    trainer = SFTTrainer(
+        model=net,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
+        callbacks=[progress],
+    )
+    if is_main_process() and not quiet:
+        params: list[Any] = list(trainer.model.parameters()) if trainer.model is not None else []
+        trainable = sum(int(p.numel()) for p in params if p.requires_grad)
+        total = sum(int(p.numel()) for p in params)
+        say(
+            f"training {len(rows)} examples ({config.data_mode}, {config.method}; {trainable:,} of {total:,} "
+            f"parameters trainable; bf16 autocast {'on' if args.bf16 else 'off'})"
+            + (f", resuming from {resume_from.name}" if resume_from else "")
+        )
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - started
+    inputs = {str(data_path.resolve()): file_hash(data_path)}
+    if config.mix_path:
+        inputs[str(Path(config.mix_path).resolve())] = file_hash(Path(config.mix_path))
+    return finish_run(
+        "sft", workspace, folder, trainer, output, config, model or base_path, len(rows), seconds, progress,
+        inputs, resume_from,
+    )
