@@ -124,6 +124,7 @@ def reranker_cmd(
     base: str = typer.Option(None, "--base", help="Initial weights: folder or hub id (default: bundled MiniLM, "
                              "with a fresh scoring head)."),
     negatives: int = typer.Option(3, "--negatives", help="Mined hard negatives per question (label 0)."),
+    random_negatives: int = typer.Option(3, "--random-negatives", help="Random chunks per question (label 0)."),
     epochs: float = typer.Option(1.0, "--epochs"),
     lr: float = typer.Option(3e-5, "--lr", help="Learning rate."),
     batch_size: int = typer.Option(16, "--batch-size"),
@@ -137,7 +138,8 @@ def reranker_cmd(
     try:
         from ragtune.train.retriever.reranker import RerankerConfig, train_reranker
 
-        config = RerankerConfig(base=base, negatives=negatives, epochs=epochs, lr=lr, batch_size=batch_size,
+        config = RerankerConfig(base=base, negatives=negatives, random_negatives=random_negatives, epochs=epochs,
+                                lr=lr, batch_size=batch_size,
                                 limit=limit, seed=seed)
         result = train_reranker(workspace, data, config, out=out, progress=True)
     except _errors() as exc:

@@ -2,13 +2,17 @@
 
 Initialised from the bundled MiniLM weights (no reranker ships in a package; the classification head starts fresh)
 or from any hub id / folder, and trained with sentence-transformers' CrossEncoderTrainer and BinaryCrossEntropyLoss
-on each question's positive chunks (label 1) and its mined hard negatives (label 0), weighted so both classes count
-the same. The saved folder is a plain CrossEncoder: `ragtune search --rerank FOLDER` uses it as a second stage.
+on each question's positive chunks (label 1) and its negatives (label 0), weighted so both classes count the same.
+Negatives are mined hard ones plus random ones: with hard negatives only, which are by construction closer to the
+question than many gold chunks (a multi-hop question's second paragraph), a small training set teaches the head
+"similar means irrelevant" (measured: recall@5 0.79 -> 0.11 on 60 HotpotQA questions); random chunks anchor
+the easy end of the scale. The saved folder is a plain CrossEncoder: `ragtune search --rerank FOLDER` uses it.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 from typing import Annotated
@@ -30,7 +34,8 @@ class RerankerConfig(BaseModel):
     """Settings of one reranker run."""
 
     base: str | None = None  # default: the bundled MiniLM weights
-    negatives: Annotated[int, Field(ge=1)] = 3
+    negatives: Annotated[int, Field(ge=0)] = 3  # mined hard negatives per question
+    random_negatives: Annotated[int, Field(ge=0)] = 3  # random chunks per question
     depth: Annotated[int, Field(ge=1)] = 30
     epochs: Annotated[float, Field(gt=0)] = 1.0
     lr: Annotated[float, Field(gt=0)] = 3e-5
@@ -64,6 +69,16 @@ def train_reranker(
     chunks, resolved, counts = prepare(ws, data, searcher, config.limit)
     query_vectors = searcher.embedder.encode([r.question.question for r in resolved])
     counts.update(mine_negatives(chunks, resolved, query_vectors, config.negatives, config.depth))
+    rng = random.Random(config.seed)
+    for r in resolved:
+        picked: list[str] = []
+        for _ in range(20 * config.random_negatives):
+            if len(picked) >= config.random_negatives:
+                break
+            cid = chunks.ids[rng.randrange(len(chunks.ids))]
+            if cid not in r.negatives and cid not in picked and not chunks.is_false_negative(r, cid):
+                picked.append(cid)
+        r.negatives = r.negatives + picked
     rows: dict[str, list] = {"query": [], "passage": [], "label": []}
     for r in resolved:
         for cid, label in [(p, 1.0) for p in r.positives] + [(n, 0.0) for n in r.negatives]:
