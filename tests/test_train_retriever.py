@@ -98,8 +98,8 @@ def test_load_questions_reads_raft_and_pairs_and_names_bad_lines(tmp_path):
 def test_lsr_scores_the_answer_for_raft_and_the_question_for_pairs():
     from ragtune.train.retriever.lsr import lm_request
 
-    messages, target = lm_request("Who founded it?", "Ann Lee", "Acme", "Acme was founded by Ann Lee.")
-    assert target == "Ann Lee" and messages[0]["content"].startswith("Background: Acme\nAcme was founded")
+    messages, target = lm_request("Who founded it?", "Ann Lee", "Acme", "It was founded by Ann Lee.")
+    assert target == "Ann Lee" and messages[0]["content"].startswith("Background: Acme\nIt was founded")
     assert "Who founded it?" in messages[0]["content"]
     messages, target = lm_request("Who founded it?", None, "Acme", "Acme was founded by Ann Lee.")
     assert target == "Who founded it?" and "Who founded it?" not in messages[0]["content"]  # UPR: p(question | chunk)
