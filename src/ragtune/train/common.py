@@ -144,14 +144,21 @@ def trainer_arguments(settings: RunSettings, output_dir: Path) -> dict[str, Any]
     """Keyword arguments shared by TRL's SFTConfig and DPOConfig."""
     device = pick_device(settings.device)
     bf16 = use_bf16(settings.bf16, device)
+    extra: dict[str, Any] = {}
+    if settings.gradient_checkpointing:  # named only when asked: transformers 5 renames it activation_checkpointing
+        extra["gradient_checkpointing"] = True
     return {
+        **extra,
         "output_dir": str(output_dir),
         "num_train_epochs": settings.epochs if settings.epochs > 0 else 1.0,
         "max_steps": settings.max_steps,
         "learning_rate": settings.learning_rate,
         "per_device_train_batch_size": settings.batch_size,
         "gradient_accumulation_steps": settings.grad_accum,
-        "warmup_steps": settings.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        # A float in [0, 1) is a ratio of the total steps, rounded up by transformers: a 1-step run would then spend its
+        # only step at learning rate 0. With a known step count, round down instead.
+        "warmup_steps": int(settings.warmup_ratio * settings.max_steps) if settings.max_steps > 0
+        else settings.warmup_ratio,
         "lr_scheduler_type": "cosine",
         "weight_decay": settings.weight_decay,
         "bf16": bf16,
@@ -165,7 +172,6 @@ def trainer_arguments(settings: RunSettings, output_dir: Path) -> dict[str, Any]
         "report_to": "none",
         "disable_tqdm": True,  # ragtune draws its own bar, with loss and tokens/s
         "include_num_input_tokens_seen": "non_padding",
-        "gradient_checkpointing": settings.gradient_checkpointing,
         "dataloader_num_workers": 0,
         "max_length": settings.max_length,
     }
@@ -174,8 +180,9 @@ def trainer_arguments(settings: RunSettings, output_dir: Path) -> dict[str, Any]
 # ---- progress --------------------------------------------------------------------------------------------------------
 
 
-def progress_callback(label: str, quiet: bool = False):
-    """A TrainerCallback that draws one rich bar (step, loss, tokens/s, ETA) and keeps the loss history."""
+def progress_callback(label: str, quiet: bool = False, max_minutes: float | None = None):
+    """A TrainerCallback that draws one rich bar (step, loss, tokens/s, ETA), keeps the loss history, and ends
+    training cleanly (the output is still saved) once `max_minutes` of training time are spent."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -196,6 +203,7 @@ def progress_callback(label: str, quiet: bool = False):
             self.start_tokens = 0
             self.start_step = 0
             self.last_loss: float | None = None
+            self.stopped_early = False
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
@@ -216,6 +224,9 @@ def progress_callback(label: str, quiet: bool = False):
             return (state.num_input_tokens_seen - self.start_tokens) / elapsed if elapsed > 0 else 0.0
 
         def on_step_end(self, args, state, control, **kwargs):
+            if max_minutes is not None and time.perf_counter() - self.started >= 60 * max_minutes:
+                control.should_training_stop = True
+                self.stopped_early = True
             if self.bar is not None:
                 self.bar.update(self.task, completed=state.global_step, tps=f"{self.tokens_per_second(state):.0f}")
 
@@ -234,6 +245,15 @@ def progress_callback(label: str, quiet: bool = False):
                 self.bar.stop()
 
     return RichProgress()
+
+
+def quiet_trainer(trainer: Any) -> Any:
+    """Drop transformers' PrinterCallback: with tqdm off it prints every log dict to stdout, which would break
+    `--json` output; ragtune's bar shows the same numbers on stderr."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 # ---- runs, checkpoints, outputs --------------------------------------------------------------------------------------
@@ -256,6 +276,8 @@ class TrainResult:
     tokens_per_second: float
     peak_memory_mb: float
     resumed_from: str | None = None
+    world_size: int = 1  # processes under `accelerate launch` / torchrun
+    distributed_backend: str | None = None  # gloo on CPUs, nccl on GPUs
     history: list[dict[str, float]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -267,15 +289,31 @@ def run_dir(workspace: str | os.PathLike[str], name: str) -> Path:
     return Workspace(workspace).root / "train" / name
 
 
-def checkpoints(folder: Path) -> list[Path]:
-    """Saved checkpoints, oldest first (TRL names them checkpoint-<step>)."""
+def checkpoint_complete(path: Path) -> bool:
+    """Whether a checkpoint was written to the end. The Trainer writes trainer_state.json last, so a run killed while
+    saving leaves a folder without it (or with half of it); resuming from that folder would fail."""
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def checkpoints(folder: Path, complete_only: bool = True) -> list[Path]:
+    """Saved checkpoints, oldest first (the Trainer names them checkpoint-<step>)."""
     found = [p for p in (folder / CHECKPOINTS).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    if complete_only:
+        found = [p for p in found if checkpoint_complete(p)]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def prepare_run(folder: Path, resume: bool, overwrite: bool) -> Path | None:
     """The checkpoint to resume from (or None). Refuses to silently restart over a run that was interrupted."""
     found = checkpoints(folder)
+    if resume and is_main_process():
+        for partial in set(checkpoints(folder, complete_only=False)) - set(found):
+            print(f"note: {partial.name} was interrupted while being saved; removing it", file=sys.stderr)
+            shutil.rmtree(partial, ignore_errors=True)
     if resume:
         if not found:
             if is_main_process():
@@ -300,6 +338,12 @@ def peak_memory_mb(device: str) -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def distributed_backend() -> str | None:
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
 
 
 def save_output(model: Any, tokenizer: Any, folder: Path, settings: RunSettings) -> tuple[Path, str]:
@@ -362,6 +406,8 @@ def finish_run(
         tokens_per_second=round(tokens / trained_seconds, 1) if trained_seconds > 0 else 0.0,
         peak_memory_mb=round(peak_memory_mb(device), 1),
         resumed_from=str(resumed_from) if resumed_from else None,
+        world_size=int(trainer.args.world_size),
+        distributed_backend=distributed_backend(),
         history=list(progress.history) if progress else [],
         config=settings.to_dict(),
     )

@@ -48,6 +48,7 @@ class RunSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
+    max_minutes: float | None = None  # a time budget: stop (and save) after this much training time
     lr: float | None = None  # default: 2e-4 for adapters, 2e-5 for full fine-tuning
     batch_size: int = 4
     grad_accum: int = 2
@@ -77,6 +78,8 @@ class RunSettings:
             raise TrainConfigError(f"--max-length must be at least 32 tokens, got {self.max_length}")
         if self.lr is not None and not 0 < self.lr < 1:
             raise TrainConfigError(f"--lr must be between 0 and 1, got {self.lr}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise TrainConfigError(f"--max-minutes must be > 0, got {self.max_minutes}")
         if self.save_steps < 1:
             raise TrainConfigError("--save-steps must be >= 1")
 

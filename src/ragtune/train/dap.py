@@ -21,6 +21,7 @@ from ragtune.train.common import (
     lora_config,
     prepare_run,
     progress_callback,
+    quiet_trainer,
     run_dir,
     trainer_arguments,
 )
@@ -62,7 +63,7 @@ def train_dap(
         packing_strategy="wrapped",
         completion_only_loss=False,
     )
-    progress = progress_callback("dap", quiet=quiet)
+    progress = progress_callback("dap", quiet=quiet, max_minutes=config.max_minutes)
     trainer = SFTTrainer(
         model=net,
         args=args,
@@ -71,6 +72,7 @@ def train_dap(
         peft_config=lora_config(config),
         callbacks=[progress],
     )
+    quiet_trainer(trainer)
     if is_main_process() and not quiet:
         say(f"domain-adaptive pre-training on {len(rows)} chunks ({packed_rows(trainer)} packed rows)")
     started = time.perf_counter()

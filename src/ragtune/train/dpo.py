@@ -22,6 +22,7 @@ from ragtune.train.common import (
     lora_config,
     prepare_run,
     progress_callback,
+    quiet_trainer,
     run_dir,
     trainer_arguments,
 )
@@ -72,7 +73,7 @@ def train_dpo(
         net = PeftModel.from_pretrained(net, config.adapter, is_trainable=True)
         peft_config = None  # the model already carries the adapter being trained
     args = DPOConfig(**trainer_arguments(config, folder / "checkpoints"), beta=config.beta)
-    progress = progress_callback("dpo", quiet=quiet)
+    progress = progress_callback("dpo", quiet=quiet, max_minutes=config.max_minutes)
     trainer = DPOTrainer(
         model=net,
         ref_model=ref_model,
@@ -82,6 +83,7 @@ def train_dpo(
         peft_config=peft_config,
         callbacks=[progress],
     )
+    quiet_trainer(trainer)
     if is_main_process() and not quiet:
         say(f"DPO on {len(rows)} preference pairs (beta {config.beta}"
             + (f", continuing {config.adapter}" if config.adapter else "") + ")")

@@ -100,6 +100,7 @@ def sft_command(
     target_modules: str = typer.Option("all-linear", "--target-modules", help="all-linear, or e.g. q_proj,v_proj."),
     epochs: float = typer.Option(1.0, "--epochs"),
     max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimiser steps (overrides --epochs)."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget: stop and save after this long."),
     lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-4 for LoRA / QLoRA, 2e-5 for full)."),
     batch_size: int = typer.Option(4, "--batch-size"),
     grad_accum: int = typer.Option(2, "--grad-accum", help="Gradient accumulation steps."),
@@ -127,7 +128,8 @@ def sft_command(
 
     config = SFTRunConfig(
         method=method, lora=_lora(lora_r, lora_alpha, lora_dropout, target_modules), epochs=epochs,
-        max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+        max_steps=max_steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+        max_length=max_length,
         bf16=bf16, save_steps=save_steps, seed=seed, merge=merge, data_mode=data_mode, packing=packing,
         split=split, limit=limit, top_k=top_k, mix_path=str(mix_data) if mix_data else None, mix_ratio=mix_ratio,
     )
@@ -148,6 +150,7 @@ def dpo_command(
     lora_r: int = typer.Option(16, "--lora-r"),
     epochs: float = typer.Option(1.0, "--epochs"),
     max_steps: int = typer.Option(-1, "--max-steps"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget: stop and save after this long."),
     lr: float = typer.Option(5e-6, "--lr"),
     batch_size: int = typer.Option(2, "--batch-size"),
     grad_accum: int = typer.Option(4, "--grad-accum"),
@@ -165,8 +168,9 @@ def dpo_command(
     from ragtune.train.dpo import train_dpo
 
     config = DPORunConfig(
-        method=method, lora=_lora(lora_r, None, 0.05, "all-linear"), epochs=epochs, max_steps=max_steps, lr=lr,
-        batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, save_steps=save_steps,
+        method=method, lora=_lora(lora_r, None, 0.05, "all-linear"), epochs=epochs, max_steps=max_steps,
+        max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+        bf16=bf16, save_steps=save_steps,
         seed=seed, beta=beta, adapter=str(adapter) if adapter else None,
     )
     result = _run(train_dpo, workspace, model, data, config, name=name, resume=resume, overwrite=overwrite,
@@ -181,6 +185,7 @@ def dap_command(
     lora_r: int = typer.Option(16, "--lora-r"),
     epochs: float = typer.Option(1.0, "--epochs"),
     max_steps: int = typer.Option(-1, "--max-steps"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget: stop and save after this long."),
     lr: float = typer.Option(None, "--lr"),
     batch_size: int = typer.Option(4, "--batch-size"),
     grad_accum: int = typer.Option(2, "--grad-accum"),
@@ -200,8 +205,9 @@ def dap_command(
     from ragtune.train.dap import train_dap
 
     config = DAPRunConfig(
-        method=method, lora=_lora(lora_r, None, 0.05, "all-linear"), epochs=epochs, max_steps=max_steps, lr=lr,
-        batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, bf16=bf16, save_steps=save_steps,
+        method=method, lora=_lora(lora_r, None, 0.05, "all-linear"), epochs=epochs, max_steps=max_steps,
+        max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+        bf16=bf16, save_steps=save_steps,
         seed=seed, merge=merge, limit=limit,
     )
     result = _run(train_dap, workspace, model, config, name=name, resume=resume, overwrite=overwrite,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ragtune.train.common import (
     lora_config,
     prepare_run,
     progress_callback,
+    quiet_trainer,
     run_dir,
     trainer_arguments,
 )
@@ -65,6 +67,58 @@ def drop_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -
     return kept, len(rows) - len(kept)
 
 
+@dataclass
+class PreparedSFT:
+    """A ready SFTTrainer and what went into it (the tests read the tokenised rows to check the loss mask)."""
+
+    trainer: Any
+    progress: Any
+    examples: int
+    base_path: str
+
+
+def build_sft_trainer(
+    workspace: str | Path,
+    model: str | None,
+    data_path: Path,
+    config: SFTRunConfig,
+    folder: Path,
+    quiet: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> PreparedSFT:
+    """The TRL SFTTrainer for a run: rows in the prompt-completion format (so TRL masks the prompt out of the loss),
+    the LoRA config, ragtune's progress bar."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    rows = build_rows(workspace, data_path, config)
+    net, tokenizer, base_path = load_model_for_training(model, config)
+    rows, dropped = drop_too_long(rows, tokenizer, config.max_length)
+    if dropped and is_main_process():
+        say(f"note: {dropped} examples longer than --max-length {config.max_length} tokens were left out")
+    if not rows:
+        raise TrainConfigError(f"no example fits in --max-length {config.max_length}; raise it")
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    args = SFTConfig(
+        **trainer_arguments(config, folder / "checkpoints"),
+        packing=config.packing,
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        completion_only_loss=True,
+    )
+    progress = progress_callback(f"sft {config.method}", quiet=quiet, max_minutes=config.max_minutes)
+    trainer = SFTTrainer(
+        model=net,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
+        callbacks=[progress],
+    )
+    quiet_trainer(trainer)
+    return PreparedSFT(trainer, progress, len(rows), base_path)
+
+
 def train_sft(
     workspace: str | Path,
     model: str | None = None,
@@ -79,9 +133,6 @@ def train_sft(
     """Fine-tune `model` (default: the bundled SmolLM2) on the workspace's RAFT data; returns where the adapter or
     model went and what the run cost. Rerun with `resume=True` after an interruption to continue from the last
     checkpoint."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     config = config or SFTRunConfig()
     config.check()
     say = log or (lambda msg: print(msg, file=sys.stderr))
@@ -89,39 +140,15 @@ def train_sft(
     name = name or f"sft-{config.data_mode}-{config.method}"
     folder = run_dir(workspace, name)
     resume_from = prepare_run(folder, resume, overwrite)
-
-    rows = build_rows(workspace, data_path, config)
-    net, tokenizer, base_path = load_model_for_training(model, config)
-    rows, dropped = drop_too_long(rows, tokenizer, config.max_length)
-    if dropped and is_main_process():
-        say(f"note: {dropped} examples longer than --max-length {config.max_length} tokens were left out")
-    if not rows:
-        raise TrainConfigError(f"no example fits in --max-length {config.max_length}; raise it")
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-
-    args = SFTConfig(
-        **trainer_arguments(config, folder / "checkpoints"),
-        packing=config.packing,
-        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
-        completion_only_loss=True,
-        dataset_num_proc=None,
-    )
-    progress = progress_callback(f"sft {config.method}", quiet=quiet)
-    trainer = SFTTrainer(
-        model=net,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(config),
-        callbacks=[progress],
-    )
+    prepared = build_sft_trainer(workspace, model, data_path, config, folder, quiet, say)
+    trainer = prepared.trainer
     if is_main_process() and not quiet:
         params: list[Any] = list(trainer.model.parameters()) if trainer.model is not None else []
         trainable = sum(int(p.numel()) for p in params if p.requires_grad)
         total = sum(int(p.numel()) for p in params)
         say(
-            f"training {len(rows)} examples ({config.data_mode}, {config.method}; {trainable:,} of {total:,} "
-            f"parameters trainable; bf16 autocast {'on' if args.bf16 else 'off'})"
+            f"training {prepared.examples} examples ({config.data_mode}, {config.method}; {trainable:,} of {total:,} "
+            f"parameters trainable; bf16 autocast {'on' if trainer.args.bf16 else 'off'})"
             + (f", resuming from {resume_from.name}" if resume_from else "")
         )
     started = time.perf_counter()
@@ -131,6 +158,6 @@ def train_sft(
     if config.mix_path:
         inputs[str(Path(config.mix_path).resolve())] = file_hash(Path(config.mix_path))
     return finish_run(
-        "sft", workspace, folder, trainer, output, config, model or base_path, len(rows), seconds, progress,
-        inputs, resume_from,
+        "sft", workspace, folder, trainer, output, config, model or prepared.base_path, prepared.examples, seconds,
+        prepared.progress, inputs, resume_from,
     )

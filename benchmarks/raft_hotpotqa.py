@@ -1,0 +1,316 @@
+"""RAFT on HotpotQA: the bundled SmolLM2-135M before and after RAFT-LoRA, and ragtune's trainer against plain TRL.
+
+    python benchmarks/raft_hotpotqa.py            # 100 eval questions, K = 0..6, up to 30 min of training
+    python benchmarks/raft_hotpotqa.py --quick    # 16 questions, K = 0 and 4, 3 min of training (< 10 min in all)
+
+Split: HotpotQA (../shared/data) by `int(sha1(_id), 16) % 5 == 0` -> eval, the rest -> train; never trained on eval.
+1. Data: `ragtune synth from-qa --cot evidence-short` on the train split (gold evidence quoted, then `<ANSWER>:`).
+2. Train: `ragtune.train.sft.train_sft`, LoRA r16 all-linear, under a wall-clock budget.
+3. Quality: on the first N eval questions (sorted by `_id`), oracle (2 gold) + K distractors for each K, the base model
+   under both prompts (short answer, RAFT CoT) and the tuned model under the CoT prompt it was trained on. The ratio
+   is tuned F1 / the base model's best prompt at that K. The open setting: each eval question's own ten paragraphs
+   pooled into one index, hybrid top-4 retrieved.
+4. Cost: training tokens/s and peak memory of ragtune's trainer vs a plain TRL `SFTTrainer` with TRL's defaults, on
+   the same rows, LoRA config and hyper-parameters, each in its own process, alternating, medians.
+
+Results: benchmarks/results/raft_hotpotqa.json (raft_hotpotqa_quick.json for --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1_subset.json"
+if not DEFAULT_DATA.exists():
+    DEFAULT_DATA = Path("/work/shared/data/hotpotqa/hotpot_dev_distractor_v1_subset.json")
+
+
+def parse_ks(text: str) -> list[int]:
+    from ragtune.eval.runner import parse_distractors
+
+    return parse_distractors(text)
+
+
+# ---- throughput: one process per measurement, so peak memory is that trainer's alone -------------------------------
+
+
+def throughput_child(kind: str, workspace: Path, steps: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train `steps` optimiser steps with ragtune's trainer or plain TRL on the same rows; report tokens/s, memory."""
+    import resource
+
+    from ragtune.train.config import LoraSettings, SFTRunConfig
+    from ragtune.train.sft import train_sft
+
+    config = SFTRunConfig(
+        max_steps=steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        max_length=args.max_length, lora=LoraSettings(r=16), save_steps=10_000, limit=args.throughput_examples,
+    )
+    if kind == "ragtune":
+        result = train_sft(workspace, config=config, name="throughput-ragtune", overwrite=True, quiet=True)
+        return {"tokens_per_second": result.tokens_per_second, "peak_memory_mb": result.peak_memory_mb,
+                "tokens": result.tokens, "seconds": result.seconds}
+
+    # Plain TRL, as a user would write it: the same prompt-completion rows (so the same loss), LoRA config and
+    # hyper-parameters, everything else TRL's and transformers' defaults (fp32 on a CPU, random batches).
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from ragtune.models import resolve_generator
+    from ragtune.train.sft import build_rows, drop_too_long
+
+    path = resolve_generator(None).path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows = build_rows(workspace, workspace / "synth" / "raft.jsonl", config)
+    rows, _ = drop_too_long(rows, tokenizer, config.max_length)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        args=SFTConfig(
+            output_dir=str(workspace / "train" / "throughput-trl"), max_steps=steps, learning_rate=args.lr,
+            per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+            max_length=args.max_length, report_to="none", save_strategy="no", seed=0,
+            include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+        ),
+        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                               task_type="CAUSAL_LM"),
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    tokens = trainer.state.num_input_tokens_seen
+    return {"tokens_per_second": round(tokens / seconds, 1), "tokens": tokens, "seconds": round(seconds, 2),
+            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def measure_throughput(workspace: Path, args: argparse.Namespace) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"trl": [], "ragtune": []}
+    for r in range(args.throughput_repeats):
+        for kind in (("trl", "ragtune") if r % 2 == 0 else ("ragtune", "trl")):
+            cmd = [sys.executable, __file__, "--_throughput", kind, "--workspace", str(workspace),
+                   "--throughput-steps", str(args.throughput_steps), "--lr", str(args.lr),
+                   "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum),
+                   "--max-length", str(args.max_length), "--throughput-examples", str(args.throughput_examples)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"throughput run {kind} failed:\n{done.stderr[-3000:]}")
+            runs[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  throughput {kind}: {runs[kind][-1]}", file=sys.stderr)
+
+    def median(kind: str, key: str) -> float:
+        return statistics.median(float(x[key]) for x in runs[kind])
+
+    out: dict[str, Any] = {"runs": runs}
+    for kind in runs:
+        out[kind] = {"tokens_per_second": median(kind, "tokens_per_second"),
+                     "peak_memory_mb": median(kind, "peak_memory_mb")}
+    out["tokens_per_second_ratio"] = round(out["ragtune"]["tokens_per_second"] / out["trl"]["tokens_per_second"], 3)
+    out["peak_memory_ratio"] = round(out["ragtune"]["peak_memory_mb"] / out["trl"]["peak_memory_mb"], 3)
+    return out
+
+
+# ---- quality ---------------------------------------------------------------------------------------------------------
+
+
+def evaluate_systems(items, ks, base, tuned, args, searcher=None) -> dict[str, Any]:
+    from ragtune.eval.runner import EvalSettings, evaluate
+
+    def run(llm, prompt: str, setting: str, k: int) -> dict[str, Any]:
+        settings = EvalSettings(setting=setting, distractors=k, k=args.retrieved_k, prompt=prompt,  # type: ignore[arg-type]
+                                max_new_tokens=args.short_tokens if prompt == "short" else args.cot_tokens,
+                                batch_size=args.eval_batch)
+        t0 = time.perf_counter()
+        scores = evaluate(items, llm, settings, searcher=searcher).scores
+        print(f"  {setting} K={k} {prompt:5s} {'tuned' if llm is tuned else 'base '}: F1 {100 * scores['f1']:.1f} "
+              f"EM {100 * scores['em']:.1f} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+        return {"f1": round(100 * scores["f1"], 2), "em": round(100 * scores["em"], 2),
+                "answer_tag_rate": scores.get("answer_tag_rate"), "quote_precision": scores.get("quote_precision")}
+
+    per_k: dict[str, Any] = {}
+    for k in ks:
+        setting = "oracle" if searcher is None else "retrieved"
+        row = {"base_short": run(base, "short", setting, k), "base_cot": run(base, "cot", setting, k),
+               "tuned_cot": run(tuned, "cot", setting, k)}
+        best = max(("base_short", "base_cot"), key=lambda name: row[name]["f1"])
+        row["base_best_prompt"] = best.split("_")[1]
+        row["base_best"] = row[best]
+        row["f1_ratio"] = round(row["tuned_cot"]["f1"] / row[best]["f1"], 3) if row[best]["f1"] else None
+        per_k[str(k) if searcher is None else "retrieved"] = row
+    return per_k
+
+
+def summarise(per_k: dict[str, Any]) -> dict[str, Any]:
+    rows = list(per_k.values())
+
+    def mean(path: tuple[str, str]) -> float:
+        return round(statistics.fmean(r[path[0]][path[1]] for r in rows), 2)
+
+    ratios = [r["f1_ratio"] for r in rows if r["f1_ratio"] is not None]
+    return {
+        "base": {"f1": mean(("base_best", "f1")), "em": mean(("base_best", "em"))},
+        "tuned": {"f1": mean(("tuned_cot", "f1")), "em": mean(("tuned_cot", "em"))},
+        "f1_ratio_mean_over_k": round(mean(("tuned_cot", "f1")) / mean(("base_best", "f1")), 3)
+        if mean(("base_best", "f1")) else None,
+        "f1_ratio_median_over_k": round(statistics.median(ratios), 3) if ratios else None,
+        "f1_ratio_min_over_k": round(min(ratios), 3) if ratios else None,
+    }
+
+
+def print_table(per_k: dict[str, Any], title: str) -> None:
+    print(f"\n{title}")
+    print("| K | base short F1 | base CoT F1 | tuned CoT F1 / EM | tuned answer-tag rate | tuned / base best |")
+    print("|---|---|---|---|---|---|")
+    for k, r in per_k.items():
+        tag = r["tuned_cot"].get("answer_tag_rate")
+        print(f"| {k} | {r['base_short']['f1']:.1f} | {r['base_cot']['f1']:.1f} | {r['tuned_cot']['f1']:.1f} / "
+              f"{r['tuned_cot']['em']:.1f} | {'–' if tag is None else f'{100 * tag:.0f}%'} | "
+              f"{r['f1_ratio'] if r['f1_ratio'] is not None else '–'}x |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="16 questions, K = 0 and 4, 3 min of training")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--workspace", type=Path, default=ROOT / "ragtune-workspace" / "bench-raft")
+    p.add_argument("--questions", type=int, default=None, help="eval questions (default 100; quick 16)")
+    p.add_argument("--ks", default=None, help="distractor counts to evaluate (default 0..6; quick 0,4)")
+    p.add_argument("--minutes", type=float, default=None, help="training budget (default 30; quick 3)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--train-distractors", type=int, default=2)
+    p.add_argument("--p-oracle", type=float, default=1.0)
+    p.add_argument("--cot", default="evidence-short")
+    p.add_argument("--retrieved-k", type=int, default=4)
+    p.add_argument("--short-tokens", type=int, default=32)
+    p.add_argument("--cot-tokens", type=int, default=160)
+    p.add_argument("--eval-batch", type=int, default=8)
+    p.add_argument("--throughput-steps", type=int, default=None)
+    p.add_argument("--throughput-examples", type=int, default=64)
+    p.add_argument("--throughput-repeats", type=int, default=None)
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-retrieved", action="store_true")
+    p.add_argument("--adapter", default=None, help="evaluate this adapter instead of training one")
+    p.add_argument("--_throughput", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args._throughput:
+        steps = args.throughput_steps or 4
+        print(json.dumps(throughput_child(args._throughput, args.workspace, steps, args)))
+        return
+
+    import torch
+
+    torch.manual_seed(0)
+    quick = args.quick
+    questions = args.questions or (16 if quick else 100)
+    ks = parse_ks(args.ks or ("0,4" if quick else "0..6"))
+    minutes = args.minutes if args.minutes is not None else (3.0 if quick else 30.0)
+    args.throughput_steps = args.throughput_steps or (2 if quick else 6)
+    args.throughput_repeats = args.throughput_repeats or (1 if quick else 2)
+    if not args.data.exists():
+        sys.exit(f"{args.data} not found: the benchmark reads HotpotQA from ../shared/data")
+
+    from ragtune.eval.datasets import load_dataset
+    from ragtune.llm import load_llm
+    from ragtune.synth.from_qa import FromQAConfig, synthesize_from_qa
+    from ragtune.train.config import SFTRunConfig
+    from ragtune.train.sft import train_sft
+
+    ws = args.workspace
+    started = time.perf_counter()
+    synth = synthesize_from_qa("hotpotqa", args.data, ws, FromQAConfig(
+        cot=args.cot, distractors=args.train_distractors, p_oracle=args.p_oracle, split="train"), overwrite=True)
+    print(f"RAFT data: {synth.examples_total} train-split examples ({args.cot}, K={args.train_distractors}, "
+          f"P={args.p_oracle})", file=sys.stderr)
+
+    throughput = None if args.skip_throughput else measure_throughput(ws, args)
+
+    if args.adapter:
+        adapter, training = args.adapter, None
+    else:
+        config = SFTRunConfig(epochs=args.epochs, max_minutes=minutes, lr=args.lr, batch_size=args.batch_size,
+                              grad_accum=args.grad_accum, max_length=args.max_length, save_steps=25)
+        result = train_sft(ws, config=config, name="raft-lora", overwrite=True)
+        adapter = result.output
+        training = {k: v for k, v in result.to_dict().items() if k not in ("history", "config")}
+        training["config"] = result.config
+        training["loss_curve"] = result.history
+
+    items = load_dataset("hotpotqa", args.data, split="eval", limit=questions)
+    base, tuned = load_llm(None), load_llm(None, adapter=adapter)
+    per_k = evaluate_systems(items, ks, base, tuned, args)
+
+    retrieved = None
+    if not args.skip_retrieved:
+        from ragtune.index.ingest import ingest
+        from ragtune.index.search import Searcher
+
+        ids = {it.id for it in items}
+        pool = [q for q in json.loads(args.data.read_text(encoding="utf-8")) if q["_id"] in ids]
+        corpus_ws = ws / "open"
+        corpus = ws / "open_corpus.json"
+        corpus.write_text(json.dumps(pool), encoding="utf-8")
+        ingest([corpus], corpus_ws)
+        retrieved = evaluate_systems(items, [0], base, tuned, args, searcher=Searcher(corpus_ws))
+
+    summary = summarise(per_k)
+    out = {
+        "benchmark": "raft_hotpotqa",
+        "quick": quick,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__},
+        "data": str(args.data),
+        "eval_questions": len(items),
+        "ks": ks,
+        **summary,
+        "per_k": per_k,
+        "retrieved": retrieved,
+        "training": training,
+        "throughput": throughput,
+        "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"minutes": minutes},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out["settings"]["data"] = str(args.data)
+    out["settings"]["workspace"] = str(args.workspace)
+    results = ROOT / "benchmarks" / "results" / ("raft_hotpotqa_quick.json" if quick else "raft_hotpotqa.json")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
+
+    print_table(per_k, f"HotpotQA, {len(items)} eval questions, oracle (2 gold) + K distractors, F1 x100")
+    if retrieved:
+        print_table(retrieved, f"Open setting: hybrid top-{args.retrieved_k} over the questions' pooled paragraphs")
+    print(f"\nmean over K: base best F1 {summary['base']['f1']:.1f} (EM {summary['base']['em']:.1f}) -> tuned F1 "
+          f"{summary['tuned']['f1']:.1f} (EM {summary['tuned']['em']:.1f}); ratio {summary['f1_ratio_mean_over_k']}x, "
+          f"min over K {summary['f1_ratio_min_over_k']}x")
+    if training:
+        print(f"training: {training['examples']} examples available, {training['steps']} steps, "
+              f"{training['tokens']:,} tokens in {training['seconds']:.0f}s "
+              f"({training['tokens_per_second']:.0f} tok/s)")
+    if throughput:
+        print(f"trainer throughput vs plain TRL SFTTrainer (medians): {throughput['ragtune']['tokens_per_second']:.0f} "
+              f"vs {throughput['trl']['tokens_per_second']:.0f} tokens/s = {throughput['tokens_per_second_ratio']}x; "
+              f"peak memory {throughput['ragtune']['peak_memory_mb']:.0f} vs {throughput['trl']['peak_memory_mb']:.0f}"
+              f" MB = {throughput['peak_memory_ratio']}x")
+    print(f"results: {results}")
+
+
+if __name__ == "__main__":
+    main()
