@@ -47,15 +47,17 @@ def parse_ks(text: str) -> list[int]:
 # ---- throughput: one process per measurement, so peak memory is that trainer's alone -------------------------------
 
 
-def throughput_child(kind: str, workspace: Path, steps: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train `steps` optimiser steps with ragtune's trainer or plain TRL on the same rows; report tokens/s, memory."""
+def throughput_child(kind: str, workspace: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One epoch over the same rows with ragtune's trainer or plain TRL; report tokens/s and peak memory."""
     import resource
 
     from ragtune.train.config import LoraSettings, SFTRunConfig
     from ragtune.train.sft import train_sft
 
+    # One epoch over the same examples for both: every row is seen once, so the peak-memory batch (the longest
+    # examples) is met by both trainers, whatever order their samplers pick.
     config = SFTRunConfig(
-        max_steps=steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        epochs=1.0, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
         max_length=args.max_length, lora=LoraSettings(r=16), save_steps=10_000, limit=args.throughput_examples,
     )
     if kind == "ragtune":
@@ -64,7 +66,8 @@ def throughput_child(kind: str, workspace: Path, steps: int, args: argparse.Name
                 "tokens": result.tokens, "seconds": result.seconds}
 
     # Plain TRL, as a user would write it: the same prompt-completion rows (so the same loss), LoRA config and
-    # hyper-parameters, everything else TRL's and transformers' defaults (fp32 on a CPU, random batches).
+    # hyper-parameters, everything else TRL's and transformers' defaults (random batches; TRL's bf16=True default).
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,10 +83,11 @@ def throughput_child(kind: str, workspace: Path, steps: int, args: argparse.Name
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(path),
         args=SFTConfig(
-            output_dir=str(workspace / "train" / "throughput-trl"), max_steps=steps, learning_rate=args.lr,
+            output_dir=str(workspace / "train" / "throughput-trl"), num_train_epochs=1, learning_rate=args.lr,
             per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
             max_length=args.max_length, report_to="none", save_strategy="no", seed=0,
             include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),  # TRL refuses to start on a CPU without it (its bf16 default)
         ),
         train_dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]),
         processing_class=tokenizer,
@@ -103,7 +107,7 @@ def measure_throughput(workspace: Path, args: argparse.Namespace) -> dict[str, A
     for r in range(args.throughput_repeats):
         for kind in (("trl", "ragtune") if r % 2 == 0 else ("ragtune", "trl")):
             cmd = [sys.executable, __file__, "--_throughput", kind, "--workspace", str(workspace),
-                   "--throughput-steps", str(args.throughput_steps), "--lr", str(args.lr),
+                   "--lr", str(args.lr),
                    "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum),
                    "--max-length", str(args.max_length), "--throughput-examples", str(args.throughput_examples)]
             done = subprocess.run(cmd, capture_output=True, text=True)
@@ -135,11 +139,14 @@ def evaluate_systems(items, ks, base, tuned, args, searcher=None) -> dict[str, A
                                 max_new_tokens=args.short_tokens if prompt == "short" else args.cot_tokens,
                                 batch_size=args.eval_batch)
         t0 = time.perf_counter()
-        scores = evaluate(items, llm, settings, searcher=searcher).scores
+        result = evaluate(items, llm, settings, searcher=searcher)
+        scores, seconds = result.scores, time.perf_counter() - t0
+        tagged = statistics.fmean("<ANSWER>:" in r["generation"] for r in result.records)
         print(f"  {setting} K={k} {prompt:5s} {'tuned' if llm is tuned else 'base '}: F1 {100 * scores['f1']:.1f} "
-              f"EM {100 * scores['em']:.1f} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+              f"EM {100 * scores['em']:.1f}, <ANSWER>: in {100 * tagged:.0f}% ({seconds:.0f}s)", file=sys.stderr)
         return {"f1": round(100 * scores["f1"], 2), "em": round(100 * scores["em"], 2),
-                "answer_tag_rate": scores.get("answer_tag_rate"), "quote_precision": scores.get("quote_precision")}
+                "answer_tag_rate": round(tagged, 3), "quote_precision": scores.get("quote_precision"),
+                "seconds": round(seconds, 1)}
 
     per_k: dict[str, Any] = {}
     for k in ks:
@@ -192,18 +199,19 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=None, help="training budget (default 30; quick 3)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-accum", type=int, default=2)
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--train-distractors", type=int, default=2)
+    # Small batches: on a CPU budget of minutes, more optimiser steps over the same tokens teach the format faster.
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=768)
+    p.add_argument("--train-distractors", type=int, default=1)
     p.add_argument("--p-oracle", type=float, default=1.0)
     p.add_argument("--cot", default="evidence-short")
     p.add_argument("--retrieved-k", type=int, default=4)
     p.add_argument("--short-tokens", type=int, default=32)
     p.add_argument("--cot-tokens", type=int, default=160)
     p.add_argument("--eval-batch", type=int, default=8)
-    p.add_argument("--throughput-steps", type=int, default=None)
-    p.add_argument("--throughput-examples", type=int, default=64)
+    p.add_argument("--throughput-examples", type=int, default=None, help="rows of the trainer-vs-TRL epoch "
+                   "(default 32; quick 8)")
     p.add_argument("--throughput-repeats", type=int, default=None)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-retrieved", action="store_true")
@@ -212,8 +220,7 @@ def main() -> None:
     args = p.parse_args()
 
     if args._throughput:
-        steps = args.throughput_steps or 4
-        print(json.dumps(throughput_child(args._throughput, args.workspace, steps, args)))
+        print(json.dumps(throughput_child(args._throughput, args.workspace, args)))
         return
 
     import torch
@@ -223,7 +230,7 @@ def main() -> None:
     questions = args.questions or (16 if quick else 100)
     ks = parse_ks(args.ks or ("0,4" if quick else "0..6"))
     minutes = args.minutes if args.minutes is not None else (3.0 if quick else 30.0)
-    args.throughput_steps = args.throughput_steps or (2 if quick else 6)
+    args.throughput_examples = args.throughput_examples or (8 if quick else 32)
     args.throughput_repeats = args.throughput_repeats or (1 if quick else 2)
     if not args.data.exists():
         sys.exit(f"{args.data} not found: the benchmark reads HotpotQA from ../shared/data")

@@ -280,3 +280,33 @@ def test_accelerate_launch_two_cpu_processes(raft_ws):
     assert summary["world_size"] == 2 and summary["distributed_backend"] == "gloo"
     assert summary["steps"] == 2
     assert Path(summary["output"], "adapter_model.safetensors").exists()
+
+
+def test_evidence_short_cot_is_quotes_then_answer(raft_ws):
+    """`--cot evidence-short`: only the gold sentences, quoted, then the answer; every quote is in an oracle."""
+    from ragtune.synth.prompts import shown_text
+    from ragtune.synth.store import read_raft
+
+    examples = read_raft(raft_ws / "synth" / "raft.jsonl")
+    assert examples
+    for e in examples:
+        body, answer = e.cot_answer.rsplit("\n<ANSWER>: ", 1)
+        assert answer == e.answer
+        assert body.startswith("##begin_quote##") and body.endswith("##end_quote##")
+        oracles = [d for d in e.documents if d.is_oracle] + e.dropped_oracles  # P < 1: some oracles are not shown
+        oracle_text = " ".join(shown_text(d) for d in oracles)
+        for quote in body.split("##end_quote##")[:-1]:
+            assert quote.strip().removeprefix("##begin_quote##") in oracle_text
+
+
+def test_retrained_adapter_is_not_served_stale_answers(tmp_path):
+    """Evaluation resumes by signature; retraining into the same adapter folder must change that signature."""
+    from ragtune.eval.runner import adapter_fingerprint
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"first")
+    first = adapter_fingerprint(str(folder))
+    (folder / "adapter_model.safetensors").write_bytes(b"second")
+    assert first and adapter_fingerprint(str(folder)) != first
+    assert adapter_fingerprint(None) == ""

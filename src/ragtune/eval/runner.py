@@ -25,7 +25,7 @@ from typing import Any, Literal
 from ragtune.eval import metrics
 from ragtune.eval.datasets import EvalDoc, QAItem
 from ragtune.eval.prompts import PROMPT_STYLES, PromptStyle, build_messages
-from ragtune.hashing import short_id
+from ragtune.hashing import file_hash, short_id
 from ragtune.llm.base import LLM, GenerationConfig, Message
 from ragtune.workspace import Manifest, Workspace, write_json_atomic
 
@@ -454,7 +454,6 @@ def write_manifest(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """The workspace manifest of an eval run (inputs' hashes, config, counts, timings), also copied into the run."""
-    from ragtune.hashing import file_hash
 
     inputs = {str(Path(data_path).resolve()): file_hash(Path(data_path))}
     adapter = system.get("adapter")
@@ -567,6 +566,14 @@ def open_searcher(workspace: Workspace, ingest_path: str | Path | None = None, d
     return Searcher(workspace)
 
 
+def adapter_fingerprint(adapter: str | None) -> str:
+    """The hash of an adapter's weights: retraining into the same folder must not reuse the old answers."""
+    if not adapter:
+        return ""
+    weights = Path(adapter) / "adapter_model.safetensors"
+    return file_hash(weights) if weights.exists() else ""
+
+
 def run_system(
     spec: SystemSpec,
     items: Sequence[QAItem],
@@ -590,7 +597,8 @@ def run_system(
     settings = spec.settings(batch_size)
     if settings.setting == "retrieved" and searcher is None:
         searcher = open_searcher(workspace)
-    system = {"model": spec.model or "", "adapter": spec.adapter or "", "data": data_key}
+    system = {"model": spec.model or "", "adapter": spec.adapter or "", "data": data_key,
+              "adapter_weights": adapter_fingerprint(spec.adapter)}
     ks = spec.ks()
     started = time.perf_counter()
     if len(ks) > 1:
