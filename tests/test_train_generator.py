@@ -310,3 +310,22 @@ def test_retrained_adapter_is_not_served_stale_answers(tmp_path):
     (folder / "adapter_model.safetensors").write_bytes(b"second")
     assert first and adapter_fingerprint(str(folder)) != first
     assert adapter_fingerprint(None) == ""
+
+
+def test_preferences_from_synth_become_trl_rows(tmp_path):
+    """`ragtune synth preferences` files (grouped records) load as TRL conversational preference rows, train split."""
+    from ragtune.synth.records import Group, PreferenceExample
+    from ragtune.synth.store import GroupFile
+    from ragtune.train.data import load_preferences
+
+    prompt = [{"role": "system", "content": "Answer."}, {"role": "user", "content": "Question: 2+2?"}]
+    path = tmp_path / "preferences.jsonl"
+    with GroupFile(path) as f:
+        for i, split in enumerate(("train", "eval", "train")):
+            pref = PreferenceExample(id=f"p{i}", example_id=f"e{i}", messages=prompt, chosen="<ANSWER>: 4",
+                                     rejected="<ANSWER>: 5", reason="wrong answer", split=split)
+            f.append(Group(group_id=f"g{i}", examples=[pref.model_dump()]))
+    rows = load_preferences(path)
+    assert len(rows) == 2  # the eval-split pair is held out
+    assert rows[0] == {"prompt": prompt, "chosen": [{"role": "assistant", "content": "<ANSWER>: 4"}],
+                       "rejected": [{"role": "assistant", "content": "<ANSWER>: 5"}]}
