@@ -123,6 +123,9 @@ class Results:
                         if base.get(metric):
                             flat[f"{key}.vs_base"] = round(scores[metric] / base[metric], 3)
         self.data["summary"] = flat
+        for name, modes in systems.items():  # top level too: result["lsr"]["recall@5"] is the dense number
+            if isinstance(modes.get("dense"), dict):
+                self.data[name] = {k: v for k, v in modes["dense"].items() if k != "ms_per_query"}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.data, indent=2, default=str) + "\n", encoding="utf-8")
 
