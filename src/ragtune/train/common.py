@@ -204,12 +204,18 @@ def progress_callback(label: str, quiet: bool = False, max_minutes: float | None
             self.start_step = 0
             self.last_loss: float | None = None
             self.stopped_early = False
+            self.plain: Any = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
             self.start_tokens = state.num_input_tokens_seen
             self.start_step = state.global_step
             if quiet or not state.is_world_process_zero:
+                return
+            console = Console(stderr=True)
+            if not console.is_terminal:  # a log file or CI: one plain line per logging step instead of a bar
+                self.plain = console
+                console.print(f"{label}: {state.max_steps} steps")
                 return
             self.bar = Progress(
                 TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
@@ -238,6 +244,10 @@ def progress_callback(label: str, quiet: bool = False, max_minutes: float | None
                                      "tokens_per_second": round(self.tokens_per_second(state), 1)})
                 if self.bar is not None:
                     self.bar.update(self.task, loss=f"{self.last_loss:.3f}")
+                elif self.plain is not None:
+                    elapsed = time.perf_counter() - self.started
+                    self.plain.print(f"{label}: step {state.global_step}/{state.max_steps} loss {self.last_loss:.4f} "
+                                     f"{self.tokens_per_second(state):.0f} tok/s {elapsed:.0f}s")
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:
