@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--train-questions", type=int, default=None, help="questions for contrastive / reranker")
     parser.add_argument("--rerank-questions", type=int, default=None, help="questions for the reranker")
+    parser.add_argument("--rerank-candidates", type=int, default=20, help="first-stage hits the reranker reads")
     parser.add_argument("--lsr-questions", type=int, default=None, help="questions the LM scores for LSR")
     parser.add_argument("--top-k", type=int, default=None, help="LSR: chunks per question scored by the LM")
     parser.add_argument("--qa-questions", type=int, default=None, help="eval questions answered for QA F1 (0: skip)")
@@ -195,7 +196,7 @@ def main() -> None:
     results = Results(out, {
         "quick": quick, "corpus": str(corpus.name), "eval_questions": len(eval_qs), "train_questions_available":
         len(train_qs), "contrastive_questions": train_n, "reranker_questions": rerank_n, "lsr_questions": lsr_n,
-        "lsr_top_k": top_k,
+        "lsr_top_k": top_k, "rerank_candidates": args.rerank_candidates,
         "qa_questions": qa_n, "threads": args.threads, "embedder": "all-MiniLM-L6-v2 (bundled)",
         "lm": "SmolLM2-135M-Instruct (bundled)",
     })
@@ -254,8 +255,10 @@ def main() -> None:
         r = train_reranker(base_ws, raft, RerankerConfig(limit=rerank_n, negatives=3, random_negatives=3),
                            out=workdir / "reranker", progress=True)
         results.training("reranker", r)
-        reranked = Searcher(base_ws, SearchConfig(reranker=str(workdir / "reranker"), rerank_candidates=20))
-        results.system("base+reranker", dense=quality(reranked, eval_qs, "dense"))  # 20 cross-encoder reads a query
+        reranked = Searcher(base_ws, SearchConfig(reranker=str(workdir / "reranker"),
+                                                  rerank_candidates=args.rerank_candidates))
+        results.system("base+reranker", dense=quality(reranked, eval_qs, "dense"),
+                       rerank_candidates=args.rerank_candidates)
         print(f"base+reranker dense R@5 {results.data['systems']['base+reranker']['dense']['recall@5']:.3f}",
               flush=True)
 
