@@ -265,6 +265,35 @@ def main() -> None:
     base, tuned = load_llm(None), load_llm(None, adapter=adapter)
     per_k = evaluate_systems(items, ks, base, tuned, args)
 
+    results = ROOT / "benchmarks" / "results" / ("raft_hotpotqa_quick.json" if quick else "raft_hotpotqa.json")
+
+    def write(retrieved: dict[str, Any] | None) -> dict[str, Any]:
+        """Results so far: written after the oracle sweep and again after the open setting, so a run cut short
+        keeps its sweep."""
+        summary = summarise(per_k)
+        out = {
+            "benchmark": "raft_hotpotqa",
+            "quick": quick,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                        "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+            "data": str(args.data),
+            "eval_questions": len(items),
+            "ks": ks,
+            **summary,
+            "per_k": per_k,
+            "retrieved": retrieved,
+            "training": training,
+            "throughput": throughput,
+            "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"minutes": minutes},
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        out["settings"]["data"] = str(args.data)
+        out["settings"]["workspace"] = str(args.workspace)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
+        return summary
+
+    summary = write(None)
     retrieved = None
     if not args.skip_retrieved:
         from ragtune.index.ingest import ingest
@@ -277,29 +306,7 @@ def main() -> None:
         corpus.write_text(json.dumps(pool), encoding="utf-8")
         ingest([corpus], corpus_ws)
         retrieved = evaluate_systems(items, [0], base, tuned, args, searcher=Searcher(corpus_ws))
-
-    summary = summarise(per_k)
-    out = {
-        "benchmark": "raft_hotpotqa",
-        "quick": quick,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__},
-        "data": str(args.data),
-        "eval_questions": len(items),
-        "ks": ks,
-        **summary,
-        "per_k": per_k,
-        "retrieved": retrieved,
-        "training": training,
-        "throughput": throughput,
-        "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"minutes": minutes},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    out["settings"]["data"] = str(args.data)
-    out["settings"]["workspace"] = str(args.workspace)
-    results = ROOT / "benchmarks" / "results" / ("raft_hotpotqa_quick.json" if quick else "raft_hotpotqa.json")
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
+        summary = write(retrieved)
 
     print_table(per_k, f"HotpotQA, {len(items)} eval questions, oracle (2 gold) + K distractors, F1 x100")
     if retrieved:
