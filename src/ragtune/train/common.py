@@ -144,11 +144,10 @@ def trainer_arguments(settings: RunSettings, output_dir: Path) -> dict[str, Any]
     """Keyword arguments shared by TRL's SFTConfig and DPOConfig."""
     device = pick_device(settings.device)
     bf16 = use_bf16(settings.bf16, device)
-    extra: dict[str, Any] = {}
-    if settings.gradient_checkpointing:  # named only when asked: transformers 5 renames it activation_checkpointing
-        extra["gradient_checkpointing"] = True
     return {
-        **extra,
+        # TRL turns activation checkpointing on by default, which recomputes every forward pass in the backward one;
+        # ragtune keeps it off unless asked (--gradient-checkpointing), trading memory for speed.
+        "gradient_checkpointing": settings.gradient_checkpointing,
         "output_dir": str(output_dir),
         "num_train_epochs": settings.epochs if settings.epochs > 0 else 1.0,
         "max_steps": settings.max_steps,
