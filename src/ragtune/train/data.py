@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,19 +94,22 @@ def read_instruction_rows(path: str | Path) -> list[Row]:
     path = Path(path)
     if not path.exists():
         raise TrainConfigError(f"no instruction data at {path}")
-    rows: list[Row] = []
+    rows = [_instruction_row(record, where) for where, record in _jsonl_records(path)]
+    if not rows:
+        raise TrainConfigError(f"{path} holds no instruction examples")
+    return rows
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """("file:line", parsed record) for each non-blank line; a line that is not JSON stops with its location."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TrainConfigError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
-            rows.append(_instruction_row(record, f"{path}:{lineno}"))
-    if not rows:
-        raise TrainConfigError(f"{path} holds no instruction examples")
-    return rows
 
 
 def _instruction_row(record: Any, where: str) -> Row:
@@ -181,20 +184,15 @@ def _looks_like_plain_preferences(path: Path) -> bool:
 def _plain_preference_rows(path: Path) -> list[Row]:
     """Preference JSONL in TRL's own format (strings or message lists), as a user may bring from elsewhere."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainConfigError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
-            if not all(isinstance(r.get(k), (str, list)) and r.get(k) for k in ("prompt", "chosen", "rejected")):
-                raise TrainConfigError(f"{path}:{lineno}: prompt, chosen and rejected must all be non-empty")
-            prompt = [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
-            chosen = _assistant(r["chosen"]) if isinstance(r["chosen"], str) else r["chosen"]
-            rejected = _assistant(r["rejected"]) if isinstance(r["rejected"], str) else r["rejected"]
-            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    for where, r in _jsonl_records(path):
+        if not isinstance(r, dict) or not all(
+            isinstance(r.get(k), (str, list)) and r.get(k) for k in ("prompt", "chosen", "rejected")
+        ):
+            raise TrainConfigError(f"{where}: prompt, chosen and rejected must all be non-empty")
+        prompt = [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
+        chosen = _assistant(r["chosen"]) if isinstance(r["chosen"], str) else r["chosen"]
+        rejected = _assistant(r["rejected"]) if isinstance(r["rejected"], str) else r["rejected"]
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows
 
 
