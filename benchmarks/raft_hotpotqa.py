@@ -203,7 +203,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-length", type=int, default=768)
-    p.add_argument("--train-distractors", type=int, default=1)
+    p.add_argument("--train-distractors", default="1",
+                   help="k distractors in the training examples: N, or LO-HI to draw each example's k from a range")
     p.add_argument("--p-oracle", type=float, default=1.0)
     p.add_argument("--cot", default="evidence-short")
     p.add_argument("--retrieved-k", type=int, default=4)
@@ -243,8 +244,10 @@ def main() -> None:
 
     ws = args.workspace
     started = time.perf_counter()
+    low, _, high = str(args.train_distractors).partition("-")
     synth = synthesize_from_qa("hotpotqa", args.data, ws, FromQAConfig(
-        cot=args.cot, distractors=args.train_distractors, p_oracle=args.p_oracle, split="train"), overwrite=True)
+        cot=args.cot, distractors=int(low), distractors_max=int(high) if high else None, p_oracle=args.p_oracle,
+        split="train"), overwrite=True)
     print(f"RAFT data: {synth.examples_total} train-split examples ({args.cot}, K={args.train_distractors}, "
           f"P={args.p_oracle})", file=sys.stderr)
 

@@ -193,6 +193,22 @@ def test_hotpotqa_evidence(hotpot_raft):
     assert abs(kept / n - 0.8) < 4 * (0.16 / n) ** 0.5
 
 
+def test_from_qa_distractor_range(tmp_path):
+    """--distractors-max: each example shows its own k in the range, reproducibly, so the student sees every K."""
+    from ragtune.synth.raft import SynthConfigError
+
+    config = FromQAConfig(split="all", limit=80, seed=4, distractors=0, distractors_max=6, p_oracle=1.0)
+    synthesize_from_qa("hotpotqa", HOTPOT, tmp_path / "a", config)
+    ks = [sum(not d.is_oracle for d in e.documents) for e in read_raft(tmp_path / "a" / "synth" / "raft.jsonl")]
+    assert len(ks) == 80 and min(ks) >= 0 and max(ks) <= 6
+    assert len(set(ks)) >= 5, f"k should spread over 0..6, got {Counter(ks)}"
+    synthesize_from_qa("hotpotqa", HOTPOT, tmp_path / "b", config)
+    again = [sum(not d.is_oracle for d in e.documents) for e in read_raft(tmp_path / "b" / "synth" / "raft.jsonl")]
+    assert again == ks
+    with pytest.raises(SynthConfigError, match="distractors-max"):
+        FromQAConfig(distractors=3, distractors_max=2).check()
+
+
 def test_from_qa_splits_and_resume(tmp_path):
     first = synthesize_from_qa("hotpotqa", HOTPOT, tmp_path, FromQAConfig(limit=40, seed=2))
     assert all(e.split == "train" for e in read_raft(tmp_path / "synth" / "raft.jsonl"))

@@ -161,7 +161,11 @@ def from_qa_cmd(
     cot: str = typer.Option("evidence", "--cot", help="'evidence': quote gold evidence "
                              "(no teacher); 'evidence-short': the quotes and the answer only; 'teacher'"),
     teacher: str = typer.Option(None, "--teacher", "-t", help="teacher model for --cot teacher"),
-    distractors: int = typer.Option(3, "--distractors", "-k", min=0),
+    distractors: int = typer.Option(3, "--distractors", "-k", min=0, help="k distractor documents per example"),
+    distractors_max: int = typer.Option(
+        None, "--distractors-max", min=0, help="draw each example's k uniformly from --distractors to this, so the "
+        "student learns to answer from as many documents as it will be shown"
+    ),
     p_oracle: float = typer.Option(0.8, "--p-oracle", "-p", min=0.0, max=1.0),
     distractor_source: str = typer.Option(
         "auto", "--distractor-source", help="auto | own (the example's context) | index | pool (data set)"
@@ -196,6 +200,7 @@ def from_qa_cmd(
     config = FromQAConfig(
         cot=cot,
         distractors=distractors,
+        distractors_max=distractors_max,
         p_oracle=p_oracle,
         distractor_source=distractor_source,
         split=split,
