@@ -377,6 +377,34 @@ def save_output(model: Any, tokenizer: Any, folder: Path, settings: RunSettings)
     return out, "model"
 
 
+def stderr_log(message: str) -> None:
+    """The default `log` of the train functions: one line on stderr, so stdout stays free for `--json`."""
+    print(message, file=sys.stderr)
+
+
+def train_and_finish(
+    trainer_name: str,
+    workspace: str | os.PathLike[str],
+    folder: Path,
+    trainer: Any,
+    settings: RunSettings,
+    base_model: str,
+    examples: int,
+    progress: Any,
+    inputs: dict[str, str],
+    resumed_from: Path | None,
+) -> TrainResult:
+    """The part every trainer shares after it is built: train (from the checkpoint when resuming), time it, then
+    save the output, the summary and the manifest through `finish_run`."""
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+    seconds = time.perf_counter() - started
+    return finish_run(
+        trainer_name, workspace, folder, trainer, output, settings, base_model, examples, seconds, progress, inputs,
+        resumed_from,
+    )
+
+
 def finish_run(
     trainer_name: str,
     workspace: str | os.PathLike[str],

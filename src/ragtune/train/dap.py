@@ -6,8 +6,6 @@ The corpus is the index ingest built, so DAP sees exactly the text retrieval wil
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,6 @@ from typing import Any
 from ragtune.train import data as train_data
 from ragtune.train.common import (
     TrainResult,
-    finish_run,
     is_main_process,
     load_model_for_training,
     lora_config,
@@ -23,6 +20,8 @@ from ragtune.train.common import (
     progress_callback,
     quiet_trainer,
     run_dir,
+    stderr_log,
+    train_and_finish,
     trainer_arguments,
 )
 from ragtune.train.config import DAPRunConfig
@@ -50,7 +49,7 @@ def train_dap(
 
     config = config or DAPRunConfig()
     config.check()
-    say = log or (lambda msg: print(msg, file=sys.stderr))
+    say = log or stderr_log
     rows = train_data.corpus_rows(workspace, config.limit)
     name = name or f"dap-{config.method}"
     folder = run_dir(workspace, name)
@@ -75,12 +74,8 @@ def train_dap(
     quiet_trainer(trainer)
     if is_main_process() and not quiet:
         say(f"domain-adaptive pre-training on {len(rows)} chunks ({packed_rows(trainer)} packed rows)")
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - started
     index_manifest = Workspace(workspace).read_manifest("ingest") or {}
     inputs = {"index": str(index_manifest.get("finished", ""))}
-    return finish_run(
-        "dap", workspace, folder, trainer, output, config, model or base_path, len(rows), seconds, progress,
-        inputs, resume_from,
+    return train_and_finish(
+        "dap", workspace, folder, trainer, config, model or base_path, len(rows), progress, inputs, resume_from,
     )

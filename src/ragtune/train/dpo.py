@@ -7,8 +7,6 @@ and the reference is the base itself (the adapter switched off).
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +14,6 @@ from ragtune.hashing import file_hash
 from ragtune.train import data as train_data
 from ragtune.train.common import (
     TrainResult,
-    finish_run,
     is_main_process,
     load_model_for_training,
     lora_config,
@@ -24,6 +21,8 @@ from ragtune.train.common import (
     progress_callback,
     quiet_trainer,
     run_dir,
+    stderr_log,
+    train_and_finish,
     trainer_arguments,
 )
 from ragtune.train.config import DPORunConfig, TrainConfigError
@@ -51,7 +50,7 @@ def train_dpo(
 
     config = config or DPORunConfig()
     config.check()
-    say = log or (lambda msg: print(msg, file=sys.stderr))
+    say = log or stderr_log
     data_path = Path(data_path) if data_path else default_data_path(workspace)
     rows = train_data.load_preferences(data_path)
     name = name or "dpo"
@@ -87,10 +86,7 @@ def train_dpo(
     if is_main_process() and not quiet:
         say(f"DPO on {len(rows)} preference pairs (beta {config.beta}"
             + (f", continuing {config.adapter}" if config.adapter else "") + ")")
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - started
-    return finish_run(
-        "dpo", workspace, folder, trainer, output, config, model or base_path, len(rows), seconds, progress,
+    return train_and_finish(
+        "dpo", workspace, folder, trainer, config, model or base_path, len(rows), progress,
         {str(data_path.resolve()): file_hash(data_path)}, resume_from,
     )

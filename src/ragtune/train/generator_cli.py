@@ -28,6 +28,18 @@ ModelOption = typer.Option(
     "bundled SmolLM2-135M-Instruct.",
 )
 MethodOption = typer.Option("lora", "--method", help="lora | qlora (4-bit base; CUDA + bitsandbytes) | full")
+# Options that mean the same in every generator trainer, declared once.
+LoraROption = typer.Option(16, "--lora-r", help="LoRA rank.")
+EpochsOption = typer.Option(1.0, "--epochs", help="Passes over the data.")
+MaxStepsOption = typer.Option(-1, "--max-steps", help="Stop after N optimiser steps (overrides --epochs).")
+MaxMinutesOption = typer.Option(None, "--max-minutes", help="Time budget: stop and save after this long.")
+Bf16Option = typer.Option("auto", "--bf16", help="auto (on for CUDA and CPUs with AVX512-BF16/AMX) | on | off")
+SaveStepsOption = typer.Option(50, "--save-steps", help="Checkpoint every N steps (kept: the last 2).")
+SeedOption = typer.Option(0, "--seed", help="Seed for data order and initialisation.")
+MergeOption = typer.Option(False, "--merge", help="Write a merged model folder instead of an adapter.")
+ResumeOption = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (after a kill).")
+OverwriteOption = typer.Option(False, "--overwrite", help="Discard the run's earlier checkpoints and start again.")
+JsonOption = typer.Option(False, "--json", help="Print the run summary as JSON.")
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -94,32 +106,32 @@ def sft_command(
         None, "--mix-data", help="Instruction JSONL to mix in (messages or prompt/completion)."
     ),
     mix_ratio: float = typer.Option(0.0, "--mix-ratio", help="Share of instruction rows in the final data (0..1)."),
-    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    lora_r: int = LoraROption,
     lora_alpha: int = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank)."),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
     target_modules: str = typer.Option("all-linear", "--target-modules", help="all-linear, or e.g. q_proj,v_proj."),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimiser steps (overrides --epochs)."),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget: stop and save after this long."),
+    epochs: float = EpochsOption,
+    max_steps: int = MaxStepsOption,
+    max_minutes: float = MaxMinutesOption,
     lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-4 for LoRA / QLoRA, 2e-5 for full)."),
     batch_size: int = typer.Option(4, "--batch-size"),
     grad_accum: int = typer.Option(2, "--grad-accum", help="Gradient accumulation steps."),
     max_length: int = typer.Option(1536, "--max-length", help="Longer examples are left out (and counted)."),
     packing: bool = typer.Option(False, "--packing/--no-packing", help="Pack examples into --max-length rows "
                                  "(padding-free) instead of length-grouped padded batches."),
-    bf16: str = typer.Option("auto", "--bf16", help="auto (on for CUDA and CPUs with AVX512-BF16/AMX) | on | off"),
+    bf16: str = Bf16Option,
     gradient_checkpointing: bool = typer.Option(
         False, "--gradient-checkpointing", help="Recompute activations in the backward pass: less memory, ~30% slower."
     ),
-    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every N steps (kept: the last 2)."),
+    save_steps: int = SaveStepsOption,
     split: str = typer.Option("train", "--split", help="Hash split of the data to train on: train | all."),
     limit: int = typer.Option(None, "--limit", help="Train on the first N examples."),
-    seed: int = typer.Option(0, "--seed"),
-    merge: bool = typer.Option(False, "--merge", help="Write a merged model folder instead of an adapter."),
+    seed: int = SeedOption,
+    merge: bool = MergeOption,
     name: str = typer.Option(None, "--name", help="Run folder under WORKSPACE/train/ (default sft-<mode>-<method>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (after a kill)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard the run's earlier checkpoints and start again."),
-    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    resume: bool = ResumeOption,
+    overwrite: bool = OverwriteOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Fine-tune the generator on RAFT data (or RA-DIT LM-ft data): LoRA, QLoRA or full, loss on the answer only.
 
@@ -150,22 +162,22 @@ def dpo_command(
     data: Path = typer.Option(None, "--data", help="Preferences from `ragtune synth preferences` (default WORKSPACE/"
                               "synth/preferences.jsonl), or JSONL of {prompt, chosen, rejected}."),
     beta: float = typer.Option(0.1, "--beta", help="DPO temperature: higher keeps closer to the reference."),
-    method: str = typer.Option("lora", "--method", help="lora | qlora | full"),
-    lora_r: int = typer.Option(16, "--lora-r"),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    max_steps: int = typer.Option(-1, "--max-steps"),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget: stop and save after this long."),
-    lr: float = typer.Option(5e-6, "--lr"),
-    batch_size: int = typer.Option(2, "--batch-size"),
-    grad_accum: int = typer.Option(4, "--grad-accum"),
-    max_length: int = typer.Option(1536, "--max-length"),
-    bf16: str = typer.Option("auto", "--bf16"),
-    save_steps: int = typer.Option(50, "--save-steps"),
-    seed: int = typer.Option(0, "--seed"),
+    method: str = MethodOption,
+    lora_r: int = LoraROption,
+    epochs: float = EpochsOption,
+    max_steps: int = MaxStepsOption,
+    max_minutes: float = MaxMinutesOption,
+    lr: float = typer.Option(5e-6, "--lr", help="Learning rate (DPO wants a small one)."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Preference pairs per device step."),
+    grad_accum: int = typer.Option(4, "--grad-accum", help="Gradient accumulation steps."),
+    max_length: int = typer.Option(1536, "--max-length", help="Prompt + answer tokens kept."),
+    bf16: str = Bf16Option,
+    save_steps: int = SaveStepsOption,
+    seed: int = SeedOption,
     name: str = typer.Option(None, "--name", help="Run folder under WORKSPACE/train/ (default dpo)."),
-    resume: bool = typer.Option(False, "--resume"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    as_json: bool = typer.Option(False, "--json"),
+    resume: bool = ResumeOption,
+    overwrite: bool = OverwriteOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Direct preference optimisation (TRL's DPOTrainer) on chosen / rejected answer pairs."""
     from ragtune.train.config import DPORunConfig
@@ -186,23 +198,23 @@ def dap_command(
     workspace: Path = WorkspaceOption,
     model: str = ModelOption,
     method: str = MethodOption,
-    lora_r: int = typer.Option(16, "--lora-r"),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    max_steps: int = typer.Option(-1, "--max-steps"),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget: stop and save after this long."),
-    lr: float = typer.Option(None, "--lr"),
+    lora_r: int = LoraROption,
+    epochs: float = EpochsOption,
+    max_steps: int = MaxStepsOption,
+    max_minutes: float = MaxMinutesOption,
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-4 for LoRA, 2e-5 for full)."),
     batch_size: int = typer.Option(4, "--batch-size"),
     grad_accum: int = typer.Option(2, "--grad-accum"),
     max_length: int = typer.Option(512, "--max-length", help="Packed row length in tokens."),
-    bf16: str = typer.Option("auto", "--bf16"),
-    save_steps: int = typer.Option(50, "--save-steps"),
+    bf16: str = Bf16Option,
+    save_steps: int = SaveStepsOption,
     limit: int = typer.Option(None, "--limit", help="Use the first N chunks (by chunk id)."),
-    seed: int = typer.Option(0, "--seed"),
-    merge: bool = typer.Option(False, "--merge"),
+    seed: int = SeedOption,
+    merge: bool = MergeOption,
     name: str = typer.Option(None, "--name", help="Run folder under WORKSPACE/train/ (default dap-<method>)."),
-    resume: bool = typer.Option(False, "--resume"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    as_json: bool = typer.Option(False, "--json"),
+    resume: bool = ResumeOption,
+    overwrite: bool = OverwriteOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Domain-adaptive pre-training: continue next-token training on the indexed chunks."""
     from ragtune.train.config import DAPRunConfig

@@ -7,8 +7,6 @@ record of what it cost (tokens/s, peak memory). The optimisation loop is TRL's.
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,6 @@ from ragtune.hashing import file_hash
 from ragtune.train import data as train_data
 from ragtune.train.common import (
     TrainResult,
-    finish_run,
     is_main_process,
     load_model_for_training,
     lora_config,
@@ -26,6 +23,8 @@ from ragtune.train.common import (
     progress_callback,
     quiet_trainer,
     run_dir,
+    stderr_log,
+    train_and_finish,
     trainer_arguments,
 )
 from ragtune.train.config import SFTRunConfig, TrainConfigError
@@ -91,7 +90,7 @@ def build_sft_trainer(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    say = say or (lambda msg: print(msg, file=sys.stderr))
+    say = say or stderr_log
     rows = build_rows(workspace, data_path, config)
     net, tokenizer, base_path = load_model_for_training(model, config)
     rows, dropped = drop_too_long(rows, tokenizer, config.max_length)
@@ -135,7 +134,7 @@ def train_sft(
     checkpoint."""
     config = config or SFTRunConfig()
     config.check()
-    say = log or (lambda msg: print(msg, file=sys.stderr))
+    say = log or stderr_log
     data_path = Path(data_path) if data_path else default_data_path(workspace)
     name = name or f"sft-{config.data_mode}-{config.method}"
     folder = run_dir(workspace, name)
@@ -151,13 +150,10 @@ def train_sft(
             f"parameters trainable; bf16 autocast {'on' if trainer.args.bf16 else 'off'})"
             + (f", resuming from {resume_from.name}" if resume_from else "")
         )
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - started
     inputs = {str(data_path.resolve()): file_hash(data_path)}
     if config.mix_path:
         inputs[str(Path(config.mix_path).resolve())] = file_hash(Path(config.mix_path))
-    return finish_run(
-        "sft", workspace, folder, trainer, output, config, model or prepared.base_path, prepared.examples, seconds,
-        prepared.progress, inputs, resume_from,
+    return train_and_finish(
+        "sft", workspace, folder, trainer, config, model or prepared.base_path, prepared.examples, prepared.progress,
+        inputs, resume_from,
     )
