@@ -59,6 +59,14 @@ def ingest(
     rebuild: bool = typer.Option(False, help="Drop the existing index and re-embed everything."),
     batch_size: int = typer.Option(32, help="Embedding batch size."),
     commit_every: int = typer.Option(1024, help="Commit to the index after about this many chunks.", hidden=True),
+    sentences: bool = typer.Option(False, "--sentences", help="Also index every sentence with its parent chunk "
+                                   "(for `search --window N` / `--parent`)."),
+    summaries: bool = typer.Option(False, "--summaries", help="Also index a short summary per document as its own "
+                                   "level (for `search --route auto`). Extractive (lead sentences) unless "
+                                   "--summary-model is given."),
+    summary_model: str = typer.Option(None, help="With --summaries: an LLM that writes each summary (bundled name, "
+                                      "folder, hub id or openai:MODEL). Slow on a CPU: ~4 s a document with the "
+                                      "bundled 135M model."),
 ) -> None:
     """Parse, chunk, embed and index documents (txt, md, html, pdf, json, jsonl, HotpotQA, SQuAD, NQ).
 
@@ -73,7 +81,8 @@ def ingest(
         config = IngestConfig.model_validate(dict(
             chunker=chunker, chunk_size=chunk_size, overlap=overlap, format=format, text_field=text_field,
             id_field=id_field, title_field=title_field, metadata_fields=meta_field or None, tenant=tenant,
-            version=doc_version, batch_size=batch_size, commit_every=commit_every,
+            version=doc_version, batch_size=batch_size, commit_every=commit_every, sentences=sentences,
+            summaries=summaries, summary_model=summary_model,
             **({"embedder": embedder} if embedder else {}),
         ))
     except ValueError as exc:
@@ -110,6 +119,8 @@ def ingest(
         f"{summary.unchanged} unchanged, {summary.removed} removed · chunks: {summary.chunks_added} added, "
         f"{summary.chunks_total} in index · {summary.seconds:.1f}s · workspace {workspace}"
     )
+    for level, rows in summary.levels.items():
+        console.print(f"[green]level[/] {level}: {rows} rows ({summary.stage_seconds.get(level, 0.0):.1f}s)")
 
 
 def _pydantic_message(exc: Exception) -> str:
@@ -135,11 +146,24 @@ def search(
     bm25_weight: float = typer.Option(1.0, help="Hybrid: weight of the BM25 ranking in RRF."),
     retriever: Path = typer.Option(None, "--retriever", help="A trained retriever folder (`ragtune train retriever`):"
                                    " its query encoder embeds the query for the dense leg."),
-    rerank: str = typer.Option(None, "--rerank", help="A cross-encoder folder (`ragtune train reranker`) or hub id "
-                               "that re-scores the top --rerank-candidates hits."),
-    rerank_candidates: int = typer.Option(20, help="With --rerank: first-stage hits the cross-encoder reads."),
+    rerank: str = typer.Option(None, "--rerank", help="Rerank the top --rerank-candidates hits: a cross-encoder "
+                               "(PATH or cross-encoder:PATH, a `ragtune train reranker` folder or hub id) or an LLM "
+                               "judging relevance by P(yes) (llm:MODEL; llm: alone is the bundled model)."),
+    rerank_candidates: int = typer.Option(20, help="With --rerank: first-stage hits the reranker reads."),
+    transform: str = typer.Option("none", help="Query transform through an LLM, cached per (model, query): none | "
+                                  "rewrite | hyde (embed a hypothetical answer) | subqueries (decompose, retrieve "
+                                  "each, fuse) | multi (paraphrases fused by RRF)."),
+    transform_model: str = typer.Option(None, help="LLM for --transform (default: the bundled generator)."),
+    window: int = typer.Option(0, help="Small-to-big: match sentences, return each with N sentences either side "
+                               "(needs `ingest --sentences`)."),
+    parent: bool = typer.Option(False, "--parent", help="Small-to-big: match sentences, return each one's parent "
+                                "(chunk or document, see --parent-level), each parent once."),
+    parent_level: str = typer.Option("chunk", help="With --parent: chunk | document."),
+    route: str = typer.Option("off", help="off | auto (rules: summarise / overview / compare questions go to the "
+                              "document-summary level, fact questions to chunks) | llm (an LLM decides)."),
+    explain: bool = typer.Option(False, "--explain", help="Print the route and the query variants searched."),
 ) -> None:
-    """Search the indexed chunks (optionally with a trained query encoder and a cross-encoder reranker)."""
+    """Search the indexed chunks, optionally with query transforms, small-to-big, routing and a reranker."""
     from ragtune.config import SearchConfig
     from ragtune.index.search import MODES, Searcher, parse_filters
 
@@ -152,10 +176,15 @@ def search(
         config = SearchConfig.model_validate(dict(
             mode=mode, k=k, candidates=candidates, dense_weight=dense_weight, bm25_weight=bm25_weight,
             retriever=str(retriever) if retriever else None, reranker=rerank, rerank_candidates=rerank_candidates,
+            transform=transform, transform_model=transform_model, window=window,
+            parent=parent_level if parent else "none", route=route,
         ))
-        hits = Searcher(workspace, config).search(query, k=k, mode=mode, filters=filters)
+        searcher = Searcher(workspace, config)
+        hits = searcher.search(query, k=k, mode=mode, filters=filters)
     except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+        fail(str(exc).splitlines()[0] if "validation error" not in str(exc) else _pydantic_message(exc))
+    if explain:
+        console.print(f"[bold]trace:[/] {json.dumps(searcher.pipeline.last_trace, ensure_ascii=False)}")
     if as_json:
         sys.stdout.write(json.dumps([h.public() for h in hits], ensure_ascii=False, indent=2) + "\n")
         return
@@ -205,7 +234,7 @@ def models(
 
 
 # Later stages add their own commands. A stage that is not installed (or not written yet) is simply absent.
-for _module in ("ragtune.synth.cli", "ragtune.eval.cli", "ragtune.train.cli"):
+for _module in ("ragtune.synth.cli", "ragtune.eval.cli", "ragtune.train.cli", "ragtune.serve.cli"):
     try:
         importlib.import_module(_module).register(app)
     except ModuleNotFoundError as _exc:

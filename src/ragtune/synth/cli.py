@@ -269,6 +269,32 @@ def preferences_cmd(
     _print_summary("synth preferences", summary)
 
 
+@synth_app.command("from-feedback")
+def from_feedback_cmd(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
+    tenant: str = typer.Option(None, "--tenant", help="only this tenant's feedback (default: every tenant's)"),
+    reviewed_only: bool = typer.Option(
+        False, "--reviewed-only",
+        help="only feedback accepted or edited on the curation page (default: all but rejected)",
+    ),
+    out: Path = typer.Option(None, "--out", help="output folder (default WORKSPACE/synth/feedback)"),
+) -> None:
+    """Served answers' feedback -> SFT examples, DPO pairs and retriever pairs (plus curated RAFT examples)."""
+    from ragtune.synth.from_feedback import FromFeedbackConfig, build_from_feedback
+
+    s = _run(build_from_feedback, workspace, FromFeedbackConfig(tenant=tenant, reviewed_only=reviewed_only), out)
+    out_console.print(
+        f"[bold]synth from-feedback[/bold]: {s.feedback_rows} feedback rows ({s.skipped_rejected} rejected, "
+        f"{s.skipped_unreviewed} unreviewed skipped) -> {s.sft} SFT examples, {s.preferences} DPO pairs, {s.pairs} "
+        f"retriever pairs" + (f", {s.raft_curated} curated RAFT examples ({s.raft_rejected} rejected)"
+                              if s.raft_curated is not None else "") + f" in [cyan]{s.out_dir}[/cyan]"
+    )
+    out_console.print(
+        f"  train with: ragtune train sft --workspace {workspace} --data {s.files['sft']} · ragtune train dpo "
+        f"--data {s.files['preferences']} · ragtune train retriever --method contrastive --data {s.files['pairs']}"
+    )
+
+
 def export_cmd(
     workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
     fmt: str = typer.Option(..., "--format", "-f", help="openai-chat | openai-dpo | hf | completion | sharegpt"),
@@ -313,7 +339,7 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `synth` (raft, from-qa, pairs, preferences) and `export` to the main ragtune app."""
+    """Add `synth` (raft, from-qa, pairs, preferences, from-feedback) and `export` to the main ragtune app."""
     app.add_typer(synth_app, name="synth")
     app.command("export")(export_cmd)
 

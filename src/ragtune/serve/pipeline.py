@@ -1,0 +1,287 @@
+"""One RAG answer, step by step: tenant-scoped retrieval, injection screening, the RAFT prompt, the semantic cache,
+batched generation, and the durable record that feedback refers to.
+
+Retrieval runs in a worker thread under one lock (the Searcher's catalog and BM25 index are shared state); generation
+goes through `ragtune.llm.server.Batcher`, so concurrent requests share forward passes. The tenant filter is added
+here, last, from the authenticated principal: request filters are ANDed with it and can only narrow the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragtune.config import SearchConfig
+from ragtune.eval.datasets import EvalDoc
+from ragtune.eval.prompts import PromptStyle, build_messages, system_prompt_for
+from ragtune.index.search import Searcher
+from ragtune.llm.base import LLM, GenerationConfig, Message
+from ragtune.llm.server import Batcher
+from ragtune.records import Hit
+from ragtune.retrieve.semantic_cache import SemanticCache
+from ragtune.serve.feedback import FeedbackStore, new_id
+from ragtune.serve.guardrails import InjectionPolicy, Limits, find_injection, strip_control_tokens
+from ragtune.serve.schemas import APIError, ChatRequest, Citation, Flagged
+from ragtune.workspace import Workspace
+
+
+class ServeConfig(BaseModel):
+    """Server settings (the `serve:` section of `--config`); search settings are a `SearchConfig` beside it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: PromptStyle = "short"  # "cot": the RAFT student layout (use it with a RAFT-tuned adapter)
+    default_max_tokens: int = 256
+    cache: bool = True
+    cache_threshold: float = 0.95
+    cache_entries: int = 1024  # per tenant
+    injection_policy: InjectionPolicy = "drop"
+    redact_pii: bool = False
+    log_requests: bool = True
+    limits: Limits = Field(default_factory=Limits)
+    max_batch: int = 16
+    batch_wait_ms: float = 20.0
+    index_check_seconds: float = 1.0  # how often the server looks for a newer index version (another process ingested)
+    snippet_chars: int = 240
+
+
+@dataclass
+class Prepared:
+    """A validated chat request: what to retrieve for, how to decode, and the cache signature."""
+
+    question: str
+    history: list[Message]
+    system: str
+    k: int
+    mode: str
+    filters: dict[str, str]
+    generation: GenerationConfig
+    cacheable: bool
+    signature: str
+    cache_key: tuple[str, Any] | None = None  # (tenant fingerprint, query vector) once looked up
+
+
+@dataclass
+class Answer:
+    id: str
+    created: int
+    model: str
+    text: str = ""
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    citations: list[Citation] = field(default_factory=list)
+    flagged: list[Flagged] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    contexts: list[dict[str, Any]] = field(default_factory=list)
+    cache: dict[str, Any] = field(default_factory=lambda: {"hit": False})
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def extension(self) -> dict[str, Any]:
+        """The `ragtune` object of a response: what was flagged, whether the cache answered, timings."""
+        return {"flagged": [f.model_dump() for f in self.flagged], "cache": self.cache,
+                "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()}}
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class RagPipeline:
+    def __init__(self, workspace: Workspace | str, llm: LLM, search: SearchConfig | None = None,
+                 config: ServeConfig | None = None, model_name: str | None = None):
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        self.llm = llm
+        self.search_config = search or SearchConfig()
+        self.config = config or ServeConfig()
+        self.model_name = model_name or getattr(llm, "name", "ragtune")
+        self.searcher = Searcher(self.workspace, self.search_config)
+        self.batcher = Batcher(llm, max_batch=self.config.max_batch, batch_wait_ms=self.config.batch_wait_ms)
+        self.cache = SemanticCache(self.config.cache_threshold, self.config.cache_entries)
+        self.feedback = FeedbackStore(self.workspace)
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._fingerprints: dict[str, tuple[int, str]] = {}
+
+    # -- index -----------------------------------------------------------------------------------------------------
+    def warm(self) -> dict[str, int]:
+        """Load the catalog, BM25 and the embedder now, not on the first request; count chunks without a tenant."""
+        with self._lock:
+            self._sync_index(force=True)
+            self.searcher.embedder.encode_query("warm up")
+            tags = self.searcher.catalog["tags"].to_pylist()
+        untagged = sum(1 for t in tags if not any(x.startswith("tenant=") for x in t or []))
+        return {"chunks": len(tags), "untagged": untagged}
+
+    def _sync_index(self, force: bool = False) -> None:
+        """Pick up a newer table version written by another process (`ragtune ingest`), at most once a second."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.config.index_check_seconds:
+            return
+        self._checked = now
+        table = self.searcher.store.table
+        if hasattr(table, "checkout_latest"):
+            table.checkout_latest()
+        self.searcher.refresh()
+
+    def search(self, tenant: str, query: str, k: int, mode: str | None, filters: dict[str, str]) -> list[Hit]:
+        scoped = {**filters, "tenant": tenant}  # last: a `tenant` in the request's filters cannot replace it
+        with self._lock:
+            self._sync_index()
+            return self.searcher.search(query, k=k, mode=mode, filters=scoped)
+
+    def fingerprint(self, tenant: str) -> str:
+        """A hash of the tenant's chunks (ids and document hashes); recomputed only when the table version moves."""
+        with self._lock:
+            self._sync_index()
+            version = self.searcher.store.version
+            known = self._fingerprints.get(tenant)
+            if known and known[0] == version:
+                return known[1]
+            table = self.searcher.store.scan(["chunk_id", "doc_hash"], {"tenant": tenant})
+            pairs = sorted(zip(table["chunk_id"].to_pylist(), table["doc_hash"].to_pylist(), strict=True))
+            fp = _hash(pairs)
+            self._fingerprints[tenant] = (version, fp)
+            return fp
+
+    def embed_query(self, text: str):
+        with self._lock:
+            return self.searcher.embedder.encode_query(text)
+
+    # -- one request -----------------------------------------------------------------------------------------------
+    def prepare(self, request: ChatRequest) -> Prepared:
+        limits = self.config.limits
+        if len(request.messages) > limits.max_messages:
+            raise APIError(400, f"too many messages ({len(request.messages)} > {limits.max_messages})",
+                           param="messages", code="context_length_exceeded")
+        if request.n not in (None, 1):
+            raise APIError(400, "n > 1 is not supported: send one request per completion", param="n")
+        texts = [(m.role, m.text()) for m in request.messages]
+        if sum(len(t) for _, t in texts) > limits.max_prompt_chars:
+            raise APIError(400, f"messages hold more than {limits.max_prompt_chars} characters", param="messages",
+                           code="context_length_exceeded")
+        if texts[-1][0] != "user" or not texts[-1][1].strip():
+            raise APIError(400, "the last message must be a non-empty user message (the question)", param="messages")
+        question = texts[-1][1].strip()
+        if len(question) > limits.max_query_chars:
+            raise APIError(400, f"the question is longer than {limits.max_query_chars} characters", param="messages",
+                           code="context_length_exceeded")
+        system_extra = "\n\n".join(t for r, t in texts[:-1] if r in ("system", "developer") and t.strip())
+        history = [{"role": r, "content": t} for r, t in texts[:-1] if r in ("user", "assistant")]
+        max_tokens = request.max_completion_tokens or request.max_tokens or self.config.default_max_tokens
+        if max_tokens > limits.max_tokens:
+            raise APIError(400, f"max_tokens {max_tokens} is above this server's limit of {limits.max_tokens}",
+                           param="max_tokens")
+        opts = request.ragtune
+        k = self.search_config.k if opts.k is None else opts.k
+        if k > limits.max_k:
+            raise APIError(400, f"ragtune.k {k} is above this server's limit of {limits.max_k}", param="ragtune.k")
+        if len(opts.filters) > limits.max_filters:
+            raise APIError(400, f"more than {limits.max_filters} filters", param="ragtune.filters")
+        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        generation = GenerationConfig(max_new_tokens=max_tokens, temperature=request.temperature or 0.0,
+                                      top_p=request.top_p or 1.0, stop=stop, seed=request.seed)
+        mode = opts.mode or self.search_config.mode
+        signature = _hash({"model": self.model_name, "prompt": self.config.prompt, "k": k, "mode": mode,
+                           "filters": opts.filters, "max_tokens": max_tokens, "stop": stop, "system": system_extra,
+                           "history": history})
+        cacheable = self.config.cache and opts.cache and generation.temperature == 0.0
+        return Prepared(question, history, system_extra, k, mode, dict(opts.filters), generation, cacheable,
+                        signature)
+
+    def screen(self, hits: list[Hit]) -> tuple[list[Hit], list[Flagged]]:
+        """Strip control tokens from every chunk; flag instruction-like chunks and, under 'drop', leave them out."""
+        kept, flagged = [], []
+        for hit in hits:
+            clean = hit.model_copy(update={"text": strip_control_tokens(hit.text)})
+            finding = find_injection(hit.text)
+            if finding is None:
+                kept.append(clean)
+                continue
+            drop = self.config.injection_policy == "drop"
+            flagged.append(Flagged(chunk_id=hit.chunk_id, source=hit.source, rule=finding.rule,
+                                   excerpt=finding.excerpt[:200], action="dropped" if drop else "kept"))
+            if not drop:
+                kept.append(clean)
+        return kept, flagged
+
+    def messages_for(self, prepared: Prepared, hits: list[Hit]) -> list[Message]:
+        """The prompt the student was trained on (`ragtune.eval.prompts`), with the client's system text appended to
+        its system turn and earlier conversation turns placed before the question."""
+        docs = [EvalDoc(doc_id=h.chunk_id, title=h.title, text=h.text) for h in hits]
+        system = system_prompt_for(self.config.prompt, bool(docs))
+        if prepared.system:
+            system = f"{system}\n\n{prepared.system}"
+        messages = build_messages(prepared.question, docs, self.config.prompt, system_prompt=system)
+        return [*messages[:-1], *prepared.history, messages[-1]]
+
+    def citation(self, index: int, hit: Hit) -> Citation:
+        return Citation(index=index, chunk_id=hit.chunk_id, doc_id=hit.doc_id, source=hit.source, title=hit.title,
+                        score=hit.score, snippet=hit.text[: self.config.snippet_chars])
+
+    async def retrieve(self, tenant: str, request: ChatRequest) -> tuple[Prepared, Answer]:
+        """Everything before generation. A cache hit comes back with its text filled in (nothing left to do)."""
+        prepared = self.prepare(request)
+        answer = Answer(id=new_id("chatcmpl"), created=int(time.time()), model=self.model_name)
+        t0 = time.perf_counter()
+        if prepared.cacheable:
+            vector = await asyncio.to_thread(self.embed_query, prepared.question)
+            fingerprint = await asyncio.to_thread(self.fingerprint, tenant)
+            hit = self.cache.lookup(tenant, fingerprint, prepared.signature, vector)
+            prepared.cache_key = (fingerprint, vector)
+            if hit is not None:
+                for key in ("text", "finish_reason", "prompt_tokens", "completion_tokens", "citations", "flagged",
+                            "messages", "contexts"):
+                    setattr(answer, key, hit.value[key])
+                answer.cache = {"hit": True, "similarity": round(hit.similarity, 4), "question": hit.question}
+                answer.timings["retrieval"] = time.perf_counter() - t0
+                return prepared, answer
+        hits: list[Hit] = []
+        if prepared.k > 0:
+            try:
+                hits = await asyncio.to_thread(self.search, tenant, prepared.question, prepared.k, prepared.mode,
+                                               prepared.filters)
+            except ValueError as exc:
+                raise APIError(400, str(exc), param="ragtune") from exc
+        kept, answer.flagged = self.screen(hits)
+        answer.citations = [self.citation(i, h) for i, h in enumerate(kept, start=1)]
+        answer.contexts = [{"chunk_id": h.chunk_id, "doc_id": h.doc_id, "source": h.source, "title": h.title,
+                            "text": h.text, "score": h.score} for h in kept]
+        answer.messages = self.messages_for(prepared, kept)
+        answer.timings["retrieval"] = time.perf_counter() - t0
+        return prepared, answer
+
+    async def generate(self, tenant: str, prepared: Prepared, answer: Answer) -> Answer:
+        """Generate (unless the cache answered), store the response durably, fill the cache."""
+        if not answer.cache.get("hit"):
+            t0 = time.perf_counter()
+            gen = await asyncio.wrap_future(self.batcher.submit(answer.messages, prepared.generation))
+            answer.timings["generation"] = time.perf_counter() - t0
+            answer.text, answer.finish_reason = gen.text, gen.finish_reason
+            answer.prompt_tokens, answer.completion_tokens = gen.prompt_tokens, gen.completion_tokens
+            if prepared.cache_key is not None:
+                fingerprint, vector = prepared.cache_key
+                self.cache.store(tenant, fingerprint, prepared.signature, vector, prepared.question, {
+                    "text": answer.text, "finish_reason": answer.finish_reason,
+                    "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                    "citations": answer.citations, "flagged": answer.flagged, "messages": answer.messages,
+                    "contexts": answer.contexts,
+                })
+        await asyncio.to_thread(
+            self.feedback.record_response, answer.id, tenant, self.model_name, prepared.question, answer.messages,
+            answer.contexts, answer.text,
+            {"k": prepared.k, "mode": prepared.mode, "filters": prepared.filters, "prompt": self.config.prompt,
+             "max_tokens": prepared.generation.max_new_tokens, "cache_hit": bool(answer.cache.get("hit"))},
+        )
+        return answer
+
+    async def answer(self, tenant: str, request: ChatRequest) -> Answer:
+        prepared, answer = await self.retrieve(tenant, request)
+        return await self.generate(tenant, prepared, answer)
