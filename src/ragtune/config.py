@@ -13,6 +13,9 @@ from ragtune.models import default_embedder
 
 ChunkerName = Literal["tokens", "sentences", "paragraphs", "semantic"]
 SearchMode = Literal["hybrid", "dense", "bm25"]
+QueryTransform = Literal["none", "rewrite", "hyde", "subqueries", "multi"]
+ParentLevel = Literal["none", "chunk", "document"]
+RouteMode = Literal["off", "auto", "llm"]
 
 
 class IngestConfig(BaseModel):
@@ -38,6 +41,11 @@ class IngestConfig(BaseModel):
     version: str | None = None
     prune: bool = True
     device: str | None = None
+    # Derived levels of the index (`ragtune.retrieve.levels`): sentences for small-to-big retrieval, and one summary
+    # per document ("extractive": its lead sentences, fast; or any `load_llm` reference, slow on a CPU).
+    sentences: bool = False
+    summaries: bool = False
+    summary_model: str | None = None
 
 
 class SearchConfig(BaseModel):
@@ -54,6 +62,20 @@ class SearchConfig(BaseModel):
     memory_limit: int = 5_000_000
     # A trained retriever folder (`ragtune train retriever`): its query encoder embeds the queries.
     retriever: str | None = None
-    # A cross-encoder (folder or hub id) that re-scores the first stage's top `rerank_candidates` hits.
+    # A reranking stage over the first stage's top `rerank_candidates` hits: a cross-encoder folder or hub id
+    # (`PATH` or `cross-encoder:PATH`), or `llm:MODEL` (an LLM scoring log P("yes" | is this passage relevant?);
+    # `llm:` alone is the bundled generator). See `ragtune.retrieve.llm_rerank`.
     reranker: str | None = None
     rerank_candidates: int = 20
+    # Advanced retrieval (`ragtune.retrieve`); each is off by default and measured in benchmarks/retrieval.py.
+    # A query transform through an LLM, cached on disk per (model, transform, query).
+    transform: QueryTransform = "none"
+    transform_model: str | None = None  # any `load_llm` reference; None: the bundled generator
+    transform_queries: int = 3  # multi: paraphrases asked for; subqueries: most sub-questions kept
+    keep_original: bool = True  # fuse the original query's ranking with the transformed ones (RRF)
+    # Small-to-big: search the sentence level, return each hit with `window` sentences either side, or its parent.
+    window: int = Field(default=0, ge=0)
+    parent: ParentLevel = "none"
+    # Route summary / overview / compare questions to the document-summary level: rules ("auto") or an LLM ("llm").
+    route: RouteMode = "off"
+    route_model: str | None = None

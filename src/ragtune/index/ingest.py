@@ -49,6 +49,7 @@ class IngestSummary:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # load, chunk, embed, store, compact, lexical
+    levels: dict[str, int] = field(default_factory=dict)  # derived level (sentences, summaries) -> rows
 
 
 def _under(source: str, roots: Sequence[Path]) -> bool:
@@ -185,6 +186,13 @@ def ingest(
     summary.stage_seconds["compact"] = t_lexical - t_compact
     summary.stage_seconds["lexical"] = time.perf_counter() - t_lexical
     summary.stage_seconds["embed"] = summary.embed_seconds
+    for level, wanted in (("sentences", config.sentences), ("summaries", config.summaries)):
+        if wanted:  # derived levels for small-to-big retrieval and routing (ragtune.retrieve.levels)
+            from ragtune.retrieve.levels import build_level
+
+            built = build_level(ws, level, config.summary_model, embedder=embedder)
+            summary.levels[level] = built.rows_total
+            summary.stage_seconds[level] = built.seconds
 
     summary.files_loaded = report.files_loaded
     summary.documents = report.documents

@@ -6,7 +6,9 @@ brute-force search at about twice the latency of bare FAISS on the same vectors 
 product matches FAISS. `dense_backend="lancedb"` (or more than `memory_limit` chunks) queries LanceDB instead.
 
 With `SearchConfig.retriever` the queries are embedded by a trained retriever's query encoder (see
-`ragtune.index.retriever`); with `SearchConfig.reranker` a cross-encoder re-scores the first stage's top candidates.
+`ragtune.index.retriever`). Everything around this first stage (query transforms, small-to-big, routing, a
+cross-encoder or LLM reranker) lives in `ragtune.retrieve` and runs from `search` when `SearchConfig` asks for it.
+A Searcher may serve a derived level of the index (`level="sentences"` / `"summaries"`, see `ragtune.retrieve.levels`).
 
 Metadata filters are applied inside each leg before its top-k (a row mask over the catalog; LanceDB prefilter on the
 other backend), so a filtered search returns k hits whenever k chunks match, not whatever survived a post-filter.
@@ -26,7 +28,6 @@ from ragtune.config import SearchConfig
 from ragtune.index.embedding import Embedder
 from ragtune.index.fusion import reciprocal_rank_fusion
 from ragtune.index.lexical import LexicalIndex
-from ragtune.index.rerank import Reranker
 from ragtune.index.retriever import query_encoder_path
 from ragtune.index.settings import IndexSettings, index_text
 from ragtune.index.store import ChunkStore
@@ -63,7 +64,7 @@ class Searcher:
     """Holds the embedder, the catalog and the BM25 index of one workspace; reloads them when the table changes."""
 
     def __init__(self, workspace: Workspace | str | os.PathLike[str], config: SearchConfig | None = None,
-                 embedder: Embedder | None = None):
+                 embedder: Embedder | None = None, level: str = "chunks"):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.config = config or SearchConfig()
         settings = IndexSettings.load(self.workspace)
@@ -73,10 +74,10 @@ class Searcher:
                 f"{self.workspace.root}` first."
             )
         self.settings = settings
-        self.store = ChunkStore(self.workspace)
+        self.store = ChunkStore(self.workspace, level)
         self._embedder = embedder
         self._query_embedder: Embedder | None = None
-        self._reranker: Reranker | None = None
+        self._pipeline = None
         if self.config.retriever:  # fail at construction, not at the first query, when it does not fit the index
             self._query_path: str | None = query_encoder_path(self.config.retriever, settings.embedder)
         else:
@@ -102,12 +103,6 @@ class Searcher:
         if self._query_embedder is None:
             self._query_embedder = Embedder(self._query_path)
         return self._query_embedder
-
-    @property
-    def reranker(self) -> Reranker | None:
-        if self.config.reranker and self._reranker is None:
-            self._reranker = Reranker(self.config.reranker, embed_title=self.settings.embed_title)
-        return self._reranker
 
     def vectors(self, chunk_ids: list[str]) -> np.ndarray:
         """The stored document vectors of these chunks (rows in the given order), from the in-memory matrix."""
@@ -143,10 +138,10 @@ class Searcher:
             self._catalog = self.store.catalog()
         self._ids = self._catalog["chunk_id"].to_pylist()
         self._rows = {cid: i for i, cid in enumerate(self._ids)}
-        lexical = LexicalIndex.load(self.workspace.bm25_dir, version)
+        lexical = LexicalIndex.load(self.store.bm25_dir, version)
         if lexical is None or lexical.n_docs != self._catalog.num_rows:
             lexical = build_lexical(self.store, self.settings, self._catalog)
-            lexical.save(self.workspace.bm25_dir, version)
+            lexical.save(self.store.bm25_dir, version)
         self._lexical = lexical
         self._mask.cache_clear()
         self._version = version
@@ -202,34 +197,42 @@ class Searcher:
             return []
         return [(self._ids[row], score) for row, score in self._lexical.search(query, k, mask)]
 
+    @property
+    def pipeline(self):
+        """The stages `SearchConfig` adds around the first stage (`ragtune.retrieve.pipeline`), built on first use."""
+        if self._pipeline is None:
+            from ragtune.retrieve.pipeline import RetrievalPipeline
+
+            self._pipeline = RetrievalPipeline(self)
+        return self._pipeline
+
     def search(self, query: str, k: int | None = None, mode: str | None = None,
                filters: dict[str, str] | None = None) -> list[Hit]:
-        """The top-k hits for `query`. Scores: cosine (dense), BM25 (bm25), or the fused RRF score (hybrid)."""
+        """The top-k hits for `query`. Scores: cosine (dense), BM25 (bm25), the fused RRF score (hybrid), or the
+        reranker's score. Query transforms, small-to-big, routing and reranking run as `SearchConfig` says."""
         k = k or self.config.k
         mode = mode or self.config.mode
         if mode not in MODES:
             raise ValueError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
         if not query.strip():
             raise ValueError("empty query")
+        return self.pipeline.search(query, k, mode, filters)
+
+    def first_stage(self, query: str, k: int, mode: str, filters: dict[str, str] | None = None,
+                    dense_query: str | None = None) -> list[tuple[str, float]]:
+        """(chunk_id, score) of this level's top k by one mode; `dense_query` (HyDE) is embedded instead of `query`."""
         self.refresh()
-        final_k = k
-        if self.reranker is not None:
-            k = max(k, self.config.rerank_candidates)
+        dense_query = dense_query or query
         if mode == "dense":
-            ranked = self.dense(query, k, filters)
-        elif mode == "bm25":
-            ranked = self.bm25(query, k, filters)
-        else:
-            n = max(self.config.candidates, k)
-            dense = [cid for cid, _ in self.dense(query, n, filters)]
-            lexical = [cid for cid, _ in self.bm25(query, n, filters)]
-            ranked = reciprocal_rank_fusion(
-                [dense, lexical], [self.config.dense_weight, self.config.bm25_weight], k=self.config.rrf_k
-            )[:k]
-        hits = [self._hit(cid, score, rank) for rank, (cid, score) in enumerate(ranked[:k], start=1)]
-        if self.reranker is not None:
-            hits = self.reranker.rerank(query, hits, final_k)
-        return hits
+            return self.dense(dense_query, k, filters)
+        if mode == "bm25":
+            return self.bm25(query, k, filters)
+        n = max(self.config.candidates, k)
+        dense = [cid for cid, _ in self.dense(dense_query, n, filters)]
+        lexical = [cid for cid, _ in self.bm25(query, n, filters)]
+        return reciprocal_rank_fusion(
+            [dense, lexical], [self.config.dense_weight, self.config.bm25_weight], k=self.config.rrf_k
+        )[:k]
 
     def _hit(self, chunk_id: str, score: float, rank: int) -> Hit:
         assert self._catalog is not None

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger is chatty about benign things on stderr
@@ -79,9 +80,12 @@ def schema(dim: int) -> pa.Schema:
 class ChunkStore:
     """Read and write the chunk table of one workspace."""
 
-    def __init__(self, workspace: Workspace | str | os.PathLike[str]):
+    def __init__(self, workspace: Workspace | str | os.PathLike[str], table: str = TABLE):
+        """`table` names a level of the index: "chunks" (what ingest writes), or a derived level such as the
+        sentences or document summaries of `ragtune.retrieve.levels`, which share the schema and the embedder."""
         import lancedb
 
+        self.name = table
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.workspace.lancedb_dir.mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(str(self.workspace.lancedb_dir))
@@ -89,11 +93,11 @@ class ChunkStore:
 
     # -- table lifecycle -------------------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return TABLE in self.db.table_names() if hasattr(self.db, "table_names") else self._try_open() is not None
+        return self._try_open() is not None
 
     def _try_open(self) -> Any:
         try:
-            return self.db.open_table(TABLE)
+            return self.db.open_table(self.name)
         except (FileNotFoundError, ValueError):
             return None
 
@@ -110,12 +114,17 @@ class ChunkStore:
 
     def create(self, dim: int) -> None:
         if self._try_open() is None:
-            self._table = self.db.create_table(TABLE, schema=schema(dim))
+            self._table = self.db.create_table(self.name, schema=schema(dim))
 
     def drop(self) -> None:
         if self._try_open() is not None:
-            self.db.drop_table(TABLE)
+            self.db.drop_table(self.name)
         self._table = None
+
+    @property
+    def bm25_dir(self) -> Path:
+        """Where this level's BM25 index is saved (the chunk level keeps the workspace's historical folder)."""
+        return self.workspace.bm25_dir if self.name == TABLE else self.workspace.index_dir / f"bm25-{self.name}"
 
     @property
     def version(self) -> int:

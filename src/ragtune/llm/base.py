@@ -100,5 +100,15 @@ class LLM(ABC):
     def loglikelihood(self, requests: list[tuple[list[Message], str]], batch_size: int = 8) -> list[float]:
         """Sum of log p(continuation tokens | conversation rendered with the chat template, as the assistant turn)."""
 
+    def choice_logprobs(self, conversations: list[list[Message]], options: list[str], batch_size: int = 8
+                        ) -> list[list[float]]:
+        """log p(option | conversation) of each option as the whole assistant answer, per conversation.
+
+        Used to read a model's judgement without generating (an LLM reranker's P("yes"), an LLM router). This
+        default scores each option with `loglikelihood`; a local backend overrides it with one forward pass.
+        """
+        flat = self.loglikelihood([(conv, o) for conv in conversations for o in options], batch_size=batch_size)
+        return [flat[i * len(options) : (i + 1) * len(options)] for i in range(len(conversations))]
+
     def chat(self, messages: list[Message], config: GenerationConfig | None = None) -> str:
         return self.generate([messages], config)[0].text

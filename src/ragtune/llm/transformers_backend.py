@@ -211,6 +211,30 @@ class TransformersLLM(LLM):
                 ids.update(int(x) for x in source)
         return sorted(ids)
 
+    def choice_logprobs(self, conversations: list[list[Message]], options: list[str], batch_size: int = 8
+                        ) -> list[list[float]]:
+        """One forward pass per conversation: the log-probability of each option's first token at the opened
+        assistant turn. Options must differ in their first token (checked); "yes" / "no" do for every tokenizer."""
+        import torch
+
+        firsts = [self.tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in options]
+        if len(set(firsts)) != len(firsts):
+            return super().choice_logprobs(conversations, options, batch_size)
+        encoded = self._encode_prompts(conversations, 1)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        out: list[list[float]] = [[] for _ in encoded]
+        for start in range(0, len(order), max(1, batch_size)):
+            batch = order[start : start + max(1, batch_size)]
+            ids, mask = self._pad_left([encoded[i] for i in batch])
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            with self._lock, torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=1).logits[:, -1, :].float()
+            logprobs = torch.log_softmax(logits, dim=-1)[:, firsts]
+            for row, i in enumerate(batch):
+                out[i] = [float(x) for x in logprobs[row]]
+        return out
+
     def loglikelihood(self, requests: list[tuple[list[Message], str]], batch_size: int = 8) -> list[float]:
         """Sum of log-probs of the continuation tokens only, batched.
 

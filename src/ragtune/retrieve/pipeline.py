@@ -1,0 +1,132 @@
+"""The order of the retrieval stages for one query: route, transform, first stage per variant, fuse, small-to-big,
+rerank. `Searcher.search` runs this; with every option off it is exactly the plain first stage.
+
+The last query's decisions (route and reason, the variants searched, the level) are kept in `last_trace`, which the
+CLI prints with `--explain`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ragtune.index.fusion import reciprocal_rank_fusion
+from ragtune.records import Hit
+from ragtune.retrieve.cache import TransformCache
+from ragtune.retrieve.levels import SENTENCES, SUMMARIES, has_level
+from ragtune.retrieve.llm_rerank import RerankStage, load_retrieval_llm, make_reranker
+from ragtune.retrieve.routing import Route, route
+from ragtune.retrieve.small_to_big import DocumentOrder, expand_windows, to_parents
+from ragtune.retrieve.transforms import QueryTransformer, Variant
+
+if TYPE_CHECKING:
+    from ragtune.index.search import Searcher
+
+SENTENCES_PER_HIT = 4  # sentence hits fetched per result wanted: several sentences of one parent collapse to one
+
+
+def transform_cache_path(searcher: Searcher):
+    return searcher.workspace.root / "cache" / "query_transforms.sqlite"
+
+
+class RetrievalPipeline:
+    """Everything `SearchConfig` adds around the first stage, loaded lazily (an option left off costs nothing)."""
+
+    def __init__(self, searcher: Searcher):
+        self.searcher = searcher
+        self.config = searcher.config
+        self._levels: dict[str, Searcher] = {}
+        self._orders: dict[tuple[str, int], DocumentOrder] = {}
+        self._transformer: QueryTransformer | None = None
+        self._reranker: RerankStage | None = None
+        self._route_llm: Any = None
+        self._has_summaries: bool | None = None
+        self.last_trace: dict[str, Any] = {}
+        if self.config.window or self.config.parent != "none":
+            self.level(SENTENCES)  # fail at construction when the sentence level was never built
+
+    # -- lazily built parts ----------------------------------------------------------------------------------------
+    @property
+    def transformer(self) -> QueryTransformer | None:
+        if self.config.transform == "none":
+            return None
+        if self._transformer is None:
+            self._transformer = QueryTransformer(
+                self.config.transform, load_retrieval_llm(self.config.transform_model),
+                TransformCache(transform_cache_path(self.searcher)), n=self.config.transform_queries,
+                keep_original=self.config.keep_original)
+        return self._transformer
+
+    @property
+    def reranker(self) -> RerankStage | None:
+        if self.config.reranker and self._reranker is None:
+            self._reranker = make_reranker(self.config.reranker, embed_title=self.searcher.settings.embed_title)
+        return self._reranker
+
+    def level(self, name: str) -> Searcher:
+        if name == "chunks":
+            return self.searcher
+        if name not in self._levels:
+            if not has_level(self.searcher.workspace, name):
+                flag = "--sentences" if name == SENTENCES else "--summaries"
+                raise FileNotFoundError(
+                    f"the workspace {self.searcher.workspace.root} has no {name} level: run `ragtune ingest PATH "
+                    f"--workspace {self.searcher.workspace.root} {flag}` first")
+            from ragtune.index.search import Searcher
+
+            self._levels[name] = Searcher(self.searcher.workspace, self.config, embedder=self.searcher.embedder,
+                                          level=name)
+        return self._levels[name]
+
+    def order(self, name: str) -> DocumentOrder:
+        searcher = self.level(name)
+        key = (name, searcher.store.version)
+        if key not in self._orders:
+            self._orders = {k: v for k, v in self._orders.items() if k[0] != name}
+            self._orders[key] = DocumentOrder(searcher.catalog)
+        return self._orders[key]
+
+    def decide_route(self, query: str) -> Route:
+        if self.config.route == "llm" and self._route_llm is None:
+            self._route_llm = load_retrieval_llm(self.config.route_model)
+        if not self._has_summaries:  # checked until it exists: a level built while serving is picked up
+            self._has_summaries = has_level(self.searcher.workspace, SUMMARIES)
+        return route(query, self.config.route, self._route_llm, summaries_available=self._has_summaries)
+
+    # -- one query -------------------------------------------------------------------------------------------------
+    def variants(self, query: str, generated: list[str] | None = None) -> list[Variant]:
+        transformer = self.transformer
+        return [Variant(query, query)] if transformer is None else transformer.variants(query, generated)
+
+    def search(self, query: str, k: int, mode: str, filters: dict[str, str] | None = None,
+               generated: list[str] | None = None) -> list[Hit]:
+        """The top-k hits. `generated` passes transform outputs computed ahead (batched) instead of asking the LLM."""
+        cfg = self.config
+        decided = self.decide_route(query) if cfg.route != "off" else None
+        name = decided.level if decided else "chunks"
+        small_to_big = name == "chunks" and (cfg.window > 0 or cfg.parent != "none")
+        if small_to_big:
+            name = SENTENCES
+        searcher = self.level(name)
+        first_k = max(k, cfg.rerank_candidates) if self.reranker is not None else k
+        fetch = first_k * SENTENCES_PER_HIT if small_to_big else first_k
+        variants = self.variants(query, generated)
+        if len(variants) == 1:
+            ranked = searcher.first_stage(variants[0].lexical, fetch, mode, filters, variants[0].dense)
+        else:
+            depth = max(fetch, cfg.candidates)
+            rankings = [[cid for cid, _ in searcher.first_stage(v.lexical, depth, mode, filters, v.dense)]
+                        for v in variants]
+            ranked = reciprocal_rank_fusion(rankings, k=cfg.rrf_k)[:fetch]
+        hits = [searcher.hit(cid, score, rank) for rank, (cid, score) in enumerate(ranked, start=1)]
+        if small_to_big and cfg.parent != "none":
+            hits = to_parents(hits, cfg.parent, self.searcher.hit, self.order("chunks"), first_k)
+        elif small_to_big:
+            hits = expand_windows(hits, self.order(SENTENCES), cfg.window, first_k)
+        if self.reranker is not None:
+            hits = self.reranker.rerank(query, hits, k)
+        if decided is not None:
+            hits = [h.model_copy(update={"metadata": {**h.metadata, "level": name, "route": decided.reason}})
+                    for h in hits]
+        self.last_trace = {"level": name, "route": decided.reason if decided else None,
+                           "variants": [v.__dict__ for v in variants], "reranker": cfg.reranker}
+        return hits[:k]
