@@ -131,15 +131,26 @@ def measure_throughput(workspace: Path, args: argparse.Namespace) -> dict[str, A
 # ---- quality ---------------------------------------------------------------------------------------------------------
 
 
-def evaluate_systems(items, ks, base, tuned, args, searcher=None) -> dict[str, Any]:
-    from ragtune.eval.runner import EvalSettings, evaluate
+def evaluate_systems(items, ks, base, tuned, adapter, args, searcher=None) -> dict[str, Any]:
+    """Each (setting, K, prompt, model) run keeps its answers under WORKSPACE/eval-cache: greedy decoding makes them
+    a pure function of model weights, prompts and settings (all in the runner's resume signature, with the adapter's
+    weight hash and the question set), so a second run re-scores the base model's answers instead of regenerating
+    them, and a run cut short resumes where it stopped."""
+    from ragtune.eval.runner import EvalSettings, adapter_fingerprint, evaluate
+    from ragtune.hashing import short_id
+
+    question_set = short_id(json.dumps(sorted(it.id for it in items)))
 
     def run(llm, prompt: str, setting: str, k: int) -> dict[str, Any]:
         settings = EvalSettings(setting=setting, distractors=k, k=args.retrieved_k, prompt=prompt,  # type: ignore[arg-type]
                                 max_new_tokens=args.short_tokens if prompt == "short" else args.cot_tokens,
                                 batch_size=args.eval_batch)
+        is_tuned = llm is tuned
+        system = {"model": "default", "adapter": str(adapter) if is_tuned else "", "questions": question_set,
+                  "adapter_weights": adapter_fingerprint(str(adapter)) if is_tuned else "", "data": str(args.data)}
+        run_dir = args.workspace / "eval-cache" / f"{setting}-k{k}-{prompt}-{'tuned' if is_tuned else 'base'}"
         t0 = time.perf_counter()
-        result = evaluate(items, llm, settings, searcher=searcher)
+        result = evaluate(items, llm, settings, run_dir=run_dir, searcher=searcher, system=system)
         scores, seconds = result.scores, time.perf_counter() - t0
         tagged = statistics.fmean("<ANSWER>:" in r["generation"] for r in result.records)
         print(f"  {setting} K={k} {prompt:5s} {'tuned' if llm is tuned else 'base '}: F1 {100 * scores['f1']:.1f} "
@@ -266,7 +277,7 @@ def main() -> None:
 
     items = load_dataset("hotpotqa", args.data, split="eval", limit=questions)
     base, tuned = load_llm(None), load_llm(None, adapter=adapter)
-    per_k = evaluate_systems(items, ks, base, tuned, args)
+    per_k = evaluate_systems(items, ks, base, tuned, adapter, args)
 
     results = ROOT / "benchmarks" / "results" / ("raft_hotpotqa_quick.json" if quick else "raft_hotpotqa.json")
 
@@ -308,7 +319,7 @@ def main() -> None:
         corpus = ws / "open_corpus.json"
         corpus.write_text(json.dumps(pool), encoding="utf-8")
         ingest([corpus], corpus_ws)
-        retrieved = evaluate_systems(items, [0], base, tuned, args, searcher=Searcher(corpus_ws))
+        retrieved = evaluate_systems(items, [0], base, tuned, adapter, args, searcher=Searcher(corpus_ws))
         summary = write(retrieved)
 
     print_table(per_k, f"HotpotQA, {len(items)} eval questions, oracle (2 gold) + K distractors, F1 x100")
