@@ -41,11 +41,13 @@ def relevance_messages(query: str, title: str, text: str) -> list[Message]:
 
 
 def yes_probabilities(llm: LLM, conversations: list[list[Message]], batch_size: int = 8) -> list[float]:
-    """P(yes) / (P(yes) + P(no)) for each conversation."""
+    """P(yes) / (P(yes) + P(no)) for each conversation, "Yes" / "No" counted with their lower-case forms (a small
+    chat model often starts its answer capitalised)."""
     out = []
-    for yes, no in llm.choice_logprobs(conversations, ["yes", "no"], batch_size=batch_size):
-        top = max(yes, no)
-        out.append(math.exp(yes - top) / (math.exp(yes - top) + math.exp(no - top)))
+    for logps in llm.choice_logprobs(conversations, ["yes", "Yes", "no", "No"], batch_size=batch_size):
+        top = max(logps)
+        yes, no = (sum(math.exp(x - top) for x in pair) for pair in (logps[:2], logps[2:]))
+        out.append(yes / (yes + no))
     return out
 
 

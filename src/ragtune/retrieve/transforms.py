@@ -50,8 +50,12 @@ def _lines(text: str, limit: int, query: str) -> list[str]:
     seen = {query.strip().lower()}
     out = []
     for line in text.splitlines():
-        line = _LIST_MARK.sub("", line).strip().strip('"').strip()
-        if len(line.split()) < 2 or line.lower() in seen:
+        line = _LIST_MARK.sub("", line).strip()
+        preamble, colon, rest = line.partition(":")  # "The rewritten query is: ..." -> "..."
+        if colon and len(preamble.split()) <= 6 and len(rest.split()) >= 2:
+            line = rest
+        line = line.strip().strip('"').strip()
+        if len(line.split()) < 2 or line.lower() in seen or line.endswith(":"):
             continue
         seen.add(line.lower())
         out.append(line)
@@ -63,8 +67,8 @@ def _lines(text: str, limit: int, query: str) -> list[str]:
 def parse_generation(transform: str, text: str, query: str, n: int) -> list[str]:
     """The usable strings in one generation (an empty list when the model wrote nothing usable)."""
     if transform == "hyde":
-        passage = text.strip().split("\n\n")[0].strip()
-        return [passage] if len(passage.split()) >= 3 else []
+        passage = _lines(text.strip().split("\n\n")[0].replace("\n", " "), 1, query)
+        return passage if passage and len(passage[0].split()) >= 3 else []
     if transform == "rewrite":
         return _lines(text, 1, query)
     return _lines(text, n, query)
