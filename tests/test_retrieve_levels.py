@@ -131,3 +131,23 @@ def test_search_cli_small_to_big_and_explain(ws):
     assert "'overview'" in result.output
     missing = runner.invoke(app, ["search", "x", "-w", str(ws / "nothing"), "--window", "1"])
     assert missing.exit_code != 0
+
+
+def test_eval_retrieved_setting_takes_the_search_options(ws):
+    from ragtune.eval.runner import SystemSpec, default_run_name, open_searcher
+    from ragtune.retrieve.options import search_overrides
+    from ragtune.workspace import Workspace
+
+    search = search_overrides(window=1, rerank=None, transform="none")
+    assert search == {"window": 1}
+    searcher = open_searcher(Workspace(ws / "ws"), search=search)
+    assert searcher.search("Tesk buried under ash", k=1)[0].text == " ".join(VOLCANO[1:4])
+
+    plain = SystemSpec(setting="retrieved").settings(8)
+    windowed = SystemSpec(setting="retrieved", search=search).settings(8)
+    assert "search" not in plain.identity()  # runs made before search options keep their resume signature
+    assert windowed.identity()["search"] == {"window": 1}
+    names = {default_run_name("m", None, "hotpotqa", s, [0], "eval", None) for s in (plain, windowed)}
+    assert len(names) == 2  # another retrieval configuration never reuses the answers of the plain one
+    assert SystemSpec.from_dict({"setting": "retrieved", "search": {"transform": "hyde"}}).search == {
+        "transform": "hyde"}

@@ -16,6 +16,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ragtune.retrieve.options import (
+    ParentLevelOption,
+    ParentOption,
+    RerankCandidatesOption,
+    RerankOption,
+    RetrieverOption,
+    RouteOption,
+    TransformModelOption,
+    TransformOption,
+    WindowOption,
+    search_overrides,
+)
 from ragtune.workspace import DEFAULT_WORKSPACE
 
 app = typer.Typer(
@@ -144,23 +156,15 @@ def search(
     candidates: int = typer.Option(50, help="Hybrid: candidates taken from each leg before fusion."),
     dense_weight: float = typer.Option(1.0, help="Hybrid: weight of the dense ranking in RRF."),
     bm25_weight: float = typer.Option(1.0, help="Hybrid: weight of the BM25 ranking in RRF."),
-    retriever: Path = typer.Option(None, "--retriever", help="A trained retriever folder (`ragtune train retriever`):"
-                                   " its query encoder embeds the query for the dense leg."),
-    rerank: str = typer.Option(None, "--rerank", help="Rerank the top --rerank-candidates hits: a cross-encoder "
-                               "(PATH or cross-encoder:PATH, a `ragtune train reranker` folder or hub id) or an LLM "
-                               "judging relevance by P(yes) (llm:MODEL; llm: alone is the bundled model)."),
-    rerank_candidates: int = typer.Option(20, help="With --rerank: first-stage hits the reranker reads."),
-    transform: str = typer.Option("none", help="Query transform through an LLM, cached per (model, query): none | "
-                                  "rewrite | hyde (embed a hypothetical answer) | subqueries (decompose, retrieve "
-                                  "each, fuse) | multi (paraphrases fused by RRF)."),
-    transform_model: str = typer.Option(None, help="LLM for --transform (default: the bundled generator)."),
-    window: int = typer.Option(0, help="Small-to-big: match sentences, return each with N sentences either side "
-                               "(needs `ingest --sentences`)."),
-    parent: bool = typer.Option(False, "--parent", help="Small-to-big: match sentences, return each one's parent "
-                                "(chunk or document, see --parent-level), each parent once."),
-    parent_level: str = typer.Option("chunk", help="With --parent: chunk | document."),
-    route: str = typer.Option("off", help="off | auto (rules: summarise / overview / compare questions go to the "
-                              "document-summary level, fact questions to chunks) | llm (an LLM decides)."),
+    retriever: Path = RetrieverOption,
+    rerank: str = RerankOption,
+    rerank_candidates: int = RerankCandidatesOption,
+    transform: str = TransformOption,
+    transform_model: str = TransformModelOption,
+    window: int = WindowOption,
+    parent: bool = ParentOption,
+    parent_level: str = ParentLevelOption,
+    route: str = RouteOption,
     explain: bool = typer.Option(False, "--explain", help="Print the route and the query variants searched."),
 ) -> None:
     """Search the indexed chunks, optionally with query transforms, small-to-big, routing and a reranker."""
@@ -175,9 +179,8 @@ def search(
         filters = parse_filters(filter)
         config = SearchConfig.model_validate(dict(
             mode=mode, k=k, candidates=candidates, dense_weight=dense_weight, bm25_weight=bm25_weight,
-            retriever=str(retriever) if retriever else None, reranker=rerank, rerank_candidates=rerank_candidates,
-            transform=transform, transform_model=transform_model, window=window,
-            parent=parent_level if parent else "none", route=route,
+            **search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window, parent,
+                               parent_level, route),
         ))
         searcher = Searcher(workspace, config)
         hits = searcher.search(query, k=k, mode=mode, filters=filters)

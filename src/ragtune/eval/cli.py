@@ -17,6 +17,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ragtune.retrieve.options import (
+    ParentLevelOption,
+    ParentOption,
+    RerankCandidatesOption,
+    RerankOption,
+    RetrieverOption,
+    RouteOption,
+    TransformModelOption,
+    TransformOption,
+    WindowOption,
+    search_overrides,
+)
 from ragtune.workspace import DEFAULT_WORKSPACE, Workspace
 
 console = Console(stderr=True)
@@ -118,6 +130,15 @@ def eval_command(
     distractors: str = typer.Option("0", "--distractors", help=DISTRACTORS_HELP),
     k: int = typer.Option(5, "-k", "--top-k", help="Retrieved setting: number of chunks shown."),
     mode: str = typer.Option("hybrid", "--mode", help="Retrieved setting: hybrid | dense | bm25."),
+    retriever: Path = RetrieverOption,
+    rerank: str = RerankOption,
+    rerank_candidates: int = RerankCandidatesOption,
+    transform: str = TransformOption,
+    transform_model: str = TransformModelOption,
+    window: int = WindowOption,
+    parent: bool = ParentOption,
+    parent_level: str = ParentLevelOption,
+    route: str = RouteOption,
     prompt: str = typer.Option(
         "short",
         "--prompt",
@@ -165,6 +186,8 @@ def eval_command(
             prompt=prompt,  # type: ignore[arg-type]
             max_new_tokens=max_new_tokens,
             seed=seed,
+            search=search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window, parent,
+                                    parent_level, route) or None,
         )
         settings = spec.settings(batch_size)
         ks = spec.ks()
@@ -181,7 +204,7 @@ def eval_command(
     try:
         searcher = None
         if setting == "retrieved":
-            searcher = open_searcher(ws, path if ingest_data else None, fmt)
+            searcher = open_searcher(ws, path if ingest_data else None, fmt, settings.search)
         with _progress_bar() as bar:
             task = bar.add_task(name[:40], total=len(items) * len(ks))
 
@@ -290,7 +313,7 @@ def compare_command(
     fmt, path = data
     ws = Workspace(workspace).ensure()
     reports = []
-    searcher = None
+    searchers: dict[str, Any] = {}  # one per distinct set of search options, shared by the systems that use it
     try:
         with _progress_bar() as bar:
             for spec in specs:
@@ -299,10 +322,12 @@ def compare_command(
                 def progress(done: int, total: int, task: Any = task) -> None:
                     bar.update(task, completed=done, total=total)
 
-                if spec.setting == "retrieved" and searcher is None:
+                searcher = None
+                if spec.setting == "retrieved":
                     from ragtune.eval.runner import open_searcher
 
-                    searcher = open_searcher(ws)
+                    key = json.dumps(spec.search or {}, sort_keys=True)
+                    searcher = searchers.get(key) or searchers.setdefault(key, open_searcher(ws, search=spec.search))
                 run_dir = ws.root / "eval" / "compare" / slug(f"{spec.name}-{fmt}-{split}-n{limit}")
                 run = run_system(spec, items, ws, run_dir, batch_size, searcher, progress, data_key=data_key(path))
                 data_info = {"data": {"format": fmt, "path": str(path), "split": split, "limit": limit}}

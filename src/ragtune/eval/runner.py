@@ -49,6 +49,7 @@ class EvalSettings:
     batch_size: int = 8
     seed: int = 0
     allow_unanswerable: bool | None = None  # None: only when the question set has unanswerable questions
+    search: dict[str, Any] = field(default_factory=dict)  # retrieved setting: SearchConfig fields (transform, ...)
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -66,6 +67,8 @@ class EvalSettings:
         """The fields that change outputs (batch size does not: greedy decoding is per sequence)."""
         data = asdict(self)
         data.pop("batch_size")
+        if not data["search"]:  # runs made before search options existed keep their signature (and answers)
+            data.pop("search")
         data["max_new_tokens"] = self.new_tokens
         return data
 
@@ -436,6 +439,8 @@ def default_run_name(
         parts.append("k" + (str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"))
     elif settings.setting == "retrieved":
         parts.append(f"top{settings.k}-{settings.retrieval_mode}")
+        if settings.search:
+            parts.append("search-" + short_id(json.dumps(settings.search, sort_keys=True))[:8])
     parts += [settings.prompt, split]
     if limit is not None:
         parts.append(f"n{limit}")
@@ -490,6 +495,7 @@ class SystemSpec:
     prompt: PromptStyle = "short"
     max_new_tokens: int | None = None
     seed: int = 0
+    search: dict[str, Any] | None = None  # retrieved setting: SearchConfig fields, e.g. {"transform": "hyde"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SystemSpec:
@@ -514,6 +520,7 @@ class SystemSpec:
             max_new_tokens=self.max_new_tokens,
             batch_size=batch_size,
             seed=self.seed,
+            search=dict(self.search or {}) if self.setting == "retrieved" else {},
         )
 
     def describe(self) -> dict[str, Any]:
@@ -527,6 +534,7 @@ class SystemSpec:
             "distractors": self.ks() if self.setting == "oracle" else None,
             "k": self.k if self.setting == "retrieved" else None,
             "retrieval_mode": self.retrieval_mode if self.setting == "retrieved" else None,
+            "search": (self.search or None) if self.setting == "retrieved" else None,
             "prompt": self.prompt,
             "max_new_tokens": self.settings(1).new_tokens,
             "seed": self.seed,
@@ -553,17 +561,20 @@ def data_key(path: str | Path) -> str:
     return short_id(str(p), str(stat.st_size), str(stat.st_mtime_ns))
 
 
-def open_searcher(workspace: Workspace, ingest_path: str | Path | None = None, data_format: str | None = None):
-    """The workspace's searcher; with `ingest_path`, the data file's documents are (incrementally) indexed first."""
+def open_searcher(workspace: Workspace, ingest_path: str | Path | None = None, data_format: str | None = None,
+                  search: dict[str, Any] | None = None):
+    """The workspace's searcher, configured by `search` (SearchConfig fields); with `ingest_path`, the data file's
+    documents are (incrementally) indexed first."""
     if ingest_path is not None:
         from ragtune.index.ingest import ingest
 
         if data_format not in ("hotpotqa", "squad", "nq"):
             raise ValueError("--ingest indexes HotpotQA, SQuAD or NQ files; ingest other corpora with `ragtune ingest`")
         ingest([ingest_path], workspace)
+    from ragtune.config import SearchConfig
     from ragtune.index.search import Searcher
 
-    return Searcher(workspace)
+    return Searcher(workspace, SearchConfig.model_validate(search or {}))
 
 
 def adapter_fingerprint(adapter: str | None) -> str:
@@ -596,7 +607,7 @@ def run_system(
         llm = load_llm(spec.model, adapter=spec.adapter)
     settings = spec.settings(batch_size)
     if settings.setting == "retrieved" and searcher is None:
-        searcher = open_searcher(workspace)
+        searcher = open_searcher(workspace, search=settings.search)
     system = {"model": spec.model or "", "adapter": spec.adapter or "", "data": data_key,
               "adapter_weights": adapter_fingerprint(spec.adapter)}
     ks = spec.ks()
