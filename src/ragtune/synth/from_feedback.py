@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragtune.synth.export import _write_jsonl
 from ragtune.synth.from_qa import evidence_cot_short, sentence_with
 from ragtune.synth.prompts import ANSWER_TAG
 from ragtune.synth.records import ContextDoc, Group, PairExample, RaftExample
@@ -229,16 +230,6 @@ def _write_groups(path: Path, items: Iterable[tuple[str, dict[str, Any]]]) -> in
             n += 1
     os.replace(tmp, path)
     return n
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def curated_raft(raft_path: Path, reviews: dict[str, dict[str, Any]], reviewed_only: bool
