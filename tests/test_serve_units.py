@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -83,3 +86,42 @@ def test_serve_settings_from_yaml_pass_every_search_field(tmp_path):
     search, serve = load_settings(path, {"search.k": 4, "serve.cache_threshold": None})
     assert (search.mode, search.k, search.candidates, serve.prompt, serve.cache_threshold) == ("dense", 4, 7, "cot",
                                                                                                 0.95)
+
+
+_ADD_MANY = """
+import sys, time
+from ragtune.serve.tenants import TenantStore
+ws, tenant, n, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+time.sleep(max(0.0, start - time.time()))  # all writers start at one instant: the race is provoked
+store = TenantStore(ws)
+print("\\n".join(store.add(tenant) for _ in range(n)))
+"""
+
+
+def test_concurrent_tenants_add_loses_no_key(tmp_path):
+    """Read-modify-write of tenants.json under a file lock: `ragtune tenants add` run six times at once, then four
+    processes adding 15 keys each from the same instant, and every key still authenticates and is listed."""
+    cli = [subprocess.Popen([sys.executable, "-m", "ragtune", "tenants", "add", f"t{i}", "--workspace", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(6)]
+    start = time.time() + 3.0
+    writers = [subprocess.Popen([sys.executable, "-c", _ADD_MANY, str(tmp_path), f"bulk{i}", "15", str(start)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    keys: dict[str, str] = {}
+    for i, proc in enumerate(cli):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        keys[out.split()[-1]] = f"t{i}"  # the key is the last word printed
+    for i, proc in enumerate(writers):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        keys.update({key: f"bulk{i}" for key in out.split()})
+    assert len(keys) == 6 + 4 * 15
+    store = TenantStore(tmp_path)
+    assert all(store.authenticate(key).tenant == tenant for key, tenant in keys.items())
+    listed = {row["tenant"]: len(row["keys"]) for row in store.list()}
+    assert listed == {**{f"t{i}": 1 for i in range(6)}, **{f"bulk{i}": 15 for i in range(4)}}
+    assert (tmp_path / "serve" / "tenants.json").stat().st_mode & 0o777 == 0o600
+    assert not list((tmp_path / "serve").glob("*.tmp"))  # no temporary file left behind
+    listing = subprocess.run([sys.executable, "-m", "ragtune", "tenants", "list", "--workspace", str(tmp_path)],
+                             capture_output=True, text=True, timeout=120)
+    assert all(f"t{i}" in listing.stdout for i in range(6)) and "bulk3" in listing.stdout

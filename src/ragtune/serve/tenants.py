@@ -3,22 +3,28 @@
 A key is `rtk_` + 32 random bytes (`secrets.token_urlsafe`), shown once when it is created. The workspace keeps its
 SHA-256, never the key: with 256 bits of entropy a plain hash cannot be brute-forced, so no salt or slow KDF is needed,
 and a lookup is one dictionary access. The file is written atomically with mode 0600 and re-read by a running server
-when it changes, so `ragtune tenants add` takes effect without a restart.
+when it changes, so `ragtune tenants add` takes effect without a restart. Every change reads, modifies and writes the
+file under an exclusive `flock` on `tenants.json.lock` beside it, so two `ragtune tenants add` at once (two shells, a
+provisioning script) cannot both start from the same old file and drop each other's keys.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragtune.workspace import Workspace, write_json_atomic
+from ragtune.workspace import Workspace
 
 KEY_PREFIX = "rtk_"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -103,8 +109,7 @@ class TenantStore:
                 "or digit"
             )
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        with self._lock:
-            self._load()
+        with self._changing():
             tenants = self._data.setdefault("tenants", {})
             tenant = tenants.setdefault(name, {"created": time.time(), "keys": []})
             key_id = f"{name}-{len(tenant['keys']) + 1}-{secrets.token_hex(3)}"
@@ -114,16 +119,36 @@ class TenantStore:
 
     def remove(self, name: str) -> int:
         """Delete a tenant and revoke all its keys (its documents and feedback stay); returns how many keys."""
-        with self._lock:
-            self._load()
+        with self._changing():
             tenant = self._data.get("tenants", {}).pop(name, None)
             if tenant is None:
                 raise TenantError(f"no tenant named {name!r}")
             self._write()
             return len(tenant.get("keys", []))
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the thread lock and the cross-process file lock, with the file freshly read: a change made by another
+        process a moment ago (same mtime tick included) is never overwritten."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+            self._mtime = None
+            self._load()
+            yield
+
     def _write(self) -> None:
-        write_json_atomic(self.path, self._data)
-        os.chmod(self.path, 0o600)
+        """Atomically, created 0600 (mkstemp) so the hashes are never readable by others, not even for a moment."""
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._data, f, indent=2, sort_keys=True, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         self._mtime = None  # re-read (and re-index the hashes) on next use
         self._load()
