@@ -222,6 +222,10 @@ def test_client_against_real_server(model_server):
     assert len(outs) == 3 and all(o.text for o in outs)
     assert all(o.prompt_tokens > 5 and 0 < o.completion_tokens <= 6 for o in outs)
     assert llm.usage.requests == 3 and llm.usage.cost_usd == 0.0
+    pieces: dict[int, list[str]] = {}  # streaming falls back to one piece per answer, as each request returns
+    streamed = llm.generate_stream(conversations, lambda i, piece: pieces.setdefault(i, []).append(piece),
+                                   GenerationConfig(max_new_tokens=6), batch_size=3)
+    assert pieces == {i: [g.text] for i, g in enumerate(streamed)}
     question = [{"role": "user", "content": "What is the capital of France?"}]
     paris, berlin = llm.loglikelihood(
         [(question, "The capital of France is Paris."), (question, "The capital of France is Berlin.")]

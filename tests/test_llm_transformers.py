@@ -80,3 +80,17 @@ def test_lora_adapter(llm, tmp_path):
     request = [(QUESTION, "The capital of France is Paris.")]
     assert tuned.loglikelihood(request)[0] != pytest.approx(llm.loglikelihood(request)[0], abs=1e-3)
     assert tuned.model is not llm.model
+
+
+def test_streamed_pieces_concatenate_to_the_batched_generation(llm):
+    """`generate_stream` reports text per row of a padded batch while decoding, cut and stripped the way `generate`
+    cuts the final text (stop strings included), without changing any row's output."""
+    convs = [LONG, [{"role": "user", "content": "Count from 1 to 20, separated by commas."}], SHORT]
+    for config in (GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=10, stop=["4"])):
+        plain = llm.generate(convs, config, batch_size=3)
+        pieces: dict[int, list[str]] = {i: [] for i in range(len(convs))}
+        streamed = llm.generate_stream(convs, lambda i, piece, got=pieces: got[i].append(piece), config, batch_size=3)
+        assert [g.text for g in streamed] == [g.text for g in plain]
+        assert ["".join(pieces[i]) for i in range(len(convs))] == [g.text for g in plain]
+        assert len(pieces[1]) > 2 and all(pieces[1])  # token by token, never an empty piece
+    assert "4" not in "".join(pieces[1])  # the stop string (and anything after it) never went out

@@ -73,6 +73,31 @@ def test_openai_client_plain_and_streaming_with_citations(env):
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
 
 
+def test_streaming_sends_tokens_as_they_are_generated(env):
+    """`stream=True` is real token streaming: several content chunks, the first well before the last, and together
+    exactly the non-streaming greedy answer (with citations first and a finish_reason last)."""
+    import time
+
+    c = client(env, "acme")
+    question, extra = "Describe the Acme fox in detail.", {"ragtune": {"cache": False}}
+    plain = c.chat.completions.create(model="m", messages=[{"role": "user", "content": question}], max_tokens=16,
+                                      extra_body=extra)
+    t0 = time.perf_counter()
+    arrivals = []
+    for chunk in c.chat.completions.create(model="m", messages=[{"role": "user", "content": question}],
+                                           max_tokens=16, stream=True, extra_body=extra):
+        arrivals.append((time.perf_counter() - t0, chunk))
+    assert arrivals[0][1].model_extra["citations"] == plain.model_extra["citations"]
+    content = [(t, ch.choices[0].delta.content) for t, ch in arrivals if ch.choices and ch.choices[0].delta.content]
+    assert len(content) > 3, content
+    assert "".join(piece for _, piece in content) == plain.choices[0].message.content
+    assert arrivals[-1][1].choices[0].finish_reason == plain.choices[0].finish_reason
+    first, last = content[0][0], arrivals[-1][0]
+    generation_s = arrivals[-1][1].model_extra["ragtune"]["timings_ms"]["generation"] / 1000
+    # the first piece came out after one decoding step, not after all 16: most of the generation time lies between
+    assert last - first > max(0.1, 0.4 * generation_s), (first, last, generation_s)
+
+
 def test_errors_are_openai_shaped(env):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=env["url"] + "/v1", api_key="rtk_wrong", max_retries=0).models.list()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, Usage
+from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText, Usage
 
-__all__ = ["LLM", "Generation", "GenerationConfig", "Message", "Usage", "load_llm"]
+__all__ = ["LLM", "Generation", "GenerationConfig", "Message", "OnText", "Usage", "load_llm"]
 
 _OPENAI_KEYS = {
     "base_url",

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+OnText = Callable[[int, str], None]  # (conversation index, the next piece of its answer's text)
 
 
 @dataclass
@@ -99,6 +101,22 @@ class LLM(ABC):
     @abstractmethod
     def loglikelihood(self, requests: list[tuple[list[Message], str]], batch_size: int = 8) -> list[float]:
         """Sum of log p(continuation tokens | conversation rendered with the chat template, as the assistant turn)."""
+
+    def generate_stream(
+        self, conversations: list[list[Message]], on_text: OnText, config: GenerationConfig | None = None,
+        batch_size: int = 8,
+    ) -> list[Generation]:
+        """`generate`, also calling `on_text(i, piece)` as the text of conversation i grows, so a server can show
+        tokens while they are produced. The pieces of a conversation concatenate to its `Generation.text`.
+
+        This default reports each answer as one piece once `generate` returns; backends that can do better (a local
+        model, token by token) override it. Callbacks run on the generating thread and must be cheap.
+        """
+        outs = self.generate(conversations, config, batch_size)
+        for i, gen in enumerate(outs):
+            if gen.text:
+                on_text(i, gen.text)
+        return outs
 
     def choice_logprobs(self, conversations: list[list[Message]], options: list[str], batch_size: int = 8
                         ) -> list[list[float]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from ragtune.llm.base import LLM, Generation, GenerationConfig, Message
+from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524}
@@ -203,6 +203,31 @@ class OpenAILLM(LLM):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ragtune-openai") as pool:
             futures = [pool.submit(self._one, c, config) for c in conversations]
             return [f.result() for f in futures]  # first permanent failure is raised; the rest finish first
+
+    def generate_stream(
+        self, conversations: list[list[Message]], on_text: OnText, config: GenerationConfig | None = None,
+        batch_size: int = 8,
+    ) -> list[Generation]:
+        """Each answer as one piece as soon as its own request returns (not when the slowest of the batch does).
+
+        Token-level SSE from the upstream server is not used: it would bypass the retry / malformed-response handling
+        of `_post`, and a retried half-streamed answer cannot be taken back from the client.
+        """
+        config = config or GenerationConfig()
+        if not conversations:
+            return []
+
+        def one(i: int) -> Generation:
+            gen = self._one(conversations[i], config)
+            if gen.text:
+                on_text(i, gen.text)
+            return gen
+
+        workers = max(1, min(len(conversations), self.concurrency or batch_size))
+        if workers == 1:
+            return [one(i) for i in range(len(conversations))]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ragtune-openai") as pool:
+            return list(pool.map(one, range(len(conversations))))
 
     def loglikelihood(self, requests: list[tuple[list[Message], str]], batch_size: int = 8) -> list[float]:
         """Log-likelihoods through ragtune's server extension (`POST /ragtune/loglikelihood`).

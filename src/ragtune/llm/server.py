@@ -12,15 +12,19 @@ model behind the same client code as a hosted one. The full RAG server is `ragtu
 from __future__ import annotations
 
 import argparse
+import logging
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from ragtune.llm.base import LLM, GenerationConfig, Message
+
+log = logging.getLogger("ragtune.llm")
 
 
 @dataclass
@@ -28,6 +32,7 @@ class _Job:
     messages: list[Message]
     config: GenerationConfig
     future: Future
+    on_text: Callable[[str], None] | None = None  # pieces of this job's answer as they are generated
 
 
 class Batcher:
@@ -43,10 +48,25 @@ class Batcher:
         self.thread = threading.Thread(target=self._run, name="ragtune-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, messages: list[Message], config: GenerationConfig) -> Future:
+    def submit(self, messages: list[Message], config: GenerationConfig,
+               on_text: Callable[[str], None] | None = None) -> Future:
+        """Queue one conversation; the future gets its `Generation`. With `on_text`, the answer's text pieces are
+        also reported while the batch runs (on the worker thread: hand them to a queue, do no work there)."""
         future: Future = Future()
-        self.jobs.put(_Job(messages, config, future))
+        self.jobs.put(_Job(messages, config, future, on_text))
         return future
+
+    @staticmethod
+    def _fan_out(jobs: list[_Job]) -> Callable[[int, str], None]:
+        def on_text(i: int, piece: str) -> None:
+            listener = jobs[i].on_text
+            if listener is not None:
+                try:
+                    listener(piece)
+                except Exception:  # noqa: BLE001 - a gone client must not fail the rest of its batch
+                    log.exception("stream listener failed")
+
+        return on_text
 
     def _run(self) -> None:
         while True:
@@ -66,8 +86,13 @@ class Batcher:
                 groups.setdefault((c.max_new_tokens, c.temperature, c.top_p, tuple(c.stop), c.seed), []).append(job)
             for jobs in groups.values():
                 try:
+                    conversations = [j.messages for j in jobs]
                     with self.lock:
-                        outs = self.llm.generate([j.messages for j in jobs], jobs[0].config, batch_size=len(jobs))
+                        if any(j.on_text for j in jobs):  # streaming only observes: every row's output is the same
+                            outs = self.llm.generate_stream(conversations, self._fan_out(jobs), jobs[0].config,
+                                                            batch_size=len(jobs))
+                        else:
+                            outs = self.llm.generate(conversations, jobs[0].config, batch_size=len(jobs))
                     self.batches += 1
                     for job, out in zip(jobs, outs, strict=True):
                         job.future.set_result(out)

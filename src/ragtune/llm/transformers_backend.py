@@ -7,11 +7,14 @@ process: loading costs seconds, and synthesis, evaluation and retriever training
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
-from ragtune.llm.base import LLM, Generation, GenerationConfig, Message
+from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText
+
+log = logging.getLogger("ragtune.llm")
 
 _CACHE: dict[tuple[str, str | None, str, str], tuple[Any, Any]] = {}
 _CACHE_LOCK = threading.Lock()
@@ -100,6 +103,67 @@ def _truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return text[:cut], cut < len(text)
 
 
+def _held_back(text: str, stop: list[str]) -> str:
+    """The part of a growing answer that can be shown now: without trailing whitespace (the final answer is
+    stripped), a half-decoded character (U+FFFD until its last byte arrives) or a tail that may begin a stop string."""
+    text = text.rstrip().rstrip("\ufffd").rstrip()
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                text = text[:-n].rstrip()
+                break
+    return text
+
+
+class _BatchStreamer:
+    """A `generate(streamer=...)` hook that turns each step's new tokens into text pieces per row of the batch.
+
+    transformers calls `put` once with the prompt ids, then once per decoding step with one new token per row, and
+    `end` when done; its own TextStreamer handles one row only. Each row is decoded in full at every step (cheap next to
+    a forward pass) and only the new, settled suffix is reported, cut and stripped exactly as `generate` cuts and strips
+    the final text (first end-of-sequence token, first stop string, outer whitespace), so the pieces concatenate to
+    `Generation.text`.
+    """
+
+    def __init__(self, tokenizer: Any, rows: list[int], eos_ids: list[int], stop: list[str], on_text: OnText):
+        self.tokenizer, self.rows, self.eos, self.stop, self.on_text = tokenizer, rows, set(eos_ids), stop, on_text
+        self.tokens: list[list[int]] = [[] for _ in rows]
+        self.sent = [""] * len(rows)
+        self.done = [False] * len(rows)
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call carries the prompts
+            self.prompt_seen = True
+            return
+        for r, new in enumerate(value.reshape(len(self.rows), -1).tolist()):
+            if self.done[r]:
+                continue
+            for t in new:
+                if t in self.eos:
+                    self.done[r] = True
+                    break
+                self.tokens[r].append(t)
+            self._emit(r, final=self.done[r])
+
+    def end(self) -> None:
+        for r in range(len(self.rows)):
+            self._emit(r, final=True)
+
+    def _emit(self, r: int, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens[r], skip_special_tokens=True)
+        text, stopped = _truncate_at_stop(text, self.stop)
+        if stopped:
+            self.done[r] = final = True
+        text = text.strip() if final else _held_back(text.lstrip(), self.stop)
+        if len(text) > len(self.sent[r]) and text.startswith(self.sent[r]):
+            piece, self.sent[r] = text[len(self.sent[r]) :], text
+            try:
+                self.on_text(self.rows[r], piece)
+            except Exception:  # noqa: BLE001 - one listener's failure must not stop the batch
+                log.exception("on_text callback failed")
+
+
 class TransformersLLM(LLM):
     """A chat model run in-process. `path` is what `from_pretrained` takes (resolve it with `ragtune.models`)."""
 
@@ -148,8 +212,17 @@ class TransformersLLM(LLM):
                 mask[i, width - len(r) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def generate_stream(
+        self, conversations: list[list[Message]], on_text: OnText, config: GenerationConfig | None = None,
+        batch_size: int = 8,
+    ) -> list[Generation]:
+        """Token by token: `on_text(i, piece)` runs on this thread after each decoding step that settles new text for
+        conversation i; the Generations are exactly those of `generate` (the streamer only reads the tokens)."""
+        return self.generate(conversations, config, batch_size, on_text=on_text)
+
     def generate(
-        self, conversations: list[list[Message]], config: GenerationConfig | None = None, batch_size: int = 8
+        self, conversations: list[list[Message]], config: GenerationConfig | None = None, batch_size: int = 8,
+        on_text: OnText | None = None,
     ) -> list[Generation]:
         import torch
 
@@ -174,6 +247,8 @@ class TransformersLLM(LLM):
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             if config.stop:
                 kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
+            if on_text is not None:
+                kwargs["streamer"] = _BatchStreamer(self.tokenizer, batch, eos_ids, list(config.stop), on_text)
             t0 = time.perf_counter()
             with self._lock, torch.inference_mode():
                 if config.seed is not None:

@@ -1,6 +1,7 @@
 """`create_app(...)`: the FastAPI app of `ragtune serve`.
 
-- `POST /v1/chat/completions` (plain and `stream=true` server-sent events), `GET /v1/models`: OpenAI-compatible, so
+- `POST /v1/chat/completions` (plain and `stream=true` server-sent events, one chunk per piece of text as the model
+  generates it), `GET /v1/models`: OpenAI-compatible, so
   the official `openai` client works unchanged (`base_url="http://HOST:PORT/v1"`, `api_key=` a tenant key). Answers
   carry `citations` (the chunks the model was given) and a `ragtune` object (flagged chunks, cache, timings).
 - `POST /v1/search`: the tenant's chunks for a query. `POST /v1/feedback`: thumbs / corrections, durable on 200.
@@ -176,15 +177,30 @@ def create_app(pipeline: RagPipeline, tenants: TenantStore | None = None) -> Fas
             # role, citations and flags go out before generation starts: a client can show sources at once
             yield _chunk(answer, {"role": "assistant", "content": ""},
                          citations=[c.model_dump() for c in answer.citations], ragtune=answer.extension())
+            # the batcher's thread hands each piece to this loop; None marks the end of generation (or its failure)
+            loop, pieces = asyncio.get_running_loop(), asyncio.Queue[str | None]()
+
+            def on_text(piece: str) -> None:
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+            task = asyncio.create_task(pipeline.generate(who.tenant, prepared, answer, on_text=on_text))
+            task.add_done_callback(lambda _: pieces.put_nowait(None))  # runs after every piece already queued
+            sent = ""
+            while (piece := await pieces.get()) is not None:
+                sent += piece
+                yield _chunk(answer, {"content": piece})
             try:
-                done = await pipeline.generate(who.tenant, prepared, answer)
+                done = task.result()
             except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band, as OpenAI does
                 log.exception("generation failed mid-stream")
                 yield f"data: {json.dumps(APIError(500, str(exc), type='server_error').body())}\n\n"
                 yield "data: [DONE]\n\n"
                 return
-            if done.text:
-                yield _chunk(done, {"content": done.text})
+            if done.text != sent:  # a cache hit streams nothing; the final cut may settle a held-back tail
+                if done.text.startswith(sent):
+                    yield _chunk(done, {"content": done.text[len(sent):]})
+                else:
+                    log.warning("streamed text diverged from the final answer of %s", done.id)
             yield _chunk(done, {}, finish=done.finish_reason, ragtune=done.extension())
             if include_usage:
                 usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,

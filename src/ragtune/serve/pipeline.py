@@ -13,6 +13,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,11 +259,13 @@ class RagPipeline:
         answer.timings["retrieval"] = time.perf_counter() - t0
         return prepared, answer
 
-    async def generate(self, tenant: str, prepared: Prepared, answer: Answer) -> Answer:
-        """Generate (unless the cache answered), store the response durably, fill the cache."""
+    async def generate(self, tenant: str, prepared: Prepared, answer: Answer,
+                       on_text: Callable[[str], None] | None = None) -> Answer:
+        """Generate (unless the cache answered), store the response durably, fill the cache. `on_text` gets the
+        answer's pieces as the model produces them (on the batcher's thread; nothing is called for a cache hit)."""
         if not answer.cache.get("hit"):
             t0 = time.perf_counter()
-            gen = await asyncio.wrap_future(self.batcher.submit(answer.messages, prepared.generation))
+            gen = await asyncio.wrap_future(self.batcher.submit(answer.messages, prepared.generation, on_text))
             answer.timings["generation"] = time.perf_counter() - t0
             answer.text, answer.finish_reason = gen.text, gen.finish_reason
             answer.prompt_tokens, answer.completion_tokens = gen.prompt_tokens, gen.completion_tokens
