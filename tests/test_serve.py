@@ -255,3 +255,31 @@ def test_synth_from_feedback_feeds_the_trainers(env, tmp_path):
         [sys.executable, "-m", "ragtune", "synth", "from-feedback", "--workspace", str(env["ws"]), "--out",
          str(tmp_path / "g"), "--tenant", "globex"], capture_output=True, text=True, timeout=120)
     assert only_globex.returncode == 0 and "0 feedback rows" in only_globex.stdout
+
+
+def test_search_llm_stages_use_the_served_model(env, tmp_path):
+    """`serve --config` with `search: {transform: rewrite, reranker: "llm:"}` answers through both stages, run by the
+    model the server already holds: unnamed or naming the same weights, a stage gets that generator, not a copy."""
+    from ragtune.config import SearchConfig
+    from ragtune.llm import load_llm
+    from ragtune.serve.pipeline import RagPipeline
+
+    llm = load_llm()
+    stages = RagPipeline(env["ws"], llm, SearchConfig(transform="rewrite", reranker="llm:",
+                                                      transform_model="smollm2-135m-instruct")).searcher.pipeline
+    assert stages.transformer.llm is llm and stages.reranker.llm is llm
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text('search:\n  transform: rewrite\n  reranker: "llm:"\n  k: 2\n', encoding="utf-8")
+    server = Server(env["ws"], "--config", str(cfg), "--max-tokens", "4")
+    try:
+        question = "Which Acme animal hunts at night?"
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key=env["keys"]["acme"], max_retries=0, timeout=120)
+        r = ask(c, question, extra_body={"ragtune": {"cache": False}})
+    finally:
+        server.stop()
+    citations = r.model_extra["citations"]
+    assert r.choices[0].message.content and citations[0]["source"].endswith("owl.txt")
+    assert all(0.0 <= cit["score"] <= 1.0 for cit in citations)  # P(yes) from the LLM reranker, not an RRF score
+    db = sqlite3.connect(env["ws"] / "cache" / "query_transforms.sqlite")
+    parts = [json.loads(row[0]) for row in db.execute("SELECT parts FROM transforms")]
+    assert [p[:2] for p in parts if p[-1] == question] == [["smollm2-135m-instruct", "rewrite"]]

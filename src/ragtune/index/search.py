@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +35,9 @@ from ragtune.index.settings import IndexSettings, index_text
 from ragtune.index.store import ChunkStore
 from ragtune.records import Hit
 from ragtune.workspace import Workspace
+
+if TYPE_CHECKING:
+    from ragtune.llm import LLM
 
 MODES = ("hybrid", "dense", "bm25")
 
@@ -64,7 +69,10 @@ class Searcher:
     """Holds the embedder, the catalog and the BM25 index of one workspace; reloads them when the table changes."""
 
     def __init__(self, workspace: Workspace | str | os.PathLike[str], config: SearchConfig | None = None,
-                 embedder: Embedder | None = None, level: str = "chunks"):
+                 embedder: Embedder | None = None, level: str = "chunks",
+                 llm_for: Callable[[str | None], LLM] | None = None):
+        """`llm_for(ref)`: the LLM for a stage's model reference (transform_model, route_model, `llm:REF` reranker).
+        Default: `load_llm`. A server passes one that hands back the generator it already holds."""
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.config = config or SearchConfig()
         settings = IndexSettings.load(self.workspace)
@@ -78,6 +86,7 @@ class Searcher:
         self._embedder = embedder
         self._query_embedder: Embedder | None = None
         self._pipeline = None
+        self.llm_for = llm_for
         if self.config.retriever:  # fail at construction, not at the first query, when it does not fit the index
             self._query_path: str | None = query_encoder_path(self.config.retriever, settings.embedder)
         else:

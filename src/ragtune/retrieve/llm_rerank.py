@@ -11,7 +11,7 @@ Both rerank only the first stage's top `rerank_candidates`: an LLM pass per cand
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ragtune.index.settings import index_text
@@ -65,11 +65,13 @@ class LLMReranker:
         return [hits[i].model_copy(update={"score": probs[i], "rank": r}) for r, i in enumerate(order, start=1)]
 
 
-def make_reranker(ref: str, embed_title: bool = True) -> RerankStage:
-    """The reranking stage a `SearchConfig.reranker` string names (see the module docstring)."""
+def make_reranker(ref: str, embed_title: bool = True,
+                  llm_for: Callable[[str | None], LLM] = load_retrieval_llm) -> RerankStage:
+    """The reranking stage a `SearchConfig.reranker` string names (see the module docstring); `llm_for` turns an
+    `llm:REF` into the LLM (a server passes one that reuses the generator it already holds)."""
     kind, sep, rest = ref.partition(":")
     if sep and kind == "llm":
-        return LLMReranker(load_retrieval_llm(rest))
+        return LLMReranker(llm_for(rest))
     from ragtune.index.rerank import Reranker
 
     return Reranker(rest if sep and kind == "cross-encoder" else ref, embed_title=embed_title)

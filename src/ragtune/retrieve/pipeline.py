@@ -34,6 +34,7 @@ class RetrievalPipeline:
     def __init__(self, searcher: Searcher):
         self.searcher = searcher
         self.config = searcher.config
+        self.llm_for = searcher.llm_for or load_retrieval_llm  # who supplies the LLM of a transform / route / rerank
         self._levels: dict[str, Searcher] = {}
         self._orders: dict[tuple[str, int], DocumentOrder] = {}
         self._transformer: QueryTransformer | None = None
@@ -51,7 +52,7 @@ class RetrievalPipeline:
             return None
         if self._transformer is None:
             self._transformer = QueryTransformer(
-                self.config.transform, load_retrieval_llm(self.config.transform_model),
+                self.config.transform, self.llm_for(self.config.transform_model),
                 TransformCache(transform_cache_path(self.searcher)), n=self.config.transform_queries,
                 keep_original=self.config.keep_original)
         return self._transformer
@@ -59,7 +60,8 @@ class RetrievalPipeline:
     @property
     def reranker(self) -> RerankStage | None:
         if self.config.reranker and self._reranker is None:
-            self._reranker = make_reranker(self.config.reranker, embed_title=self.searcher.settings.embed_title)
+            self._reranker = make_reranker(self.config.reranker, embed_title=self.searcher.settings.embed_title,
+                                           llm_for=self.llm_for)
         return self._reranker
 
     def level(self, name: str) -> Searcher:
@@ -87,7 +89,7 @@ class RetrievalPipeline:
 
     def decide_route(self, query: str) -> Route:
         if self.config.route == "llm" and self._route_llm is None:
-            self._route_llm = load_retrieval_llm(self.config.route_model)
+            self._route_llm = self.llm_for(self.config.route_model)
         if not self._has_summaries:  # checked until it exists: a level built while serving is picked up
             self._has_summaries = has_level(self.searcher.workspace, SUMMARIES)
         return route(query, self.config.route, self._route_llm, summaries_available=self._has_summaries)

@@ -103,13 +103,50 @@ class RagPipeline:
         self.search_config = search or SearchConfig()
         self.config = config or ServeConfig()
         self.model_name = model_name or getattr(llm, "name", "ragtune")
-        self.searcher = Searcher(self.workspace, self.search_config)
+        self._stage_llms: dict[str, LLM] = {}
+        self.searcher = Searcher(self.workspace, self.search_config, llm_for=self.retrieval_llm)
         self.batcher = Batcher(llm, max_batch=self.config.max_batch, batch_wait_ms=self.config.batch_wait_ms)
         self.cache = SemanticCache(self.config.cache_threshold, self.config.cache_entries)
         self.feedback = FeedbackStore(self.workspace)
         self._lock = threading.Lock()
         self._checked = 0.0
         self._fingerprints: dict[str, tuple[int, str]] = {}
+
+    # -- LLM search stages -----------------------------------------------------------------------------------------
+    def retrieval_llm(self, ref: str | None) -> LLM:
+        """The LLM of a search stage (query transform, LLM route, `llm:` reranker) for its model reference.
+
+        Unnamed (None, "", "default") or naming the served model: the generator this server already holds, so the
+        weights are not loaded twice (its own lock keeps one forward pass at a time next to the batcher). Another
+        model is loaded once and kept. Called under the search lock, so no second lock is needed here.
+        """
+        ref = (ref or "").strip()
+        if ref in ("", "default") or self._is_served(ref):
+            return self.llm
+        if ref not in self._stage_llms:
+            from ragtune.retrieve.llm_rerank import load_retrieval_llm
+
+            self._stage_llms[ref] = load_retrieval_llm(ref)
+        return self._stage_llms[ref]
+
+    def _is_served(self, ref: str) -> bool:
+        """Whether `ref` names the served weights: its name, or a reference resolving to the same local folder (an
+        adapter makes it another model: the base reference then loads the base)."""
+        path, adapter = getattr(self.llm, "path", None), getattr(self.llm, "adapter", None)
+        if adapter:
+            return False
+        if ref == self.llm.name:
+            return True
+        if path is None or ref.startswith("openai:"):
+            return False
+        from pathlib import Path
+
+        from ragtune.models import resolve_generator
+
+        try:
+            return Path(resolve_generator(ref, convert=False).path).resolve() == Path(path).resolve()
+        except Exception:  # noqa: BLE001 - not resolvable here: load_llm will say why when it is loaded
+            return False
 
     # -- index -----------------------------------------------------------------------------------------------------
     def warm(self) -> dict[str, int]:
