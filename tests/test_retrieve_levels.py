@@ -151,3 +151,16 @@ def test_eval_retrieved_setting_takes_the_search_options(ws):
     assert len(names) == 2  # another retrieval configuration never reuses the answers of the plain one
     assert SystemSpec.from_dict({"setting": "retrieved", "search": {"transform": "hyde"}}).search == {
         "transform": "hyde"}
+
+
+def test_hop_searches_again_with_the_top_hits_text(ws, embedder):
+    searcher = Searcher(ws / "ws", SearchConfig(transform="hop"), embedder=embedder)
+    hits = searcher.search("Kessel bridge", k=3)
+    top = Searcher(ws / "ws", embedder=embedder).search("Kessel bridge", k=1)[0]
+    hop = searcher.pipeline.last_trace["variants"][1]
+    assert hop["origin"] == "hop" and hop["lexical"] == f"Kessel bridge {top.text}"
+    assert len({h.chunk_id for h in hits}) == 3  # two rankings fused, each chunk once
+    parents = Searcher(ws / "ws", SearchConfig(transform="hop", parent="chunk"), embedder=embedder)
+    best = parents.search("Kessel bridge", k=2)[0]
+    # on the sentence level the feedback is the top sentence's parent chunk, not the lone sentence
+    assert parents.pipeline.last_trace["variants"][1]["lexical"] == f"Kessel bridge {best.text}"

@@ -16,18 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ragtune.retrieve.options import (
-    ParentLevelOption,
-    ParentOption,
-    RerankCandidatesOption,
-    RerankOption,
-    RetrieverOption,
-    RouteOption,
-    TransformModelOption,
-    TransformOption,
-    WindowOption,
-    search_overrides,
-)
+from ragtune.retrieve import options as opt
 from ragtune.workspace import DEFAULT_WORKSPACE
 
 app = typer.Typer(
@@ -156,15 +145,15 @@ def search(
     candidates: int = typer.Option(50, help="Hybrid: candidates taken from each leg before fusion."),
     dense_weight: float = typer.Option(1.0, help="Hybrid: weight of the dense ranking in RRF."),
     bm25_weight: float = typer.Option(1.0, help="Hybrid: weight of the BM25 ranking in RRF."),
-    retriever: Path = RetrieverOption,
-    rerank: str = RerankOption,
-    rerank_candidates: int = RerankCandidatesOption,
-    transform: str = TransformOption,
-    transform_model: str = TransformModelOption,
-    window: int = WindowOption,
-    parent: bool = ParentOption,
-    parent_level: str = ParentLevelOption,
-    route: str = RouteOption,
+    retriever: Path = opt.RetrieverOption,
+    rerank: str = opt.RerankOption,
+    rerank_candidates: int = opt.RerankCandidatesOption,
+    transform: str = opt.TransformOption,
+    transform_model: str = opt.TransformModelOption,
+    window: int = opt.WindowOption,
+    parent: bool = opt.ParentOption,
+    parent_level: str = opt.ParentLevelOption,
+    route: str = opt.RouteOption,
     explain: bool = typer.Option(False, "--explain", help="Print the route and the query variants searched."),
 ) -> None:
     """Search the indexed chunks, optionally with query transforms, small-to-big, routing and a reranker."""
@@ -179,8 +168,8 @@ def search(
         filters = parse_filters(filter)
         config = SearchConfig.model_validate(dict(
             mode=mode, k=k, candidates=candidates, dense_weight=dense_weight, bm25_weight=bm25_weight,
-            **search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window, parent,
-                               parent_level, route),
+            **opt.search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window,
+                                   parent, parent_level, route),
         ))
         searcher = Searcher(workspace, config)
         hits = searcher.search(query, k=k, mode=mode, filters=filters)

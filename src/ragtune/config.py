@@ -13,7 +13,7 @@ from ragtune.models import default_embedder
 
 ChunkerName = Literal["tokens", "sentences", "paragraphs", "semantic"]
 SearchMode = Literal["hybrid", "dense", "bm25"]
-QueryTransform = Literal["none", "rewrite", "hyde", "subqueries", "multi"]
+QueryTransform = Literal["none", "rewrite", "hyde", "subqueries", "multi", "hop"]
 ParentLevel = Literal["none", "chunk", "document"]
 RouteMode = Literal["off", "auto", "llm"]
 
@@ -68,7 +68,8 @@ class SearchConfig(BaseModel):
     reranker: str | None = None
     rerank_candidates: int = 20
     # Advanced retrieval (`ragtune.retrieve`); each is off by default and measured in benchmarks/retrieval.py.
-    # A query transform through an LLM, cached on disk per (model, transform, query).
+    # A query transform through an LLM, cached on disk per (model, transform, query); "hop" needs no LLM: a second
+    # search with the query plus the top hit's text, fused with the first (multi-hop questions).
     transform: QueryTransform = "none"
     transform_model: str | None = None  # any `load_llm` reference; None: the bundled generator
     transform_queries: int = 3  # multi: paraphrases asked for; subqueries: most sub-questions kept

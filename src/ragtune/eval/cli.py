@@ -17,18 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ragtune.retrieve.options import (
-    ParentLevelOption,
-    ParentOption,
-    RerankCandidatesOption,
-    RerankOption,
-    RetrieverOption,
-    RouteOption,
-    TransformModelOption,
-    TransformOption,
-    WindowOption,
-    search_overrides,
-)
+from ragtune.retrieve import options as opt
 from ragtune.workspace import DEFAULT_WORKSPACE, Workspace
 
 console = Console(stderr=True)
@@ -130,15 +119,15 @@ def eval_command(
     distractors: str = typer.Option("0", "--distractors", help=DISTRACTORS_HELP),
     k: int = typer.Option(5, "-k", "--top-k", help="Retrieved setting: number of chunks shown."),
     mode: str = typer.Option("hybrid", "--mode", help="Retrieved setting: hybrid | dense | bm25."),
-    retriever: Path = RetrieverOption,
-    rerank: str = RerankOption,
-    rerank_candidates: int = RerankCandidatesOption,
-    transform: str = TransformOption,
-    transform_model: str = TransformModelOption,
-    window: int = WindowOption,
-    parent: bool = ParentOption,
-    parent_level: str = ParentLevelOption,
-    route: str = RouteOption,
+    retriever: Path = opt.RetrieverOption,
+    rerank: str = opt.RerankOption,
+    rerank_candidates: int = opt.RerankCandidatesOption,
+    transform: str = opt.TransformOption,
+    transform_model: str = opt.TransformModelOption,
+    window: int = opt.WindowOption,
+    parent: bool = opt.ParentOption,
+    parent_level: str = opt.ParentLevelOption,
+    route: str = opt.RouteOption,
     prompt: str = typer.Option(
         "short",
         "--prompt",
@@ -186,8 +175,8 @@ def eval_command(
             prompt=prompt,  # type: ignore[arg-type]
             max_new_tokens=max_new_tokens,
             seed=seed,
-            search=search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window, parent,
-                                    parent_level, route) or None,
+            search=opt.search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window,
+                                        parent, parent_level, route) or None,
         )
         settings = spec.settings(batch_size)
         ks = spec.ks()

@@ -16,9 +16,10 @@ RerankOption = typer.Option(None, "--rerank", help="Rerank the top --rerank-cand
                             "cross-encoder:PATH, a `ragtune train reranker` folder or hub id) or an LLM judging "
                             "relevance by P(yes) (llm:MODEL; llm: alone is the bundled model).")
 RerankCandidatesOption = typer.Option(20, "--rerank-candidates", help="With --rerank: first-stage hits it reads.")
-TransformOption = typer.Option("none", "--transform", help="Query transform through an LLM, cached per (model, "
-                               "query): none | rewrite | hyde (embed a hypothetical answer) | subqueries (decompose, "
-                               "retrieve each, fuse) | multi (paraphrases fused by RRF).")
+TransformOption = typer.Option("none", "--transform", help="Query transform: none | rewrite | hyde (embed a "
+                               "hypothetical answer) | subqueries (decompose, retrieve each, fuse) | multi "
+                               "(paraphrases fused by RRF), each through an LLM and cached per (model, query) | hop "
+                               "(no LLM: search again with the top hit's text added, fuse; multi-hop questions).")
 TransformModelOption = typer.Option(None, "--transform-model", help="LLM for --transform (default: the bundled one).")
 WindowOption = typer.Option(0, "--window", help="Small-to-big: match sentences, return each with N sentences either "
                             "side (needs `ingest --sentences`).")

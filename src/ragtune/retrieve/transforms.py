@@ -8,6 +8,7 @@ one word that mattered, and RRF with the original bounds that loss).
   query plus the passage's words);
 - subqueries: a multi-hop question decomposed into simple questions, each retrieved for;
 - multi: several paraphrases (RAG-Fusion).
+(`hop`, the one transform without an LLM, needs the first search's results and so lives in `pipeline`.)
 Generations are cached on disk per (model, transform, prompt version, query): asking again costs no LLM call.
 """
 
