@@ -82,6 +82,7 @@ class Searcher:
                 f"{self.workspace.root}` first."
             )
         self.settings = settings
+        self.level_name = level
         self.store = ChunkStore(self.workspace, level)
         self._embedder = embedder
         self._query_embedder: Embedder | None = None

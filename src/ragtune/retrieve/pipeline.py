@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ragtune.index.fusion import reciprocal_rank_fusion
 from ragtune.records import Hit
 from ragtune.retrieve.cache import TransformCache
-from ragtune.retrieve.levels import SENTENCES, SUMMARIES, has_level
+from ragtune.retrieve.levels import SENTENCES, SUMMARIES, has_level, parent_chunk_id
 from ragtune.retrieve.llm_rerank import RerankStage, load_retrieval_llm, make_reranker
 from ragtune.retrieve.routing import Route, route
 from ragtune.retrieve.small_to_big import DocumentOrder, expand_windows, to_parents
@@ -48,7 +48,7 @@ class RetrievalPipeline:
     # -- lazily built parts ----------------------------------------------------------------------------------------
     @property
     def transformer(self) -> QueryTransformer | None:
-        if self.config.transform == "none":
+        if self.config.transform in ("none", "hop"):
             return None
         if self._transformer is None:
             self._transformer = QueryTransformer(
@@ -94,6 +94,21 @@ class RetrievalPipeline:
             self._has_summaries = has_level(self.searcher.workspace, SUMMARIES)
         return route(query, self.config.route, self._route_llm, summaries_available=self._has_summaries)
 
+    def second_hop(self, searcher: Searcher, query: str, depth: int, mode: str, filters: dict[str, str] | None
+                   ) -> tuple[list[tuple[str, float]], str]:
+        """Search again with the query plus the top hit's text (its parent chunk's, on the sentence level), and fuse
+        the two rankings. A multi-hop question names its first document; the second one is usually named *in* the
+        first (HotpotQA's bridge entity), so the top hit's words find what the question's words cannot.
+        Pseudo-relevance feedback from one document only: feeding back the top two was measured to hurt."""
+        first = searcher.first_stage(query, depth, mode, filters)
+        if not first:
+            return first, query
+        top = first[0][0]
+        text = (self.searcher.hit(parent_chunk_id(top)) if searcher.level_name == SENTENCES else searcher.hit(top)).text
+        hop = f"{query} {text}"
+        second = searcher.first_stage(hop, depth, mode, filters)
+        return reciprocal_rank_fusion([[c for c, _ in first], [c for c, _ in second]], k=self.config.rrf_k), hop
+
     # -- one query -------------------------------------------------------------------------------------------------
     def variants(self, query: str, generated: list[str] | None = None) -> list[Variant]:
         transformer = self.transformer
@@ -112,7 +127,11 @@ class RetrievalPipeline:
         first_k = max(k, cfg.rerank_candidates) if self.reranker is not None else k
         fetch = first_k * SENTENCES_PER_HIT if small_to_big else first_k
         variants = self.variants(query, generated)
-        if len(variants) == 1:
+        if cfg.transform == "hop":
+            ranked, hop = self.second_hop(searcher, query, max(fetch, cfg.candidates), mode, filters)
+            ranked = ranked[:fetch]
+            variants = [Variant(query, query), Variant(hop, hop, "hop")]
+        elif len(variants) == 1:
             ranked = searcher.first_stage(variants[0].lexical, fetch, mode, filters, variants[0].dense)
         else:
             depth = max(fetch, cfg.candidates)
