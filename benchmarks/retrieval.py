@@ -9,8 +9,13 @@ What it compares, in one run:
 - hybrid search latency p50/p95 at 10k, 100k and 1M chunks (vectors replicated with noise, texts replicated), next
   to bare FAISS (exact inner product) + bare bm25s + the same RRF on the same data;
 - LanceDB against exact search: overlap of the dense top-10 with FAISS's exact top-10;
-- peak memory (RSS).
-`--quick` uses only the evaluation split's paragraphs and stops at 100k chunks (under 10 minutes here).
+- peak memory (RSS);
+- the advanced retrieval options of `ragtune.retrieve` (query transforms, sentence window, parent chunk / document,
+  routing to the summary level, LLM reranking) next to plain hybrid, over the evaluation split's paragraphs with
+  their sentence and summary levels (benchmarks/retrieval_options.py).
+`--quick` uses only the evaluation split's paragraphs and stops at 100k chunks, and measures the options on 40
+questions' paragraphs with 5 LLM questions (under 10 minutes here). `--options-only` runs only the options section
+and updates that part of an existing results file; `--options-workspace DIR` keeps (and reuses) its index.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ from ragtune.index.search import Searcher  # noqa: E402
 from ragtune.index.settings import IndexSettings, index_text  # noqa: E402
 from ragtune.index.store import ChunkStore  # noqa: E402
 from ragtune.records import Chunk  # noqa: E402
+from ragtune.retrieve.levels import SENTENCES, SUMMARIES, build_level  # noqa: E402
+from ragtune.workspace import Workspace  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import retrieval_options  # noqa: E402
 
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1_subset.json"
 
@@ -193,6 +203,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="eval-split paragraphs only; sizes up to 100k")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "retrieval.json"))
+    parser.add_argument("--options-only", action="store_true", help="only the advanced-retrieval options section")
+    parser.add_argument("--options-workspace", help="index of the options section: reused when it exists")
+    parser.add_argument("--llm-questions", type=int, default=40, help="questions the LLM options run on")
+    parser.add_argument("--corpus-workspace", help="with --options-only: only compare hybrid and hop on this index "
+                        "of the whole corpus")
     args = parser.parse_args()
     if not HOTPOT.exists():
         sys.exit(f"{HOTPOT} is missing: this benchmark needs ../shared/data (CI has it).")
@@ -201,6 +216,24 @@ def main() -> None:
     corpus_questions = eval_questions if args.quick else data
     tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-"))
     embedder = Embedder()
+    out = Path(args.out)
+    if args.options_only:
+        result = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+        if args.corpus_workspace:  # only hop next to hybrid on an index of the whole corpus (no levels needed)
+            corpus = args.corpus_workspace
+            searchers = {"hybrid": Searcher(corpus, embedder=embedder),
+                         "hybrid+hop": Searcher(corpus, SearchConfig(transform="hop"), embedder=embedder)}
+            full = {name: quality(s, eval_questions, "hybrid") for name, s in searchers.items()}
+            result.setdefault("options", {})["full_corpus"] = full
+            result["options"]["full_corpus_chunks"] = ChunkStore(corpus).count()
+            print(f"  full corpus: {result['options']['full_corpus']}", flush=True)
+        else:
+            kept = {k: v for k, v in result.get("options", {}).items() if k.startswith("full_corpus")}
+            result["options"] = {**options_section(args, eval_questions, embedder, tmp), **kept}
+        out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        retrieval_options.print_table(result["options"])
+        print(f"\nwrote {out}")
+        return
     result: dict = {"quick": args.quick, "corpus_questions": len(corpus_questions), "cpu_count": os.cpu_count()}
 
     # 1. Indexing throughput: the pipeline vs a bare encode of exactly the texts it embeds. The corpus is cut into
@@ -242,15 +275,20 @@ def main() -> None:
 
     # 2. Quality per mode.
     searcher = Searcher(ws, embedder=embedder)
+    hop_searcher = Searcher(ws, SearchConfig(transform="hop"), embedder=embedder)  # the one option without levels
     result["quality"] = {}
     for name, questions in (("eval_split", eval_questions), ("all_questions", corpus_questions)):
         if name == "all_questions" and args.quick:
             continue
         result["quality"][name] = {mode: quality(searcher, questions, mode) for mode in ("bm25", "dense", "hybrid")}
+        result["quality"][name]["hybrid+hop"] = quality(hop_searcher, questions, "hybrid")
         for mode, q in result["quality"][name].items():
             print(f"  {name:14s} {mode:6s} " + " ".join(f"{k}={v:.3f}" for k, v in q.items() if k != "n"))
 
-    # 3. Latency at scale.
+    # 3. Advanced retrieval options (query transforms, small-to-big, routing, LLM reranking).
+    result["options"] = options_section(args, eval_questions, embedder, tmp)
+
+    # 4. Latency at scale.
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     queries = [q["question"] for q in eval_questions[:100]]
     print("latency at scale ...", flush=True)
@@ -258,11 +296,30 @@ def main() -> None:
     result["peak_rss_mb"] = peak_rss_mb()
     shutil.rmtree(tmp, ignore_errors=True)
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print_table(result)
+    retrieval_options.print_table(result["options"])
     print(f"\nwrote {out}")
+
+
+def options_section(args: argparse.Namespace, eval_questions: list[dict], embedder: Embedder, tmp: Path) -> dict:
+    """Index the evaluation questions' paragraphs with sentence and summary levels (or reuse that index), then
+    measure every option. The full corpus would need ~45k sentence embeddings: too slow for this CPU."""
+    questions = eval_questions[:40] if args.quick else eval_questions
+    ws = Path(args.options_workspace) if args.options_workspace else tmp / "options_ws"
+    t0 = time.perf_counter()
+    if IndexSettings.load(Workspace(ws)) is None:
+        corpus = tmp / "options_corpus.json"
+        corpus.write_text(json.dumps(questions), encoding="utf-8")
+        ingest([corpus], ws, IngestConfig(sentences=True, summaries=True), embedder=embedder)
+    levels = {name: build_level(ws, name, embedder=embedder).rows_total for name in (SENTENCES, SUMMARIES)}
+    print(f"options index ready in {time.perf_counter() - t0:.0f}s: {levels}", flush=True)
+    result = retrieval_options.run(ws, questions, 5 if args.quick else args.llm_questions, embedder,
+                                   rerank_questions=3 if args.quick else 20)
+    result["corpus"] = {"questions": len(questions), "chunks": ChunkStore(ws).count(), **levels,
+                        "summaries_kind": "extractive (lead sentences, up to 60 words)"}
+    return result
 
 
 def print_table(result: dict) -> None:
