@@ -316,7 +316,7 @@ def options_section(args: argparse.Namespace, eval_questions: list[dict], embedd
     levels = {name: build_level(ws, name, embedder=embedder).rows_total for name in (SENTENCES, SUMMARIES)}
     print(f"options index ready in {time.perf_counter() - t0:.0f}s: {levels}", flush=True)
     result = retrieval_options.run(ws, questions, 5 if args.quick else args.llm_questions, embedder,
-                                   rerank_questions=3 if args.quick else 20)
+                                   rerank_questions=2 if args.quick else 20)
     result["corpus"] = {"questions": len(questions), "chunks": ChunkStore(ws).count(), **levels,
                         "summaries_kind": "extractive (lead sentences, up to 60 words)"}
     return result
