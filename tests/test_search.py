@@ -87,3 +87,19 @@ def test_rrf_and_filter_parsing():
     assert parse_filters(["tenant=x", "k = v=w"]) == {"tenant": "x", "k": "v=w"}
     with pytest.raises(ValueError, match="key=value"):
         parse_filters(["novalue"])
+
+
+def test_open_searcher_sees_another_process_ingest(tmp_path, embedder):
+    """A long-lived Searcher (a server, a notebook) picks up chunks that a separate `ragtune ingest` process commits:
+    LanceDB keeps an opened table at its version, so without checkout_latest the new document never appears."""
+    (tmp_path / "owl.txt").write_text("The barn owl hunts at night over open fields.", encoding="utf-8")
+    ws = tmp_path / "ws"
+    ingest([tmp_path / "owl.txt"], ws, embedder=embedder)
+    searcher = Searcher(ws, embedder=embedder)
+    searcher.store.latest_check_seconds = 0.0
+    assert [h.title for h in searcher.search("badger sett", k=3, mode="bm25")] == []
+    (tmp_path / "badger.txt").write_text("A badger digs its sett in the woodland bank.", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "ragtune", "ingest", str(tmp_path / "badger.txt"), "--workspace",
+                           str(ws)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [h.title for h in searcher.search("badger sett", k=3, mode="bm25")] == ["badger"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ class ChunkStore:
         self.workspace.lancedb_dir.mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(str(self.workspace.lancedb_dir))
         self._table: Any = None
+        self.latest_check_seconds = 1.0
+        self._latest_checked = time.monotonic()  # a table opened now is the latest
 
     # -- table lifecycle -------------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -126,8 +129,21 @@ class ChunkStore:
         """Where this level's BM25 index is saved (the chunk level keeps the workspace's historical folder)."""
         return self.workspace.bm25_dir if self.name == TABLE else self.workspace.index_dir / f"bm25-{self.name}"
 
+    def checkout_latest(self, force: bool = False) -> None:
+        """Move to the newest table version another process committed (`ragtune ingest` beside a running server or
+        notebook); LanceDB keeps an opened table at the version it opened. Looked up at most once every
+        `latest_check_seconds` (~0.5 ms each) unless forced."""
+        now = time.monotonic()
+        if not force and now - self._latest_checked < self.latest_check_seconds:
+            return
+        self._latest_checked = now
+        table = self.table
+        if hasattr(table, "checkout_latest"):
+            table.checkout_latest()
+
     @property
     def version(self) -> int:
+        self.checkout_latest()
         return int(self.table.version)
 
     def count(self, filters: dict[str, str] | None = None) -> int:

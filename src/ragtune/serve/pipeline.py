@@ -164,9 +164,7 @@ class RagPipeline:
         if not force and now - self._checked < self.config.index_check_seconds:
             return
         self._checked = now
-        table = self.searcher.store.table
-        if hasattr(table, "checkout_latest"):
-            table.checkout_latest()
+        self.searcher.store.checkout_latest(force=True)
         self.searcher.refresh()
 
     def search(self, tenant: str, query: str, k: int, mode: str | None, filters: dict[str, str]) -> list[Hit]:
