@@ -13,7 +13,8 @@ from ragtune.models import default_embedder
 
 ChunkerName = Literal["tokens", "sentences", "paragraphs", "semantic"]
 SearchMode = Literal["hybrid", "dense", "bm25"]
-QueryTransform = Literal["none", "rewrite", "hyde", "subqueries", "multi", "hop"]
+QueryTransform = Literal["none", "rewrite", "hyde", "subqueries", "multi", "hop", "link", "hop+link"]
+LinkMerge = Literal["rrf", "after"]
 ParentLevel = Literal["none", "chunk", "document"]
 RouteMode = Literal["off", "auto", "llm"]
 
@@ -74,6 +75,12 @@ class SearchConfig(BaseModel):
     transform_model: str | None = None  # any `load_llm` reference; None: the bundled generator
     transform_queries: int = 3  # multi: paraphrases asked for; subqueries: most sub-questions kept
     keep_original: bool = True  # fuse the original query's ranking with the transformed ones (RRF)
+    # "link" (no LLM either): the documents whose title the top `link_hits` hits mention (`ragtune.retrieve.links`),
+    # at most `link_docs` per hit (the best by cosine to the query), merged by RRF with the first stage ("rrf") or
+    # placed right after the hit that names them ("after"). "hop+link" adds them to the hop's fused ranking.
+    link_hits: int = Field(default=2, ge=1)
+    link_docs: int = Field(default=2, ge=1)
+    link_merge: LinkMerge = "rrf"
     # Small-to-big: search the sentence level, return each hit with `window` sentences either side, or its parent.
     window: int = Field(default=0, ge=0)
     parent: ParentLevel = "none"

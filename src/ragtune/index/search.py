@@ -98,6 +98,7 @@ class Searcher:
         self._ids: list[str] = []
         self._lexical: LexicalIndex | None = None
         self._vectors: np.ndarray | None = None
+        self._last_query: tuple[str, np.ndarray] | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -178,7 +179,31 @@ class Searcher:
 
     def dense(self, query: str, k: int, filters: dict[str, str] | None = None) -> list[tuple[str, float]]:
         self.refresh()
-        return self.dense_by_vector(self.query_embedder.encode_query(query), k, filters)
+        return self.dense_by_vector(self.query_vector(query), k, filters)
+
+    def query_vector(self, query: str) -> np.ndarray:
+        """The query's embedding; the last one is kept, so a later stage of the same query (scoring linked
+        documents) does not pay for a second encoder pass."""
+        last = self._last_query  # one read: a concurrent query may replace it meanwhile
+        if last is None or last[0] != query:
+            last = (query, self.query_embedder.encode_query(query))
+            self._last_query = last
+        return last[1]
+
+    def score_chunks(self, query: str, chunk_ids: list[str], filters: dict[str, str] | None = None
+                     ) -> list[tuple[str, float]]:
+        """(chunk_id, cosine to the query) of the given chunks that exist and pass the filters, best first: ranks a
+        known candidate set (a hit's title links) without searching the whole index. Without the in-memory
+        vectors (dense_backend="lancedb") the given order is kept, with score 0."""
+        self.refresh()
+        ids = [c for c in dict.fromkeys(chunk_ids) if c in self._rows]
+        if filters and ids:
+            mask = self._mask(tuple(sorted(filters.items())))
+            ids = [c for c in ids if mask[self._rows[c]] > 0]
+        if not ids or self._vectors is None:
+            return [(c, 0.0) for c in ids]
+        scores = self._vectors[[self._rows[c] for c in ids]] @ np.asarray(self.query_vector(query), dtype=np.float32)
+        return sorted(zip(ids, scores.tolist(), strict=True), key=lambda pair: -pair[1])
 
     def dense_by_vector(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None
                         ) -> list[tuple[str, float]]:

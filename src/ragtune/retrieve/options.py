@@ -19,7 +19,8 @@ RerankCandidatesOption = typer.Option(20, "--rerank-candidates", help="With --re
 TransformOption = typer.Option("none", "--transform", help="Query transform: none | rewrite | hyde (embed a "
                                "hypothetical answer) | subqueries (decompose, retrieve each, fuse) | multi "
                                "(paraphrases fused by RRF), each through an LLM and cached per (model, query) | hop "
-                               "(no LLM: search again with the top hit's text added, fuse; multi-hop questions).")
+                               "(no LLM: search again with the top hit's text added, fuse; multi-hop questions) | "
+                               "link (no LLM: add the documents whose title the top hits mention) | hop+link.")
 TransformModelOption = typer.Option(None, "--transform-model", help="LLM for --transform (default: the bundled one).")
 WindowOption = typer.Option(0, "--window", help="Small-to-big: match sentences, return each with N sentences either "
                             "side (needs `ingest --sentences`).")

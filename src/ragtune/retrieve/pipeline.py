@@ -13,6 +13,7 @@ from ragtune.index.fusion import reciprocal_rank_fusion
 from ragtune.records import Hit
 from ragtune.retrieve.cache import TransformCache
 from ragtune.retrieve.levels import SENTENCES, SUMMARIES, has_level, parent_chunk_id
+from ragtune.retrieve.links import TitleLinks
 from ragtune.retrieve.llm_rerank import RerankStage, load_retrieval_llm, make_reranker
 from ragtune.retrieve.routing import Route, route
 from ragtune.retrieve.small_to_big import DocumentOrder, expand_windows, to_parents
@@ -37,6 +38,7 @@ class RetrievalPipeline:
         self.llm_for = searcher.llm_for or load_retrieval_llm  # who supplies the LLM of a transform / route / rerank
         self._levels: dict[str, Searcher] = {}
         self._orders: dict[tuple[str, int], DocumentOrder] = {}
+        self._links: tuple[int, TitleLinks] | None = None
         self._transformer: QueryTransformer | None = None
         self._reranker: RerankStage | None = None
         self._route_llm: Any = None
@@ -48,7 +50,7 @@ class RetrievalPipeline:
     # -- lazily built parts ----------------------------------------------------------------------------------------
     @property
     def transformer(self) -> QueryTransformer | None:
-        if self.config.transform in ("none", "hop"):
+        if self.config.transform in ("none", "hop", "link", "hop+link"):
             return None
         if self._transformer is None:
             self._transformer = QueryTransformer(
@@ -86,6 +88,64 @@ class RetrievalPipeline:
             self._orders = {k: v for k, v in self._orders.items() if k[0] != name}
             self._orders[key] = DocumentOrder(searcher.catalog)
         return self._orders[key]
+
+    def title_links(self) -> TitleLinks:
+        """The title index of the chunk level (titles are the same on every level), rebuilt when the table moves."""
+        version = self.searcher.store.version
+        if self._links is None or self._links[0] != version:
+            self._links = (version, TitleLinks(self.searcher.catalog))
+        return self._links[1]
+
+    def linked(self, searcher: Searcher, query: str, ranked: list[tuple[str, float]], filters: dict[str, str] | None
+               ) -> list[dict[str, Any]]:
+        """For each of the top `link_hits` hits: the documents its text names by title (its parent chunk's text on
+        the sentence level), each as its chunk of this level most similar to the query, inside the filters, best
+        `link_docs` first. A linked document's other chunks are left to the first stage: one entry point each."""
+        cfg = self.config
+        links, order = self.title_links(), self.order(searcher.level_name)
+        top = [self.searcher.hit(parent_chunk_id(cid)) if searcher.level_name == SENTENCES else searcher.hit(cid)
+               for cid, _ in ranked[: cfg.link_hits]]
+        ranked_docs = {hit.doc_id for hit in top}  # already at the top: not worth a link slot
+        out, seen = [], set()
+        for (cid, _), hit in zip(ranked, top, strict=False):
+            found = links.links(hit.text, exclude=ranked_docs)
+            rows = {link.doc_id: [order.ids[r] for r in order.rows_of.get(link.doc_id, [])] for link in found}
+            scored = searcher.score_chunks(query, [c for ids in rows.values() for c in ids], filters)
+            best: dict[str, tuple[str, float]] = {}
+            doc_of = {c: doc for doc, ids in rows.items() for c in ids}
+            for chunk, score in scored:  # best first: the first chunk seen of a document is its best
+                best.setdefault(doc_of[chunk], (chunk, score))
+            by_doc = {link.doc_id: link for link in found}
+            kept = [doc for doc in best if doc not in seen][: cfg.link_docs]
+            seen.update(kept)
+            out.append({"hit": cid, "hit_title": hit.title, "linked": [
+                {"doc_id": d, "title": by_doc[d].title, "mention": by_doc[d].mention, "chunk_id": best[d][0],
+                 "score": round(best[d][1], 4)} for d in kept]})
+        return out
+
+    def link_hop(self, searcher: Searcher, query: str, ranked: list[tuple[str, float]],
+                 filters: dict[str, str] | None) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
+        """Merge the linked documents into `ranked` (the first stage, or the hop's fusion): by RRF of the ranking
+        and the linked chunks ordered by similarity to the query ("rrf"), or each hit's linked chunks placed right
+        after it ("after"). Documents only reachable through a title mention (the bridge of a multi-hop question)
+        enter the ranking; linked ones already in it move up."""
+        trace = self.linked(searcher, query, ranked, filters)
+        chunks = [(entry["chunk_id"], entry["score"]) for hop in trace for entry in hop["linked"]]
+        if not chunks:
+            return ranked, trace
+        if self.config.link_merge == "rrf":
+            linked = [c for c, _ in sorted(chunks, key=lambda pair: -pair[1])]
+            return reciprocal_rank_fusion([[c for c, _ in ranked], linked], k=self.config.rrf_k), trace
+        after = {hop["hit"]: [entry["chunk_id"] for entry in hop["linked"]] for hop in trace}
+        moved = {c for c, _ in chunks}
+        scores = dict(ranked)
+        merged: list[tuple[str, float]] = []
+        for cid, score in ranked:
+            if cid in moved and cid not in after:
+                continue  # placed after the hit that names it
+            merged.append((cid, score))
+            merged.extend((c, scores.get(c, 0.0)) for c in after.get(cid, []) if c not in after)
+        return list(dict.fromkeys(merged)), trace
 
     def decide_route(self, query: str) -> Route:
         if self.config.route == "llm" and self._route_llm is None:
@@ -127,10 +187,17 @@ class RetrievalPipeline:
         first_k = max(k, cfg.rerank_candidates) if self.reranker is not None else k
         fetch = first_k * SENTENCES_PER_HIT if small_to_big else first_k
         variants = self.variants(query, generated)
-        if cfg.transform == "hop":
+        links = None
+        if cfg.transform in ("hop", "hop+link"):
             ranked, hop = self.second_hop(searcher, query, max(fetch, cfg.candidates), mode, filters)
-            ranked = ranked[:fetch]
             variants = [Variant(query, query), Variant(hop, hop, "hop")]
+            if cfg.transform == "hop+link":
+                ranked, links = self.link_hop(searcher, query, ranked, filters)
+            ranked = ranked[:fetch]
+        elif cfg.transform == "link":
+            ranked = searcher.first_stage(query, max(fetch, cfg.candidates), mode, filters)
+            ranked, links = self.link_hop(searcher, query, ranked, filters)
+            ranked = ranked[:fetch]
         elif len(variants) == 1:
             ranked = searcher.first_stage(variants[0].lexical, fetch, mode, filters, variants[0].dense)
         else:
@@ -150,4 +217,6 @@ class RetrievalPipeline:
                     for h in hits]
         self.last_trace = {"level": name, "route": decided.reason if decided else None,
                            "variants": [v.__dict__ for v in variants], "reranker": cfg.reranker}
+        if links is not None:
+            self.last_trace["links"] = links
         return hits[:k]
