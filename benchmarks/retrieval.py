@@ -208,6 +208,11 @@ def main() -> None:
     parser.add_argument("--llm-questions", type=int, default=40, help="questions the LLM options run on")
     parser.add_argument("--corpus-workspace", help="with --options-only: only compare hybrid and hop on this index "
                         "of the whole corpus")
+    parser.add_argument("--links-only", action="store_true", help="only the title-link rows: choose the merge on "
+                        "train-split questions (--train-workspace, and --corpus-workspace when given), then add link "
+                        "and hop+link next to hybrid on --options-workspace and the whole corpus")
+    parser.add_argument("--train-workspace", help="index of the first 200 train-split questions' paragraphs: reused "
+                        "when it exists")
     args = parser.parse_args()
     if not HOTPOT.exists():
         sys.exit(f"{HOTPOT} is missing: this benchmark needs ../shared/data (CI has it).")
@@ -217,6 +222,18 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-"))
     embedder = Embedder()
     out = Path(args.out)
+    if args.links_only:
+        result = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+        options = result.setdefault("options", {})
+        section = links_section(args, data, eval_questions, embedder, tmp)
+        # measured together (hybrid and hop again, same load) under "links"; the link rows also join the tables
+        options["links"] = section
+        for part, rows in section["eval"].items():
+            options.setdefault(part, {}).update({k: v for k, v in rows.items() if "link" in k})
+        out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        retrieval_options.print_table(result["options"])
+        print(f"\nwrote {out}")
+        return
     if args.options_only:
         result = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
         if args.corpus_workspace:  # only hop next to hybrid on an index of the whole corpus (no levels needed)
@@ -320,6 +337,42 @@ def options_section(args: argparse.Namespace, eval_questions: list[dict], embedd
     result["corpus"] = {"questions": len(questions), "chunks": ChunkStore(ws).count(), **levels,
                         "summaries_kind": "extractive (lead sentences, up to 60 words)"}
     return result
+
+
+def links_section(args: argparse.Namespace, data: list[dict], eval_questions: list[dict], embedder: Embedder,
+                  tmp: Path) -> dict:
+    """Title links (`transform=link`, `hop+link`): the merge is chosen on 200 train-split questions, over their own
+    paragraphs (the same kind of corpus as the options index) and over the whole corpus; then the chosen merge runs
+    on the 216 evaluation questions next to hybrid and hop, on the options index and on the whole corpus."""
+    train = sorted((q for q in data if not is_eval(q["_id"])), key=lambda q: q["_id"])[:200]
+    train_ws = Path(args.train_workspace) if args.train_workspace else tmp / "train_ws"
+    if IndexSettings.load(Workspace(train_ws)) is None:
+        corpus = tmp / "train_corpus.json"
+        corpus.write_text(json.dumps(train), encoding="utf-8")
+        ingest([corpus], train_ws, IngestConfig(), embedder=embedder)
+    corpora = {"train_split": train_ws}
+    if args.corpus_workspace:
+        corpora["full_corpus"] = Path(args.corpus_workspace)
+    selection = retrieval_options.select_link(corpora, train, embedder)
+    merge = selection["chosen_merge"]
+    print(f"  chosen on train-split questions: link_merge={merge}", flush=True)
+    section: dict = {"selection": selection, "eval": {}}
+    rows = {"hybrid": {}, "hop": {"transform": "hop"}, "link": {"transform": "link", "link_merge": merge},
+            "hop+link": {"transform": "hop+link", "link_merge": merge}}
+    if not args.options_workspace:
+        sys.exit("--links-only needs --options-workspace (the evaluation split's index)")
+    targets = {"all": Path(args.options_workspace)}
+    if args.corpus_workspace:
+        targets["full_corpus"] = Path(args.corpus_workspace)
+    for part, ws in targets.items():
+        section["eval"][part] = got = {}
+        for name, options in rows.items():
+            s = Searcher(ws, SearchConfig(**options), embedder=embedder)
+            s.search("warm-up", k=10)
+            got[name] = retrieval_options.measure(lambda q, s=s: s.search(q, k=10), eval_questions)
+            print(f"  eval {part:12s} {name:10s} " + " ".join(f"{k}={v:.3f}" for k, v in got[name].items()
+                                                           if isinstance(v, float)), flush=True)
+    return section
 
 
 def print_table(result: dict) -> None:

@@ -31,6 +31,17 @@ CHEAP: dict[str, dict[str, Any]] = {
     "hop": {"transform": "hop"},
     "hop + parent=document": {"transform": "hop", "parent": "document"},
     "hop + route=auto": {"transform": "hop", "route": "auto"},
+    "link": {"transform": "link"},
+    "hop+link": {"transform": "hop+link"},
+}
+# Title-link merges compared on train-split questions only (`select_link`); the eval rows use SearchConfig's default.
+LINK_CANDIDATES: dict[str, dict[str, Any]] = {
+    "hybrid": {},
+    "hop": {"transform": "hop"},
+    "link rrf": {"transform": "link", "link_merge": "rrf"},
+    "link after": {"transform": "link", "link_merge": "after"},
+    "hop+link rrf": {"transform": "hop+link", "link_merge": "rrf"},
+    "hop+link after": {"transform": "hop+link", "link_merge": "after"},
 }
 TRANSFORMS = ("rewrite", "hyde", "subqueries", "multi")
 
@@ -55,6 +66,26 @@ def measure(search: Callable[[str], list], questions: list[dict]) -> dict[str, A
             totals[key] += value
     n = len(questions)
     return {**{k: v / n for k, v in totals.items()}, "n": n, "search_p50_ms": 1000 * statistics.median(latencies)}
+
+
+def select_link(corpora: dict[str, Path], questions: list[dict], embedder: Embedder) -> dict[str, Any]:
+    """Every link merge on train-split questions (never the evaluation ones) over each corpus; the chosen merge is
+    the one with the best mean all-gold@10 across the corpora, ties broken by mean MRR (the two merges add the same
+    documents, so they often tie on all-gold@10 and differ in where they put them), so the eval rows are not tuned
+    on the eval set."""
+    out: dict[str, Any] = {"questions": len(questions)}
+    for corpus, ws in corpora.items():
+        out[corpus] = {}
+        for name, options in LINK_CANDIDATES.items():
+            s = Searcher(ws, SearchConfig(**options), embedder=embedder)
+            s.search("warm-up", k=10)
+            out[corpus][name] = measure(lambda q, s=s: s.search(q, k=10), questions)
+            print(f"  train {corpus:12s} {name:16s} " + " ".join(
+                f"{k}={v:.3f}" for k, v in out[corpus][name].items() if isinstance(v, float)), flush=True)
+    merges = {m: tuple(statistics.mean(out[c][f"{t} {m}"][key] for c in corpora for t in ("link", "hop+link"))
+                       for key in ("all_gold@10", "mrr")) for m in ("rrf", "after")}
+    out["chosen_merge"] = max(merges, key=lambda m: merges[m])
+    return out
 
 
 def run(ws: Path, questions: list[dict], llm_questions: int, embedder: Embedder, llm_ref: str | None = None,

@@ -80,7 +80,7 @@ class SearchConfig(BaseModel):
     # placed right after the hit that names them ("after"). "hop+link" adds them to the hop's fused ranking.
     link_hits: int = Field(default=2, ge=1)
     link_docs: int = Field(default=2, ge=1)
-    link_merge: LinkMerge = "rrf"
+    link_merge: LinkMerge = "after"  # chosen on train-split HotpotQA questions (benchmarks/retrieval.py)
     # Small-to-big: search the sentence level, return each hit with `window` sentences either side, or its parent.
     window: int = Field(default=0, ge=0)
     parent: ParentLevel = "none"
