@@ -266,6 +266,10 @@ def main() -> None:
 
     if args.adapter:
         adapter, training = args.adapter, None
+        summary_file = Path(args.adapter).parent / "train_summary.json"
+        if summary_file.exists():  # an adapter trained by an earlier (cut-short) run keeps its training record
+            trained = json.loads(summary_file.read_text(encoding="utf-8"))
+            training = {k: v for k, v in trained.items() if k != "history"} | {"loss_curve": trained.get("history")}
     else:
         config = SFTRunConfig(epochs=args.epochs, max_minutes=minutes, lr=args.lr, batch_size=args.batch_size,
                               grad_accum=args.grad_accum, max_length=args.max_length, save_steps=25)
