@@ -357,7 +357,9 @@ def compare_command(
             table.add_column(h)
         for row in rows:
             table.add_row(*row)
-        out.print(table)
+        # Piped into a log (make demo, CI) rich assumes 80 columns and folds every cell to a few letters; a log has no
+        # width limit, so the table keeps its natural width there.
+        (out if out.is_terminal else Console(width=240)).print(table)
     console.print(f"[green]wrote[/] {paths['html']} (and report.md, report.json, PNGs, per-question outputs)")
 
 
