@@ -228,6 +228,8 @@ def main() -> None:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-retrieved", action="store_true")
     p.add_argument("--adapter", default=None, help="evaluate this adapter instead of training one")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/"
+                   "raft_hotpotqa[_quick].json)")
     p.add_argument("--_throughput", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -283,7 +285,8 @@ def main() -> None:
     base, tuned = load_llm(None), load_llm(None, adapter=adapter)
     per_k = evaluate_systems(items, ks, base, tuned, adapter, args)
 
-    results = ROOT / "benchmarks" / "results" / ("raft_hotpotqa_quick.json" if quick else "raft_hotpotqa.json")
+    default_name = "raft_hotpotqa_quick.json" if quick else "raft_hotpotqa.json"
+    results = args.out or ROOT / "benchmarks" / "results" / default_name
 
     def write(retrieved: dict[str, Any] | None) -> dict[str, Any]:
         """Results so far: written after the oracle sweep and again after the open setting, so a run cut short

@@ -164,3 +164,61 @@ def test_hop_searches_again_with_the_top_hits_text(ws, embedder):
     best = parents.search("Kessel bridge", k=2)[0]
     # on the sentence level the feedback is the top sentence's parent chunk, not the lone sentence
     assert parents.pipeline.last_trace["variants"][1]["lexical"] == f"Kessel bridge {best.text}"
+
+
+def _level_vectors(root, level):
+    import numpy as np
+
+    from ragtune.index.store import ChunkStore
+
+    table = ChunkStore(root, level).scan(["chunk_id", "title", "text", "vector"])
+    return table, np.asarray(table["vector"].to_pylist(), dtype=np.float32)
+
+
+def test_reembedding_the_index_reembeds_its_levels(tmp_path, embedder):
+    """After retriever training re-embeds the chunks, sentence and summary vectors must come from the same model as
+    the queries that search them. The level vectors are first overwritten with noise (what another model's vectors
+    look like to this one); re-embedding must replace them with this embedder's, and resume inside a level."""
+    import numpy as np
+    import pyarrow as pa
+
+    from ragtune.index.reembed import reembed_index, state_path
+    from ragtune.index.settings import IndexSettings, index_text
+    from ragtune.index.store import ChunkStore
+    from ragtune.workspace import Workspace
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, sentences in (("arvel", VOLCANO), ("olm", RIVER)):
+        (docs / f"{name}.txt").write_text(" ".join(sentences), encoding="utf-8")
+    root = tmp_path / "ws"
+    ingest([docs], root, IngestConfig(chunk_size=28, sentences=True, summaries=True), embedder=embedder)
+    settings = IndexSettings.load(Workspace(root))
+    rng = np.random.default_rng(0)
+    for level in ("sentences", "summaries"):
+        store = ChunkStore(root, level)
+        table = store.scan([n for n in store.table.schema.names])
+        noise = rng.standard_normal((table.num_rows, settings.dim)).astype(np.float32)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(noise.reshape(-1)), settings.dim)
+        table = table.set_column(table.schema.get_field_index("vector"), "vector",
+                                 vectors.cast(table.schema.field("vector").type))
+        store.table.merge_insert("chunk_id").when_matched_update_all().execute(table)
+
+    # a run interrupted inside the sentence level: the chunk table is done, so only levels are redone
+    sentences, _ = _level_vectors(root, "sentences")
+    first = sorted(sentences["chunk_id"].to_pylist())[0]
+    reference = embedder.resolved.path if embedder.resolved.source == "local" else embedder.resolved.reference
+    state_path(Workspace(root)).write_text(json.dumps({"embedder": reference, "table": "sentences",
+                                                       "done_through": first}))
+    assert reembed_index(root, embedder, commit_every=4) == 0  # no chunk re-embedded
+    assert not state_path(Workspace(root)).exists()
+    for level in ("sentences", "summaries"):
+        table, got = _level_vectors(root, level)
+        texts = [index_text(t, x, settings.embed_title)
+                 for t, x in zip(table["title"].to_pylist(), table["text"].to_pylist(), strict=True)]
+        want = np.asarray(embedder.encode(texts), dtype=np.float32)
+        ids = table["chunk_id"].to_pylist()
+        redone = [i for i, cid in enumerate(ids) if level == "summaries" or cid > first]
+        assert redone and np.allclose(got[redone], want[redone], atol=1e-4), level
+    hit = Searcher(root, SearchConfig(window=0), embedder=embedder).search("salmon in autumn", k=1, mode="dense")[0]
+    assert "Salmon" in hit.text

@@ -115,6 +115,18 @@ class ChunkStore:
                 )
         return self._table
 
+    def level_names(self) -> list[str]:
+        """The derived levels (tables other than the chunk table) this workspace's index holds, sorted."""
+        names: list[str] = []
+        token = None
+        while True:
+            page = self.db.list_tables(page_token=token)
+            names.extend(page.tables)
+            token = page.page_token
+            if not token:
+                break
+        return sorted(n for n in names if n != TABLE)
+
     def create(self, dim: int) -> None:
         if self._try_open() is None:
             self._table = self.db.create_table(self.name, schema=schema(dim))
