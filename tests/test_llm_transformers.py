@@ -94,3 +94,39 @@ def test_streamed_pieces_concatenate_to_the_batched_generation(llm):
         assert ["".join(pieces[i]) for i in range(len(convs))] == [g.text for g in plain]
         assert len(pieces[1]) > 2 and all(pieces[1])  # token by token, never an empty piece
     assert "4" not in "".join(pieces[1])  # the stop string (and anything after it) never went out
+
+
+def test_a_cancelled_job_stops_generating_and_frees_its_batch(llm):
+    """A caller that goes away (a closed stream) sets its job's cancel event: generation for that row stops at the
+    next token, the job's future raises CancelledError (no cut answer is handed on), and its batch neighbour still
+    gets its full answer. Sampling at temperature 2 keeps the cancelled row talking for all its tokens otherwise."""
+    import threading
+    import time
+    from concurrent.futures import CancelledError
+
+    from ragtune.llm.server import Batcher
+
+    batcher = Batcher(llm, max_batch=4, batch_wait_ms=200)
+    cancel, pieces = threading.Event(), []
+
+    def on_text(piece: str) -> None:
+        pieces.append(piece)
+        cancel.set()  # give up after the first piece
+
+    long_run = GenerationConfig(max_new_tokens=200, temperature=2.0, seed=0)
+    t0 = time.perf_counter()
+    gone = batcher.submit([{"role": "user", "content": "Tell me a very long story."}], long_run, on_text, cancel)
+    kept = batcher.submit(QUESTION, long_run)  # same config: the same batch
+    with pytest.raises(CancelledError):
+        gone.result(timeout=120)
+    assert len(pieces) <= 3 and batcher.cancelled == 1
+    answer = kept.result(timeout=300)
+    assert answer.finish_reason in ("stop", "length") and answer.completion_tokens > len(pieces)
+    # a job cancelled before its batch starts never reaches the model
+    early = threading.Event()
+    early.set()
+    batches = batcher.batches
+    with pytest.raises(CancelledError):
+        batcher.submit(QUESTION, GenerationConfig(max_new_tokens=4), cancel=early).result(timeout=30)
+    assert batcher.batches == batches and batcher.cancelled == 2
+    assert time.perf_counter() - t0 < 300

@@ -98,6 +98,42 @@ def test_streaming_sends_tokens_as_they_are_generated(env):
     assert last - first > max(0.1, 0.4 * generation_s), (first, last, generation_s)
 
 
+def test_a_closed_stream_stops_its_generation(env):
+    """A client that closes its stream after the first token frees the model: the server sees the disconnect, stops
+    that row at the next decoding step (`/health` counts it) and stores no half answer. Sampling at temperature 2
+    keeps the model from ending by itself before its 600 tokens."""
+    import time
+
+    def health() -> dict:
+        return httpx.get(env["url"] + "/health", timeout=10).json()
+
+    before = health()["cancelled"]
+    body = {"model": "m", "stream": True, "max_tokens": 600, "temperature": 2.0, "seed": 1,
+            "messages": [{"role": "user", "content": "Tell me a very long story about the Acme fox."}],
+            "ragtune": {"cache": False}}
+    headers = {"Authorization": f"Bearer {env['keys']['acme']}"}
+    ids = set()
+    with httpx.stream("POST", env["url"] + "/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                ids.add(chunk["id"])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    break  # the first token arrived: hang up
+    t0 = time.monotonic()
+    while health()["cancelled"] == before and time.monotonic() - t0 < 60:
+        time.sleep(0.5)
+    assert health()["cancelled"] == before + 1, "the abandoned generation ran on"
+    assert time.monotonic() - t0 < 30  # 600 sampled tokens take minutes here; a stop takes a step
+    db = sqlite3.connect(env["ws"] / "serve" / "feedback.sqlite3")
+    try:
+        stored = db.execute("SELECT COUNT(*) FROM responses WHERE id = ?", (ids.pop(),)).fetchone()[0]
+    finally:
+        db.close()
+    assert stored == 0  # nothing half-written reached the feedback store
+    assert ask(client(env, "acme"), Q_FOX).choices[0].message.content  # the model serves the next request
+
+
 def test_errors_are_openai_shaped(env):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=env["url"] + "/v1", api_key="rtk_wrong", max_retries=0).models.list()

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ class _Job:
     config: GenerationConfig
     future: Future
     on_text: Callable[[str], None] | None = None  # pieces of this job's answer as they are generated
+    cancel: threading.Event | None = None  # set when the caller went away (a closed stream): stop generating for it
 
 
 class Batcher:
@@ -45,16 +46,27 @@ class Batcher:
         self.jobs: queue.Queue[_Job] = queue.Queue()
         self.lock = threading.Lock()  # generate and loglikelihood never run at once on one model
         self.batches = 0
+        self.cancelled = 0  # jobs given up by their caller (their future raises CancelledError)
         self.thread = threading.Thread(target=self._run, name="ragtune-batcher", daemon=True)
         self.thread.start()
 
     def submit(self, messages: list[Message], config: GenerationConfig,
-               on_text: Callable[[str], None] | None = None) -> Future:
+               on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
         """Queue one conversation; the future gets its `Generation`. With `on_text`, the answer's text pieces are
-        also reported while the batch runs (on the worker thread: hand them to a queue, do no work there)."""
+        also reported while the batch runs (on the worker thread: hand them to a queue, do no work there). Setting
+        `cancel` gives the job up: it is skipped if still queued, or stops at the next token (a backend with
+        `supports_cancel`; others finish the batch), and its future raises CancelledError instead of a cut answer."""
         future: Future = Future()
-        self.jobs.put(_Job(messages, config, future, on_text))
+        self.jobs.put(_Job(messages, config, future, on_text, cancel))
         return future
+
+    def _given_up(self, job: _Job) -> bool:
+        if job.cancel is None or not job.cancel.is_set():
+            return False
+        if not job.future.done():
+            self.cancelled += 1
+            job.future.set_exception(CancelledError("the caller gave up this request"))
+        return True
 
     @staticmethod
     def _fan_out(jobs: list[_Job]) -> Callable[[int, str], None]:
@@ -84,18 +96,25 @@ class Batcher:
             for job in batch:
                 c = job.config
                 groups.setdefault((c.max_new_tokens, c.temperature, c.top_p, tuple(c.stop), c.seed), []).append(job)
-            for jobs in groups.values():
+            for group in groups.values():
+                jobs = [j for j in group if not self._given_up(j)]
+                if not jobs:
+                    continue
                 try:
                     conversations = [j.messages for j in jobs]
+                    extra: dict[str, Any] = {}
+                    if getattr(self.llm, "supports_cancel", False) and any(j.cancel for j in jobs):
+                        extra["cancelled"] = lambda i, jobs=jobs: bool(jobs[i].cancel and jobs[i].cancel.is_set())
                     with self.lock:
                         if any(j.on_text for j in jobs):  # streaming only observes: every row's output is the same
                             outs = self.llm.generate_stream(conversations, self._fan_out(jobs), jobs[0].config,
-                                                            batch_size=len(jobs))
+                                                            batch_size=len(jobs), **extra)
                         else:
-                            outs = self.llm.generate(conversations, jobs[0].config, batch_size=len(jobs))
+                            outs = self.llm.generate(conversations, jobs[0].config, batch_size=len(jobs), **extra)
                     self.batches += 1
                     for job, out in zip(jobs, outs, strict=True):
-                        job.future.set_result(out)
+                        if not self._given_up(job):
+                            job.future.set_result(out)
                 except Exception as exc:  # noqa: BLE001 - every waiting client must get an answer
                     for job in jobs:
                         if not job.future.done():

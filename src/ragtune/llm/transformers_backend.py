@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText
@@ -164,6 +165,20 @@ class _BatchStreamer:
                 log.exception("on_text callback failed")
 
 
+def _cancel_criteria(rows: list[int], cancelled: Callable[[int], bool]) -> Any:
+    """A stopping criterion that ends the rows whose caller went away (a closed stream): transformers then pads
+    those rows, and stops the whole batch once every row has ended, so an abandoned batch frees the model at once."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            flags = [bool(cancelled(i)) for i in rows]
+            return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+    return _Cancelled()
+
+
 class TransformersLLM(LLM):
     """A chat model run in-process. `path` is what `from_pretrained` takes (resolve it with `ragtune.models`)."""
 
@@ -212,18 +227,22 @@ class TransformersLLM(LLM):
                 mask[i, width - len(r) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    supports_cancel = True
+
     def generate_stream(
         self, conversations: list[list[Message]], on_text: OnText, config: GenerationConfig | None = None,
-        batch_size: int = 8,
+        batch_size: int = 8, cancelled: Callable[[int], bool] | None = None,
     ) -> list[Generation]:
         """Token by token: `on_text(i, piece)` runs on this thread after each decoding step that settles new text for
         conversation i; the Generations are exactly those of `generate` (the streamer only reads the tokens)."""
-        return self.generate(conversations, config, batch_size, on_text=on_text)
+        return self.generate(conversations, config, batch_size, on_text=on_text, cancelled=cancelled)
 
     def generate(
         self, conversations: list[list[Message]], config: GenerationConfig | None = None, batch_size: int = 8,
-        on_text: OnText | None = None,
+        on_text: OnText | None = None, cancelled: Callable[[int], bool] | None = None,
     ) -> list[Generation]:
+        """`cancelled(i)` (optional) is asked after every decoding step; once true, conversation i stops there
+        (its Generation is cut short, finish_reason "cancelled")."""
         import torch
 
         config = config or GenerationConfig()
@@ -249,6 +268,10 @@ class TransformersLLM(LLM):
                 kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
             if on_text is not None:
                 kwargs["streamer"] = _BatchStreamer(self.tokenizer, batch, eos_ids, list(config.stop), on_text)
+            if cancelled is not None:
+                from transformers import StoppingCriteriaList
+
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_cancel_criteria(batch, cancelled)])
             t0 = time.perf_counter()
             with self._lock, torch.inference_mode():
                 if config.seed is not None:
@@ -271,7 +294,8 @@ class TransformersLLM(LLM):
                     prompt_tokens=len(encoded[i]),
                     completion_tokens=n,
                     seconds=seconds / len(batch),
-                    finish_reason="stop" if (hit_eos or stopped or n < config.max_new_tokens) else "length",
+                    finish_reason="cancelled" if cancelled is not None and cancelled(i) else
+                    "stop" if (hit_eos or stopped or n < config.max_new_tokens) else "length",
                 )
                 self.usage.add(gen)
                 results[i] = gen

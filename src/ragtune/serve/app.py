@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -157,6 +158,7 @@ def create_app(pipeline: RagPipeline, tenants: TenantStore | None = None) -> Fas
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": pipeline.model_name, "batches": pipeline.batcher.batches,
+                "cancelled": pipeline.batcher.cancelled,
                 "cache": pipeline.cache.stats.to_dict()}
 
     @app.get("/v1/models")
@@ -183,12 +185,18 @@ def create_app(pipeline: RagPipeline, tenants: TenantStore | None = None) -> Fas
             def on_text(piece: str) -> None:
                 loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-            task = asyncio.create_task(pipeline.generate(who.tenant, prepared, answer, on_text=on_text))
+            cancel = threading.Event()
+            task = asyncio.create_task(pipeline.generate(who.tenant, prepared, answer, on_text=on_text, cancel=cancel))
             task.add_done_callback(lambda _: pieces.put_nowait(None))  # runs after every piece already queued
             sent = ""
-            while (piece := await pieces.get()) is not None:
-                sent += piece
-                yield _chunk(answer, {"content": piece})
+            try:
+                while (piece := await pieces.get()) is not None:
+                    sent += piece
+                    yield _chunk(answer, {"content": piece})
+            finally:
+                if not task.done():  # the client closed the stream: stop generating for it, store nothing
+                    cancel.set()
+                    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
             try:
                 done = task.result()
             except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band, as OpenAI does

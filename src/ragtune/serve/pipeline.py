@@ -295,12 +295,14 @@ class RagPipeline:
         return prepared, answer
 
     async def generate(self, tenant: str, prepared: Prepared, answer: Answer,
-                       on_text: Callable[[str], None] | None = None) -> Answer:
+                       on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Answer:
         """Generate (unless the cache answered), store the response durably, fill the cache. `on_text` gets the
-        answer's pieces as the model produces them (on the batcher's thread; nothing is called for a cache hit)."""
+        answer's pieces as the model produces them (on the batcher's thread; nothing is called for a cache hit).
+        Setting `cancel` (the client went away) stops generation; this then raises CancelledError and stores
+        nothing: a cut answer is neither cached nor offered for feedback."""
         if not answer.cache.get("hit"):
             t0 = time.perf_counter()
-            gen = await asyncio.wrap_future(self.batcher.submit(answer.messages, prepared.generation, on_text))
+            gen = await asyncio.wrap_future(self.batcher.submit(answer.messages, prepared.generation, on_text, cancel))
             answer.timings["generation"] = time.perf_counter() - t0
             answer.text, answer.finish_reason = gen.text, gen.finish_reason
             answer.prompt_tokens, answer.completion_tokens = gen.prompt_tokens, gen.completion_tokens
