@@ -131,7 +131,7 @@ def measure_throughput(workspace: Path, args: argparse.Namespace) -> dict[str, A
 # ---- quality ---------------------------------------------------------------------------------------------------------
 
 
-def evaluate_systems(items, ks, base, tuned, adapter, args, searcher=None) -> dict[str, Any]:
+def evaluate_systems(items, ks, base, tuned, adapter, args, searcher=None, after_k=None) -> dict[str, Any]:
     """Each (setting, K, prompt, model) run keeps its answers under WORKSPACE/eval-cache: greedy decoding makes them
     a pure function of model weights, prompts and settings (all in the runner's resume signature, with the adapter's
     weight hash and the question set), so a second run re-scores the base model's answers instead of regenerating
@@ -148,7 +148,10 @@ def evaluate_systems(items, ks, base, tuned, adapter, args, searcher=None) -> di
         is_tuned = llm is tuned
         system = {"model": "default", "adapter": str(adapter) if is_tuned else "", "questions": question_set,
                   "adapter_weights": adapter_fingerprint(str(adapter)) if is_tuned else "", "data": str(args.data)}
-        run_dir = args.workspace / "eval-cache" / f"{setting}-k{k}-{prompt}-{'tuned' if is_tuned else 'base'}"
+        # one folder per question set too: a run on other questions (a --quick check) must not replace the answers
+        # of a long sweep that is being finished over several sessions
+        model = "tuned" if is_tuned else "base"
+        run_dir = args.workspace / "eval-cache" / f"{setting}-k{k}-{prompt}-{model}-q{len(items)}-{question_set}"
         t0 = time.perf_counter()
         result = evaluate(items, llm, settings, run_dir=run_dir, searcher=searcher, system=system)
         scores, seconds = result.scores, time.perf_counter() - t0
@@ -169,6 +172,8 @@ def evaluate_systems(items, ks, base, tuned, adapter, args, searcher=None) -> di
         row["base_best"] = row[best]
         row["f1_ratio"] = round(row["tuned_cot"]["f1"] / row[best]["f1"], 3) if row[best]["f1"] else None
         per_k[str(k) if searcher is None else "retrieved"] = row
+        if after_k is not None:  # the results file grows K by K: a sweep cut short keeps what it measured
+            after_k(per_k)
     return per_k
 
 
@@ -283,14 +288,13 @@ def main() -> None:
 
     items = load_dataset("hotpotqa", args.data, split="eval", limit=questions)
     base, tuned = load_llm(None), load_llm(None, adapter=adapter)
-    per_k = evaluate_systems(items, ks, base, tuned, adapter, args)
 
     default_name = "raft_hotpotqa_quick.json" if quick else "raft_hotpotqa.json"
     results = args.out or ROOT / "benchmarks" / "results" / default_name
 
-    def write(retrieved: dict[str, Any] | None) -> dict[str, Any]:
-        """Results so far: written after the oracle sweep and again after the open setting, so a run cut short
-        keeps its sweep."""
+    def write(per_k: dict[str, Any], retrieved: dict[str, Any] | None) -> dict[str, Any]:
+        """Results so far: written after each K of the oracle sweep and again after the open setting, so a run cut
+        short keeps what it measured (`ks_done`; rerun the same command to finish: answers come from the cache)."""
         summary = summarise(per_k)
         out = {
             "benchmark": "raft_hotpotqa",
@@ -300,6 +304,8 @@ def main() -> None:
             "data": str(args.data),
             "eval_questions": len(items),
             "ks": ks,
+            "ks_done": [int(k) for k in per_k],
+            "complete": len(per_k) == len(ks) and (args.skip_retrieved or retrieved is not None),
             **summary,
             "per_k": per_k,
             "retrieved": retrieved,
@@ -314,7 +320,8 @@ def main() -> None:
         results.write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         return summary
 
-    summary = write(None)
+    per_k = evaluate_systems(items, ks, base, tuned, adapter, args, after_k=lambda done: write(done, None))
+    summary = write(per_k, None)
     retrieved = None
     if not args.skip_retrieved:
         from ragtune.index.ingest import ingest
@@ -327,7 +334,7 @@ def main() -> None:
         corpus.write_text(json.dumps(pool), encoding="utf-8")
         ingest([corpus], corpus_ws)
         retrieved = evaluate_systems(items, [0], base, tuned, adapter, args, searcher=Searcher(corpus_ws))
-        summary = write(retrieved)
+        summary = write(per_k, retrieved)
 
     print_table(per_k, f"HotpotQA, {len(items)} eval questions, oracle (2 gold) + K distractors, F1 x100")
     if retrieved:
