@@ -237,3 +237,20 @@ def test_real_server_rejects_a_bad_key(model_server):
     llm = OpenAILLM("smol", base_url=model_server, api_key="nope", timeout=30)
     with pytest.raises(AuthenticationError):
         llm.chat([{"role": "user", "content": "hi"}], GenerationConfig(max_new_tokens=2))
+
+
+def test_real_server_streams_token_by_token_to_the_openai_client(model_server):
+    """`stream=True` on the minimal model server: the official openai client reads a role chunk, several content
+    chunks that concatenate to the non-streaming greedy answer, a finish reason and the usage."""
+    import openai
+
+    client = openai.OpenAI(base_url=model_server, api_key="secret", max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    plain = client.chat.completions.create(model="smol", messages=messages, max_tokens=12)
+    chunks = list(client.chat.completions.create(model="smol", messages=messages, max_tokens=12, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) > 3 and "".join(content) == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens

@@ -12,12 +12,13 @@ model behind the same client code as a hosted one. The full RAG server is `ragtu
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
@@ -132,7 +133,7 @@ def create_app(
     import asyncio
 
     from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
 
     name = model_name or getattr(llm, "name", "ragtune")
     batcher = Batcher(llm, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
@@ -155,13 +156,11 @@ def create_app(
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": name, "batches": batcher.batches}
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: dict[str, Any]) -> dict[str, Any]:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: dict[str, Any]) -> dict[str, Any] | StreamingResponse:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise HTTPException(400, "messages must be a non-empty list")
-        if body.get("stream"):
-            raise HTTPException(400, "streaming is not supported by this minimal server")
         stop = body.get("stop") or []
         config = GenerationConfig(
             max_new_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
@@ -170,12 +169,17 @@ def create_app(
             stop=[stop] if isinstance(stop, str) else list(stop),
             seed=body.get("seed"),
         )
+        ident, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), body.get("model") or name
+        if body.get("stream"):
+            return StreamingResponse(_sse(batcher, messages, config, ident, created, model,
+                                          bool((body.get("stream_options") or {}).get("include_usage"))),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         gen = await asyncio.wrap_future(batcher.submit(messages, config))
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "id": ident,
             "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or name,
+            "created": created,
+            "model": model,
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": gen.text}, "finish_reason": gen.finish_reason}
             ],
@@ -194,6 +198,45 @@ def create_app(
         return {"model": name, "loglikelihoods": scores}
 
     return app
+
+
+async def _sse(batcher: Batcher, messages: list[Message], config: GenerationConfig, ident: str, created: int,
+               model: str, include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's chat.completion.chunk events: the role, one chunk per piece of text as the model decodes it, the
+    finish reason, optionally the usage, then [DONE]. A client that hangs up cancels its row of the batch."""
+    import asyncio
+
+    def event(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+        chunk: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                                 "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        if usage:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    loop, pieces = asyncio.get_running_loop(), asyncio.Queue[str | None]()
+    cancel = threading.Event()
+    future = asyncio.wrap_future(batcher.submit(
+        messages, config, lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel))
+    future.add_done_callback(lambda _: pieces.put_nowait(None))  # after every piece already queued
+    yield event({"role": "assistant", "content": ""})
+    try:
+        while (piece := await pieces.get()) is not None:
+            yield event({"content": piece})
+    finally:
+        if not future.done():  # the client went away: stop generating for it
+            cancel.set()
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    try:
+        gen = future.result()
+    except Exception as exc:  # noqa: BLE001 - the status line is gone: report in-band, as OpenAI does
+        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    yield event({}, gen.finish_reason)
+    if include_usage:
+        yield event({}, usage={"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+                               "total_tokens": gen.prompt_tokens + gen.completion_tokens})
+    yield "data: [DONE]\n\n"
 
 
 def main(argv: list[str] | None = None) -> None:
