@@ -169,7 +169,7 @@ def create_app(
             stop=[stop] if isinstance(stop, str) else list(stop),
             seed=body.get("seed"),
         )
-        ident, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), body.get("model") or name
+        ident, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), str(body.get("model") or name)
         if body.get("stream"):
             return StreamingResponse(_sse(batcher, messages, config, ident, created, model,
                                           bool((body.get("stream_options") or {}).get("include_usage"))),
@@ -215,8 +215,10 @@ async def _sse(batcher: Batcher, messages: list[Message], config: GenerationConf
 
     loop, pieces = asyncio.get_running_loop(), asyncio.Queue[str | None]()
     cancel = threading.Event()
-    future = asyncio.wrap_future(batcher.submit(
-        messages, config, lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel))
+    def on_text(piece: str) -> None:
+        loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+    future = asyncio.wrap_future(batcher.submit(messages, config, on_text, cancel))
     future.add_done_callback(lambda _: pieces.put_nowait(None))  # after every piece already queued
     yield event({"role": "assistant", "content": ""})
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -96,13 +97,13 @@ def _hash(data: Any) -> str:
 
 
 class RagPipeline:
-    def __init__(self, workspace: Workspace | str, llm: LLM, search: SearchConfig | None = None,
+    def __init__(self, workspace: Workspace | str | os.PathLike[str], llm: LLM, search: SearchConfig | None = None,
                  config: ServeConfig | None = None, model_name: str | None = None):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.llm = llm
         self.search_config = search or SearchConfig()
         self.config = config or ServeConfig()
-        self.model_name = model_name or getattr(llm, "name", "ragtune")
+        self.model_name: str = model_name or str(getattr(llm, "name", None) or "ragtune")
         self._stage_llms: dict[str, LLM] = {}
         self.searcher = Searcher(self.workspace, self.search_config, llm_for=self.retrieval_llm)
         self.batcher = Batcher(llm, max_batch=self.config.max_batch, batch_wait_ms=self.config.batch_wait_ms)

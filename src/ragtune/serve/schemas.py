@@ -74,7 +74,7 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     n: int | None = Field(None, ge=1)
     user: str | None = None
-    ragtune: RagOptions = Field(default_factory=RagOptions)
+    ragtune: RagOptions = Field(default_factory=RagOptions)  # type: ignore[arg-type]  # mypy lacks the pydantic plugin
 
 
 class SearchRequest(BaseModel):
