@@ -1,7 +1,7 @@
 """RAFT on HotpotQA: the bundled SmolLM2-135M before and after RAFT-LoRA, and ragtune's trainer against plain TRL.
 
     python benchmarks/raft_hotpotqa.py            # 100 eval questions, K = 0..6, up to 30 min of training
-    python benchmarks/raft_hotpotqa.py --quick    # 16 questions, K = 0 and 4, 3 min of training (< 10 min in all)
+    python benchmarks/raft_hotpotqa.py --quick    # 10 questions, K = 0 and 3, 2.5 min of training (< 10 min in all)
 
 Split: HotpotQA (../shared/data) by `int(sha1(_id), 16) % 5 == 0` -> eval, the rest -> train; never trained on eval.
 1. Data: `ragtune synth from-qa --cot evidence-short` on the train split (gold evidence quoted, then `<ANSWER>:`).
@@ -207,12 +207,13 @@ def print_table(per_k: dict[str, Any], title: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="16 questions, K = 0 and 4, 3 min of training")
+    p.add_argument("--quick", action="store_true", help="10 questions, K = 0 and 3, 2.5 min of training, its own "
+                   "adapter (train/raft-lora-quick)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--workspace", type=Path, default=ROOT / "ragtune-workspace" / "bench-raft")
-    p.add_argument("--questions", type=int, default=None, help="eval questions (default 100; quick 16)")
-    p.add_argument("--ks", default=None, help="distractor counts to evaluate (default 0..6; quick 0,4)")
-    p.add_argument("--minutes", type=float, default=None, help="training budget (default 30; quick 3)")
+    p.add_argument("--questions", type=int, default=None, help="eval questions (default 100; quick 10)")
+    p.add_argument("--ks", default=None, help="distractor counts to evaluate (default 0..6; quick 0,3)")
+    p.add_argument("--minutes", type=float, default=None, help="training budget (default 30; quick 2.5)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=3e-4)
     # Small batches: on a CPU budget of minutes, more optimiser steps over the same tokens teach the format faster.
@@ -228,7 +229,7 @@ def main() -> None:
     p.add_argument("--cot-tokens", type=int, default=160)
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--throughput-examples", type=int, default=None, help="rows of the trainer-vs-TRL epoch "
-                   "(default 32; quick 8)")
+                   "(default 32; quick 6)")
     p.add_argument("--throughput-repeats", type=int, default=None)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-retrieved", action="store_true")
@@ -246,10 +247,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     quick = args.quick
-    questions = args.questions or (16 if quick else 100)
-    ks = parse_ks(args.ks or ("0,4" if quick else "0..6"))
-    minutes = args.minutes if args.minutes is not None else (3.0 if quick else 30.0)
-    args.throughput_examples = args.throughput_examples or (8 if quick else 32)
+    questions = args.questions or (10 if quick else 100)
+    ks = parse_ks(args.ks or ("0,3" if quick else "0..6"))
+    minutes = args.minutes if args.minutes is not None else (2.5 if quick else 30.0)
+    args.throughput_examples = args.throughput_examples or (6 if quick else 32)
     args.throughput_repeats = args.throughput_repeats or (1 if quick else 2)
     if not args.data.exists():
         sys.exit(f"{args.data} not found: the benchmark reads HotpotQA from ../shared/data")
@@ -280,7 +281,8 @@ def main() -> None:
     else:
         config = SFTRunConfig(epochs=args.epochs, max_minutes=minutes, lr=args.lr, batch_size=args.batch_size,
                               grad_accum=args.grad_accum, max_length=args.max_length, save_steps=25)
-        result = train_sft(ws, config=config, name="raft-lora", overwrite=True)
+        # a quick check never replaces the full run's adapter (a sweep over several sessions evaluates that one)
+        result = train_sft(ws, config=config, name="raft-lora-quick" if quick else "raft-lora", overwrite=True)
         adapter = result.output
         training = {k: v for k, v in result.to_dict().items() if k not in ("history", "config")}
         training["config"] = result.config
