@@ -264,3 +264,34 @@ def test_cli_errors_are_clear(tiny_ws, tmp_path):
     assert r.exit_code == 2 and "no retriever.json" in r.output
     r = runner.invoke(app, ["train", "retriever", "--help"])
     assert r.exit_code == 0 and "KL(p_R || p_LSR)" in r.output
+
+
+def test_plain_ingest_keeps_the_embedder_a_reembedded_index_records(tiny_ws, tmp_path):
+    """After a contrastive run re-embeds the index with its model, `ragtune ingest` without --embedder embeds new
+    documents with that model (the index's recorded one), not the bundled default (which the index would refuse)."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from ragtune.cli import app
+    from ragtune.index.embedding import Embedder
+    from ragtune.index.reembed import reembed_index
+    from ragtune.models import resolve_embedder
+
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_ws, ws)
+    tuned = tmp_path / "tuned"  # stands for a contrastive run's model: another folder, another embedder reference
+    SentenceTransformer(str(resolve_embedder("all-minilm-l6-v2").path)).save(str(tuned))
+    reembed_index(ws, Embedder(str(tuned)))
+    recorded = IndexSettings.load(Workspace(ws)).embedder
+    assert recorded == str(tuned.resolve())
+    before = ChunkStore(ws).count()
+    doc = tmp_path / "new.txt"
+    doc.write_text("The Zeppelin museum in Friedrichshafen opened in 1996 and shows airships.", encoding="utf-8")
+    r = CliRunner().invoke(app, ["ingest", str(doc), "-w", str(ws)])
+    assert r.exit_code == 0, r.output
+    assert ChunkStore(ws).count() == before + 1
+    assert IndexSettings.load(Workspace(ws)).embedder == recorded
+    # an explicit other embedder is still refused, with the message that says what to do
+    r = CliRunner().invoke(app, ["ingest", str(doc), "-w", str(ws), "--embedder", "all-minilm-l6-v2"])
+    assert r.exit_code != 0 and "--rebuild" in r.output

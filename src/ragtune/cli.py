@@ -46,7 +46,8 @@ def ingest(
     chunker: str = typer.Option("sentences", help="tokens | sentences | paragraphs | semantic"),
     chunk_size: int = typer.Option(240, help="Maximum chunk size, in the embedder's tokens."),
     overlap: int = typer.Option(0, help="Overlap between consecutive chunks, in tokens."),
-    embedder: str = typer.Option(None, help="Embedding model: bundled name, local folder or hub id."),
+    embedder: str = typer.Option(None, help="Embedding model: bundled name, local folder or hub id (default: the "
+                                 "one the index was built or re-embedded with, else the bundled MiniLM)."),
     format: str = typer.Option(
         "auto", help="auto | text | markdown | html | pdf | json | jsonl | hotpotqa | squad | nq (auto: by extension "
         "and content)"
@@ -76,8 +77,15 @@ def ingest(
     """
     from ragtune.config import IngestConfig
     from ragtune.index.ingest import ingest as run_ingest
-    from ragtune.index.settings import IndexMismatchError
+    from ragtune.index.settings import IndexMismatchError, IndexSettings
+    from ragtune.workspace import Workspace
 
+    if not embedder:
+        # An index keeps the embedder it was built (or re-embedded) with, e.g. the model a contrastive run trained:
+        # without --embedder a later ingest embeds new documents with that one, not the bundled default.
+        recorded = IndexSettings.load(Workspace(workspace))
+        if recorded is not None:
+            embedder = recorded.embedder
     try:
         config = IngestConfig.model_validate(dict(
             chunker=chunker, chunk_size=chunk_size, overlap=overlap, format=format, text_field=text_field,
