@@ -21,7 +21,7 @@ from ragtune.index.search import Searcher
 from ragtune.index.settings import IndexSettings
 from ragtune.index.store import ChunkStore
 from ragtune.train.retriever.data import RetrieverDataError, load_questions
-from ragtune.train.retriever.losses import LSRLoss, lsr_kl
+from ragtune.train.retriever.losses import LSRLoss, frozen_index_nce, lsr_kl
 from ragtune.workspace import Workspace
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -68,6 +68,15 @@ def test_lsr_loss_is_finite_at_tau_001_and_trains_only_the_query():
         before = model.vec[0] @ docs[1]
         model.vec -= 0.01 * model.vec.grad
         assert model.vec[0] @ docs[1] > before
+
+
+def test_frozen_index_nce_scores_each_positive_against_the_non_gold_rows_only():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0], [0.0, 3.0, 1.0, 1.0, 0.0]])
+    # row 0: positives 0 and 1, row 2 masked (a likely unlabelled positive); row 1: positive 3, nothing masked
+    labels = torch.tensor([[[0.0, 1.0], [2.0, -1.0]], [[3.0, -1.0], [-1.0, -1.0]]])
+    terms = [-torch.log_softmax(logits[0, [0, 3, 4]], 0)[0], -torch.log_softmax(logits[0, [1, 3, 4]], 0)[0],
+             -torch.log_softmax(logits[1, [3, 0, 1, 2, 4]], 0)[0]]
+    assert torch.allclose(frozen_index_nce(logits, labels), torch.stack(terms).mean())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -200,7 +209,7 @@ def test_contrastive_trains_both_towers_and_reembeds_the_index(tiny_ws, tmp_path
     before = _vectors(ws)
     out = tmp_path / "contrastive"
     result = train_contrastive(ws, ws / "synth" / "raft.jsonl",
-                               ContrastiveConfig(limit=6, negatives=1, batch_size=4), out=out)
+                               ContrastiveConfig(tower="both", limit=6, negatives=1, batch_size=4), out=out)
     assert result.steps >= 2 and all(np.isfinite(result.losses))
     assert result.counts["reembedded"] == len(before)
     after = _vectors(ws)
@@ -214,6 +223,28 @@ def test_contrastive_trains_both_towers_and_reembeds_the_index(tiny_ws, tmp_path
     # the trained folder does not fit the original index (embedded by the base model)
     with pytest.raises(RetrieverError, match="re-embed the index"):
         Searcher(tiny_ws, SearchConfig(retriever=str(out)))
+
+
+def test_contrastive_query_tower_trains_against_the_frozen_index(tiny_ws, tmp_path):
+    from ragtune.train.retriever.contrastive import ContrastiveConfig, train_contrastive
+
+    before = _vectors(tiny_ws)
+    version = ChunkStore(tiny_ws).version
+    out = tmp_path / "contrastive-query"
+    result = train_contrastive(tiny_ws, tiny_ws / "synth" / "raft.jsonl",
+                               ContrastiveConfig(limit=6, batch_size=4, epochs=1), out=out)
+    assert result.extra["tower"] == "query" and result.steps == 2 and all(np.isfinite(result.losses))
+    assert result.counts["positive_pairs"] >= 6  # every gold chunk of a question is a positive
+    spec = load_spec(out)
+    assert spec.kind == "query-tower" and spec.method == "contrastive"
+    assert ChunkStore(tiny_ws).version == version and "reembedded" not in result.counts  # the index is untouched
+    after = _vectors(tiny_ws)
+    assert all(np.array_equal(before[c], after[c]) for c in before)
+    question = "Which magazine was started first, Arthur's Magazine or First for Women?"
+    tuned = Searcher(tiny_ws, SearchConfig(retriever=str(out)))
+    assert not np.allclose(Searcher(tiny_ws).query_embedder.encode_query(question),
+                           tuned.query_embedder.encode_query(question), atol=1e-4)
+    assert len(tuned.search(question, k=3, mode="dense")) == 3
 
 
 def test_mined_negatives_exclude_gold_documents(tiny_ws):

@@ -6,13 +6,19 @@ scoring too close to the positive). In-batch, every other row's chunks are negat
 sentence-transformers' NoDuplicatesBatchSampler: no text twice in a batch, hence no two questions of the same chunk
 (one would be trained away from its own positive). Both towers change, so the index is re-embedded afterwards,
 incrementally and resumably (`ragtune.index.reembed`).
+
+`tower="query"` trains the query encoder alone against the index's frozen document vectors
+(`FrozenIndexContrastiveLoss`): every chunk of the index is a negative in every step (false negatives masked: other
+chunks of a gold document, chunks holding a distinctive answer), a step costs one short query forward pass, and the
+index is kept as it is, so the result is a query tower like LSR's. On a CPU this is the recipe that fits: the
+whole-corpus re-embedding alone costs more than training on every question (see benchmarks/retriever.py).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -22,8 +28,8 @@ from ragtune.index.retriever import RetrieverSpec
 from ragtune.index.search import Searcher
 from ragtune.models import resolve_embedder
 from ragtune.train.retriever.common import TrainResult, peak_rss_mb, quiet_trainer, retrieval_scores, training_args
-from ragtune.train.retriever.data import IndexChunks, RetrieverDataError, load_questions, mine_negatives
-from ragtune.train.retriever.lsr import prepare, write_manifest
+from ragtune.train.retriever.data import IndexChunks, Resolved, RetrieverDataError, load_questions, mine_negatives
+from ragtune.train.retriever.lsr import before_after, prepare, write_manifest
 from ragtune.train.retriever.progress import StepCallback, bar
 from ragtune.workspace import Workspace
 
@@ -31,16 +37,26 @@ from ragtune.workspace import Workspace
 class ContrastiveConfig(BaseModel):
     """Settings of one contrastive run."""
 
-    negatives: Annotated[int, Field(ge=0)] = 1  # hard negatives per row (each costs one document forward pass per step)
+    # query: the query encoder against the frozen index (no re-embedding); both: MNRL, index re-embedded.
+    # Chosen on 102 held-out train-split questions (benchmarks/retriever.py): equal recall, a quarter of the time.
+    tower: Literal["query", "both"] = "query"
+    negatives: Annotated[int, Field(ge=0)] = 0  # tower=both: mined hard negatives per row (a document pass each)
     depth: Annotated[int, Field(ge=1)] = 30  # how deep in the dense ranking negatives are mined
     relative_margin: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    epochs: Annotated[float, Field(gt=0)] = 1.0
-    lr: Annotated[float, Field(gt=0)] = 2e-5
-    batch_size: Annotated[int, Field(ge=2)] = 16
-    scale: Annotated[float, Field(gt=0)] = 20.0  # MultipleNegativesRankingLoss's inverse temperature
+    epochs: Annotated[float | None, Field(gt=0)] = None  # None: 2 (query tower) / 1 (both)
+    lr: Annotated[float | None, Field(gt=0)] = None  # None: 1e-4 (query tower) / 2e-5 (both)
+    batch_size: Annotated[int, Field(ge=2)] = 32
+    scale: Annotated[float, Field(gt=0)] = 20.0  # the softmax's inverse temperature (MNRL's default)
+    max_seq_length: Annotated[int | None, Field(ge=8)] = 128  # tower=both: training truncation (chunks ~110 tokens)
     limit: Annotated[int | None, Field(ge=1)] = None
-    reembed: bool = True
+    reembed: bool = True  # tower=both only: a query tower never needs it
     seed: int = 0
+
+    def resolved(self) -> ContrastiveConfig:
+        """A copy with the tower's defaults filled in."""
+        query = self.tower == "query"
+        return self.model_copy(update={"epochs": self.epochs or (2.0 if query else 1.0),
+                                       "lr": self.lr or (1e-4 if query else 2e-5)})
 
 
 def train_contrastive(
@@ -62,13 +78,16 @@ def train_contrastive(
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    config = config or ContrastiveConfig()
+    config = (config or ContrastiveConfig()).resolved()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     out = Path(out) if out else ws.root / "train" / "retriever-contrastive"
     started = time.perf_counter()
     searcher = Searcher(ws)
     chunks, resolved, counts = prepare(ws, data, searcher, config.limit)
     base = searcher.settings.embedder
+    if config.tower == "query":
+        return _train_query_tower(ws, data, config, out, eval_data, progress, searcher, chunks, resolved, counts,
+                                  started)
     query_vectors = searcher.embedder.encode([r.question.question for r in resolved])
     counts.update(mine_negatives(chunks, resolved, query_vectors, config.negatives, config.depth,
                                  config.relative_margin))
@@ -93,8 +112,11 @@ def train_contrastive(
     dataset = Dataset.from_dict(rows)
     torch.manual_seed(config.seed)
     model = SentenceTransformer(resolve_embedder(base).path)
+    full_length = model.max_seq_length
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
     loss = MultipleNegativesRankingLoss(model, scale=config.scale)
-    args = training_args(SentenceTransformerTrainingArguments, config.epochs, config.lr,
+    args = training_args(SentenceTransformerTrainingArguments, float(config.epochs or 1), float(config.lr or 2e-5),
                          min(config.batch_size, len(dataset)), config.seed, len(dataset),
                          batch_sampler=BatchSamplers.NO_DUPLICATES)
     t0 = time.perf_counter()
@@ -106,6 +128,7 @@ def train_contrastive(
     train_seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     model_dir = (out / "model").resolve()
+    model.max_seq_length = full_length  # the index embeds whole chunks, whatever training truncated
     model.save(str(model_dir))
     spec = RetrieverSpec(kind="dual-encoder", method="contrastive", query_encoder="model",
                          document_encoder=str(model_dir), base=base)
@@ -134,3 +157,63 @@ def _held_out(chunks: IndexChunks, data: str | Path, eval_data: str | Path | Non
     except RetrieverDataError:
         return []
     return [r for r in (chunks.resolve(q) for q in questions) if r is not None]
+
+
+def _train_query_tower(ws: Workspace, data: str | Path, config: ContrastiveConfig, out: Path,
+                       eval_data: str | Path | None, progress: bool, searcher: Searcher, chunks: IndexChunks,
+                       resolved: list[Resolved], counts: dict[str, int], started: float) -> TrainResult:
+    """tower="query": InfoNCE of the query encoder over the whole frozen index; saved as a query tower."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+
+    from ragtune.train.retriever.losses import FrozenIndexContrastiveLoss
+
+    base = searcher.settings.embedder
+    positives: list[list[int]] = []
+    masked: list[list[int]] = []
+    for r in resolved:
+        gold_rows = [i for d in r.gold_docs for i in chunks.by_doc.get(d, [])]
+        positives.append(sorted({chunks.row[c] for c in r.positives}))
+        masked.append(sorted(set(gold_rows) - set(positives[-1]) | set(chunks.answer_rows(r))))
+    counts["masked_false_negatives"] = sum(len(m) for m in masked)
+    width = max(max(len(p) for p in positives), max(len(m) for m in masked), 1)
+    labels = [[[float(i) for i in p] + [-1.0] * (width - len(p)), [float(i) for i in m] + [-1.0] * (width - len(m))]
+              for p, m in zip(positives, masked, strict=True)]
+    dataset = Dataset.from_dict({"query": [r.question.question for r in resolved], "label": labels})
+    counts["rows"] = len(dataset)
+    counts["positive_pairs"] = sum(len(p) for p in positives)
+    doc_vectors = torch.from_numpy(np.ascontiguousarray(searcher.vectors(chunks.ids)))
+    prepare_seconds = time.perf_counter() - started
+
+    torch.manual_seed(config.seed)
+    model = SentenceTransformer(resolve_embedder(base).path)
+    loss = FrozenIndexContrastiveLoss(model, doc_vectors, scale=config.scale)
+    args = training_args(SentenceTransformerTrainingArguments, float(config.epochs or 1), float(config.lr or 2e-5),
+                         min(config.batch_size, len(dataset)), config.seed, len(dataset))
+    t0 = time.perf_counter()
+    with bar("contrastive training (query tower)", progress) as b:
+        callback = StepCallback(b)
+        trainer = quiet_trainer(SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                                           callbacks=[callback]))
+        state = trainer.train()
+    train_seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / "query_encoder"))
+    spec = RetrieverSpec(kind="query-tower", method="contrastive", query_encoder="query_encoder",
+                         document_encoder=base, base=base)
+    spec.save(out)
+    result = TrainResult(out=out, method="contrastive", examples=len(dataset), steps=int(state.global_step),
+                         train_seconds=train_seconds, prepare_seconds=prepare_seconds, peak_rss_mb=peak_rss_mb(),
+                         losses=callback.losses, counts=counts, extra={"tower": "query"})
+    before_after(ws, searcher, chunks, data, eval_data, out, result)
+    result.peak_rss_mb = peak_rss_mb()
+    spec.metrics = {"before": result.before, "after": result.after}
+    spec.save(out)
+    write_manifest(ws, "train-retriever-contrastive", data, config.model_dump(), result)
+    return result

@@ -151,6 +151,7 @@ class IndexChunks:
             self.by_doc.setdefault(d, []).append(i)
         self.by_text = {" ".join(t.split()): i for i, t in enumerate(self.texts)}
         self.embed_title = searcher.settings.embed_title
+        self._normalized: list[str] | None = None
 
     def rows_for(self, any_id: str, text: str = "") -> list[int]:
         if any_id in self.row:
@@ -182,6 +183,17 @@ class IndexChunks:
                 if self.ids[r] not in negatives:
                     negatives.append(self.ids[r])
         return Resolved(q, self.ids[best], [self.ids[r] for r in rows], gold_docs, negatives)
+
+    def answer_rows(self, r: Resolved, cap: int = 50) -> list[int]:
+        """Rows outside the gold documents whose text holds the question's (distinctive) answer: likely unlabelled
+        positives. An answer found in more than `cap` chunks is not distinctive and marks none."""
+        answer = normalize_answer(r.question.answer) if r.question.answer else ""
+        if len(answer) < 4 or answer in ("yes", "no"):
+            return []
+        if self._normalized is None:
+            self._normalized = [normalize_answer(t) for t in self.texts]
+        rows = [i for i, t in enumerate(self._normalized) if answer in t and self.doc_ids[i] not in r.gold_docs]
+        return rows if len(rows) <= cap else []
 
     def is_false_negative(self, r: Resolved, chunk_id: str) -> bool:
         """A candidate that is gold after all: part of a gold document, or holding the answer itself."""
