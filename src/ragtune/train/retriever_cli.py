@@ -39,6 +39,11 @@ def _message(exc: BaseException) -> str:
     return str(exc)
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set: the rest keep the config's defaults (one place for the recipe)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _report(result: Any, title: str) -> None:
     console.print(
         f"[green]{title}[/] {result.examples} training rows, {result.steps} steps, train {result.train_seconds:.1f}s "
@@ -64,18 +69,23 @@ def _report(result: Any, title: str) -> None:
 def retriever_cmd(
     workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace whose index the retriever serves."),
     method: str = typer.Option("lsr", "--method", "-m", help="lsr: RA-DIT LM-supervised retrieval, trains a query "
-                               "tower, index untouched | contrastive: MultipleNegativesRankingLoss with mined hard "
-                               "negatives, both towers, index re-embedded."),
+                               "tower, index untouched | contrastive: in-batch (+ mined hard) negatives; see --tower."),
     data: Path = typer.Option(..., "--data", help="RAFT file (synth/raft.jsonl: questions with answers) or pairs "
                               "file (synth/pairs.jsonl). Only its train-split questions are used."),
     lm: str = typer.Option(None, "--lm", help="LSR: the LM that scores chunks (default: bundled SmolLM2)."),
     top_k: int = typer.Option(10, "--top-k", help="LSR: retrieved chunks per question that the LM scores."),
     tau: float = typer.Option(0.01, "--tau", help="LSR: temperature of p_LSR (RA-DIT: 0.01)."),
     temperature: float = typer.Option(0.05, "--temperature", help="LSR: temperature of the retriever's p_R."),
-    negatives: int = typer.Option(1, "--negatives", help="contrastive: mined hard negatives per question."),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    lr: float = typer.Option(2e-5, "--lr", help="Learning rate."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    tower: str = typer.Option(None, "--tower", help="contrastive: both (MultipleNegativesRankingLoss, both towers, "
+                              "index re-embedded; the default) | query (query encoder only, every indexed chunk a "
+                              "negative, index untouched)."),
+    negatives: int = typer.Option(None, "--negatives", help="contrastive, both towers: mined hard negatives per "
+                                  "question (default 0: in-batch negatives only)."),
+    max_seq_length: int = typer.Option(None, "--max-seq-length", help="contrastive, both towers: truncate training "
+                                       "texts to this many tokens (default 128; the index still embeds whole chunks)."),
+    epochs: float = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default: the method's, see the README)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Default: the method's (16 for lsr, 32 contrastive)."),
     limit: int = typer.Option(None, "--limit", help="Train on the first N questions only."),
     reembed: bool = typer.Option(True, "--reembed/--no-reembed", help="contrastive: re-embed the index afterwards."),
     eval_data: Path = typer.Option(None, "--eval-data", help="RAFT or pairs file whose eval-split questions score "
@@ -88,7 +98,8 @@ def retriever_cmd(
     lsr (RA-DIT R-ft): each question's top-k chunks are scored by the LM's log-likelihood of the answer given the
     chunk (cached on disk under WORKSPACE/train/lsr-cache); the query encoder learns KL(p_R || p_LSR). The
     document vectors stay as indexed. contrastive: MultipleNegativesRankingLoss over (question, gold chunk, mined
-    hard negatives), batches without duplicate chunks; the index is re-embedded with the new model.
+    hard negatives), batches without duplicate chunks; the index is re-embedded with the new model (--tower query:
+    the query encoder alone against the frozen index, no re-embedding).
     """
     if method not in METHODS:
         _fail(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
@@ -100,14 +111,15 @@ def retriever_cmd(
         if method == "lsr":
             from ragtune.train.retriever.lsr import LSRConfig, train_lsr
 
-            config = LSRConfig(top_k=top_k, tau=tau, temperature=temperature, epochs=epochs, lr=lr,
-                               batch_size=batch_size, lm=lm, limit=limit, seed=seed)
+            config = LSRConfig(top_k=top_k, tau=tau, temperature=temperature, lm=lm, limit=limit, seed=seed,
+                               **_given(epochs=epochs, lr=lr, batch_size=batch_size))
             result = train_lsr(workspace, data, config, out=out, eval_data=eval_data, progress=True)
         else:
             from ragtune.train.retriever.contrastive import ContrastiveConfig, train_contrastive
 
-            cconfig = ContrastiveConfig(negatives=negatives, epochs=epochs, lr=lr, batch_size=batch_size,
-                                        limit=limit, reembed=reembed, seed=seed)
+            cconfig = ContrastiveConfig(limit=limit, reembed=reembed, seed=seed, **_given(
+                tower=tower, negatives=negatives, max_seq_length=max_seq_length, epochs=epochs, lr=lr,
+                batch_size=batch_size))
             result = train_contrastive(workspace, data, cconfig, out=out, eval_data=eval_data, progress=True)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: LM scores computed so far are cached; run the same command to go on.")
@@ -123,11 +135,15 @@ def reranker_cmd(
     data: Path = typer.Option(..., "--data", help="Pairs file (synth/pairs.jsonl) or RAFT file; train split used."),
     base: str = typer.Option(None, "--base", help="Initial weights: folder or hub id (default: bundled MiniLM, "
                              "with a fresh scoring head)."),
-    negatives: int = typer.Option(3, "--negatives", help="Mined hard negatives per question (label 0)."),
-    random_negatives: int = typer.Option(3, "--random-negatives", help="Random chunks per question (label 0)."),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    lr: float = typer.Option(3e-5, "--lr", help="Learning rate."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    loss: str = typer.Option(None, "--loss", help="listwise (default): softmax over (gold chunk, first-stage hard "
+                             "negatives, one in-batch negative) | bce: pointwise binary cross-entropy."),
+    negatives: int = typer.Option(None, "--negatives", help="Hard negatives per question from the dense top "
+                                  "--depth (default 3)."),
+    depth: int = typer.Option(None, "--depth", help="Mine negatives in the first stage's top N (default 20)."),
+    random_negatives: int = typer.Option(None, "--random-negatives", help="bce: random chunks per question (3)."),
+    epochs: float = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 5e-5)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Default 16."),
     limit: int = typer.Option(None, "--limit", help="Train on the first N questions only."),
     out: Path = typer.Option(None, "--out", help="Output folder (default WORKSPACE/train/reranker)."),
     seed: int = typer.Option(0, "--seed"),
@@ -138,9 +154,9 @@ def reranker_cmd(
     try:
         from ragtune.train.retriever.reranker import RerankerConfig, train_reranker
 
-        config = RerankerConfig(base=base, negatives=negatives, random_negatives=random_negatives, epochs=epochs,
-                                lr=lr, batch_size=batch_size,
-                                limit=limit, seed=seed)
+        config = RerankerConfig(base=base, limit=limit, seed=seed, **_given(
+            loss=loss, negatives=negatives, depth=depth, random_negatives=random_negatives, epochs=epochs, lr=lr,
+            batch_size=batch_size))
         result = train_reranker(workspace, data, config, out=out, progress=True)
     except _errors() as exc:
         _fail(_message(exc))
