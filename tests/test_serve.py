@@ -100,8 +100,8 @@ def test_streaming_sends_tokens_as_they_are_generated(env):
 
 def test_a_closed_stream_stops_its_generation(env):
     """A client that closes its stream after the first token frees the model: the server sees the disconnect, stops
-    that row at the next decoding step (`/health` counts it) and stores no half answer. Sampling at temperature 2
-    keeps the model from ending by itself before its 600 tokens."""
+    that row at the next decoding step (`/health` counts it) and stores no half answer; so does a plain request
+    whose client times out. Sampling at temperature 2 keeps the model from ending by itself before its 600 tokens."""
     import time
 
     def health() -> dict:
@@ -131,6 +131,13 @@ def test_a_closed_stream_stops_its_generation(env):
     finally:
         db.close()
     assert stored == 0  # nothing half-written reached the feedback store
+    # the same for a plain request whose client gives up waiting
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(env["url"] + "/v1/chat/completions", json={**body, "stream": False}, headers=headers, timeout=3)
+    t0 = time.monotonic()
+    while health()["cancelled"] == before + 1 and time.monotonic() - t0 < 60:
+        time.sleep(0.5)
+    assert health()["cancelled"] == before + 2, "the timed-out request's generation ran on"
     assert ask(client(env, "acme"), Q_FOX).choices[0].message.content  # the model serves the next request
 
 

@@ -166,13 +166,33 @@ def create_app(pipeline: RagPipeline, tenants: TenantStore | None = None) -> Fas
         return {"object": "list",
                 "data": [{"id": pipeline.model_name, "object": "model", "created": 0, "owned_by": "ragtune"}]}
 
+    async def answer_unless_gone(request: Request, tenant: str, prepared: Any, answer: Any) -> dict[str, Any]:
+        """Generate while watching the connection: a client that timed out or hung up stops its generation (as a
+        closed stream does) instead of holding the model for the rest of its tokens."""
+        async def hung_up() -> None:
+            # the body is read, so the next ASGI message is the disconnect (Request.is_disconnected cannot see it
+            # through the http middleware's task group: it only polls)
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        cancel = threading.Event()
+        task = asyncio.create_task(pipeline.generate(tenant, prepared, answer, cancel=cancel))
+        watcher = asyncio.create_task(hung_up())
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            watcher.cancel()
+            return completion_body(task.result())
+        cancel.set()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+        raise APIError(499, "the client closed the request", code="client_closed_request")
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request,
                    who: Principal = Depends(principal)) -> dict[str, Any] | StreamingResponse:
         request.state.query = body.messages[-1].text() if body.messages else None
-        if not body.stream:
-            return completion_body(await pipeline.answer(who.tenant, body))
         prepared, answer = await pipeline.retrieve(who.tenant, body)  # errors here are plain JSON errors
+        if not body.stream:
+            return await answer_unless_gone(request, who.tenant, prepared, answer)
         include_usage = bool((body.stream_options or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[str]:
