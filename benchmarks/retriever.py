@@ -10,7 +10,12 @@ paragraphs of a few eval and train questions only, and smaller training sets (un
 Reported per system, dense and hybrid: recall@2/5/10 of the gold paragraphs (by title, as benchmarks/retrieval.py),
 all-gold@10, MRR, nDCG@10; training time and peak RSS per method; and, with --qa-questions, QA F1 of the bundled
 SmolLM2 in the retrieved setting (top-3 chunks). Results are written after every stage, so a cut-short run keeps what
-it measured. `--workdir` keeps the indexes and LM-score cache between runs (ingest is incremental).
+it measured. `--workdir` keeps the indexes and LM-score cache between runs (ingest is incremental). A run with
+`--skip` adds its stages to the results file; a run without starts it afresh.
+
+Recipes (chosen on 102 held-out *train* questions, never on the eval split): contrastive trains the query tower
+against the frozen index on every train question (`--contrastive-tower both` for MNRL plus re-embedding a copy);
+the reranker is listwise on 250 questions (2 first-stage hard negatives + 1 in-batch negative per gold chunk).
 """
 
 from __future__ import annotations
@@ -85,10 +90,10 @@ def qa_f1(searcher: Searcher, data_path: Path, n: int, llm: Any, run_dir: Path) 
 class Results:
     """The JSON written after each stage."""
 
-    def __init__(self, path: Path, meta: dict[str, Any]):
+    def __init__(self, path: Path, meta: dict[str, Any], keep: bool = False):
         self.path = path
         self.data: dict[str, Any] = {"meta": meta, "systems": {}, "training": {}}
-        if path.exists():  # a run with --skip adds to an earlier run's results instead of dropping them
+        if keep and path.exists():  # a run with --skip adds to an earlier run's results instead of dropping them
             old = json.loads(path.read_text(encoding="utf-8"))
             if old.get("meta", {}).get("quick") == meta["quick"]:
                 self.data["systems"] = old.get("systems", {})
@@ -153,7 +158,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small corpus and training sets (under 10 minutes)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep indexes and caches here between runs")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--train-questions", type=int, default=None, help="questions for contrastive / reranker")
+    parser.add_argument("--train-questions", type=int, default=None,
+                        help="questions for contrastive (default: every train-split question)")
+    parser.add_argument("--contrastive-tower", choices=("query", "both"), default="query",
+                        help="query: query encoder vs the frozen index; both: MNRL and a re-embedded index copy")
     parser.add_argument("--rerank-questions", type=int, default=None, help="questions for the reranker")
     parser.add_argument("--rerank-candidates", type=int, default=20, help="first-stage hits the reranker reads")
     parser.add_argument("--lsr-questions", type=int, default=None, help="questions the LM scores for LSR")
@@ -168,8 +176,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     quick = args.quick
-    train_n = args.train_questions or (60 if quick else 300)
-    rerank_n = args.rerank_questions or (60 if quick else 200)
+    train_n = args.train_questions or (60 if quick else None)
+    rerank_n = args.rerank_questions or (60 if quick else 250)
     lsr_n = args.lsr_questions or (40 if quick else 150)
     top_k = args.top_k or 5
     qa_n = args.qa_questions if args.qa_questions is not None else (0 if quick else 30)
@@ -193,12 +201,13 @@ def main() -> None:
     eval_file = workdir / "hotpot_eval.json"
     eval_file.write_text(json.dumps(eval_qs), encoding="utf-8")
 
-    results = Results(out, {
+    results = Results(out, keep=bool(skip), meta={
         "quick": quick, "corpus": str(corpus.name), "eval_questions": len(eval_qs), "train_questions_available":
-        len(train_qs), "contrastive_questions": train_n, "reranker_questions": rerank_n, "lsr_questions": lsr_n,
+        len(train_qs), "contrastive_questions": train_n or len(train_qs), "reranker_questions": rerank_n,
+        "lsr_questions": lsr_n,
         "lsr_top_k": top_k, "rerank_candidates": args.rerank_candidates,
         "qa_questions": qa_n, "threads": args.threads, "embedder": "all-MiniLM-L6-v2 (bundled)",
-        "lm": "SmolLM2-135M-Instruct (bundled)",
+        "lm": "SmolLM2-135M-Instruct (bundled)", "contrastive_tower": args.contrastive_tower,
     })
     started = time.perf_counter()
 
@@ -214,24 +223,28 @@ def main() -> None:
     from ragtune.synth.from_qa import FromQAConfig, synthesize_from_qa
 
     raft = base_ws / "synth" / "raft.jsonl"
+    # rewritten each run (seconds, no teacher): a kept workdir's file may predate a FromQAConfig field
     synthesize_from_qa("hotpotqa", train_file, base_ws, FromQAConfig(split="train", distractor_source="own"),
-                       out=raft)
+                       out=raft, overwrite=True)
 
     base = Searcher(base_ws)
     results.system("base", dense=quality(base, eval_qs, "dense"), hybrid=quality(base, eval_qs, "hybrid"),
                    bm25=quality(base, eval_qs, "bm25"))
     print(f"base dense R@5 {results.data['systems']['base']['dense']['recall@5']:.3f}", flush=True)
 
-    con_ws = workdir / "contrastive_ws"
+    con_ws = workdir / "contrastive_ws" if args.contrastive_tower == "both" else base_ws
+    con_out = workdir / "contrastive"
     if "contrastive" not in skip:
         from ragtune.train.retriever.contrastive import ContrastiveConfig, train_contrastive
 
-        shutil.rmtree(con_ws, ignore_errors=True)
-        shutil.copytree(base_ws, con_ws)
-        r = train_contrastive(con_ws, raft, ContrastiveConfig(limit=train_n, negatives=1, batch_size=16),
-                              out=workdir / "contrastive", progress=True)
+        shutil.rmtree(con_out, ignore_errors=True)
+        if args.contrastive_tower == "both":
+            shutil.rmtree(con_ws, ignore_errors=True)
+            shutil.copytree(base_ws, con_ws)
+        r = train_contrastive(con_ws, raft, ContrastiveConfig(limit=train_n, tower=args.contrastive_tower),
+                              out=con_out, progress=True)
         results.training("contrastive", r)
-        con = Searcher(con_ws)
+        con = Searcher(con_ws, SearchConfig(retriever=str(con_out)))
         results.system("contrastive", dense=quality(con, eval_qs, "dense"), hybrid=quality(con, eval_qs, "hybrid"))
         print(f"contrastive dense R@5 {results.data['systems']['contrastive']['dense']['recall@5']:.3f}",
               flush=True)
@@ -252,15 +265,19 @@ def main() -> None:
     if "reranker" not in skip:
         from ragtune.train.retriever.reranker import RerankerConfig, train_reranker
 
-        r = train_reranker(base_ws, raft, RerankerConfig(limit=rerank_n, negatives=3, random_negatives=3),
+        r = train_reranker(base_ws, raft, RerankerConfig(limit=rerank_n, loss="listwise", negatives=2, batch_size=8),
                            out=workdir / "reranker", progress=True)
         results.training("reranker", r)
         reranked = Searcher(base_ws, SearchConfig(reranker=str(workdir / "reranker"),
                                                   rerank_candidates=args.rerank_candidates))
         results.system("base+reranker", dense=quality(reranked, eval_qs, "dense"),
-                       rerank_candidates=args.rerank_candidates)
-        print(f"base+reranker dense R@5 {results.data['systems']['base+reranker']['dense']['recall@5']:.3f}",
-              flush=True)
+                       hybrid=quality(reranked, eval_qs, "hybrid"), rerank_candidates=args.rerank_candidates)
+        for mode in ("dense", "hybrid"):  # against the first stage it reorders, not only against base dense
+            got = results.data["systems"]["base+reranker"][mode]["recall@5"]
+            first = results.data["systems"]["base"][mode]["recall@5"]
+            results.data["systems"]["base+reranker"][mode]["recall@5.vs_first_stage"] = round(got / first, 3)
+            print(f"base+reranker {mode} R@5 {got:.3f} (first stage {first:.3f})", flush=True)
+        results.save()
 
     if qa_n and "qa" not in skip:
         from ragtune.llm import load_llm
@@ -269,8 +286,8 @@ def main() -> None:
         systems = {"base": base}
         if (workdir / "lsr" / "retriever.json").exists():
             systems["lsr"] = Searcher(base_ws, SearchConfig(retriever=str(workdir / "lsr")))
-        if (workdir / "contrastive" / "retriever.json").exists():
-            systems["contrastive"] = Searcher(con_ws)
+        if (con_out / "retriever.json").exists():
+            systems["contrastive"] = Searcher(con_ws, SearchConfig(retriever=str(con_out)))
         for name, searcher in systems.items():
             t0 = time.perf_counter()
             scores = qa_f1(searcher, eval_file, qa_n, llm, workdir / "qa" / name)
