@@ -147,11 +147,13 @@ def evaluate_systems(items, ks, base, tuned, adapter, args, searcher=None, after
                                 batch_size=args.eval_batch)
         is_tuned = llm is tuned
         system = {"model": "default", "adapter": str(adapter) if is_tuned else "", "questions": question_set,
-                  "adapter_weights": adapter_fingerprint(str(adapter)) if is_tuned else "", "data": str(args.data)}
+                  "adapter_weights": adapter_fingerprint(str(adapter)) if is_tuned else "", "data": str(args.data),
+                  "dtype": args.eval_dtype}
         # one folder per question set too: a run on other questions (a --quick check) must not replace the answers
         # of a long sweep that is being finished over several sessions
         model = "tuned" if is_tuned else "base"
-        run_dir = args.workspace / "eval-cache" / f"{setting}-k{k}-{prompt}-{model}-q{len(items)}-{question_set}"
+        name = f"{setting}-k{k}-{prompt}-{model}-{args.eval_dtype}-q{len(items)}-{question_set}"
+        run_dir = args.workspace / "eval-cache" / name
         t0 = time.perf_counter()
         result = evaluate(items, llm, settings, run_dir=run_dir, searcher=searcher, system=system)
         scores, seconds = result.scores, time.perf_counter() - t0
@@ -214,6 +216,10 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=None, help="eval questions (default 100; quick 10)")
     p.add_argument("--ks", default=None, help="distractor counts to evaluate (default 0..6; quick 0,3)")
     p.add_argument("--minutes", type=float, default=None, help="training budget (default 30; quick 2.5)")
+    p.add_argument("--max-steps", type=int, default=None, help="train exactly this many optimiser steps instead of "
+                   "a time budget: the same adapter whatever else the machine is doing")
+    p.add_argument("--eval-dtype", default=None, help="dtype of the evaluated models (default bfloat16 on CPUs with "
+                   "native bf16, where generation is 1.66x faster here, else float32)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=3e-4)
     # Small batches: on a CPU budget of minutes, more optimiser steps over the same tokens teach the format faster.
@@ -279,7 +285,8 @@ def main() -> None:
             trained = json.loads(summary_file.read_text(encoding="utf-8"))
             training = {k: v for k, v in trained.items() if k != "history"} | {"loss_curve": trained.get("history")}
     else:
-        config = SFTRunConfig(epochs=args.epochs, max_minutes=minutes, lr=args.lr, batch_size=args.batch_size,
+        budget = {"max_steps": args.max_steps, "max_minutes": None} if args.max_steps else {"max_minutes": minutes}
+        config = SFTRunConfig(epochs=args.epochs, **budget, lr=args.lr, batch_size=args.batch_size,
                               grad_accum=args.grad_accum, max_length=args.max_length, save_steps=25)
         # a quick check never replaces the full run's adapter (a sweep over several sessions evaluates that one)
         result = train_sft(ws, config=config, name="raft-lora-quick" if quick else "raft-lora", overwrite=True)
@@ -289,7 +296,11 @@ def main() -> None:
         training["loss_curve"] = result.history
 
     items = load_dataset("hotpotqa", args.data, split="eval", limit=questions)
-    base, tuned = load_llm(None), load_llm(None, adapter=adapter)
+    if args.eval_dtype is None:
+        from ragtune.train.common import cpu_has_fast_bf16
+
+        args.eval_dtype = "bfloat16" if cpu_has_fast_bf16() and not torch.cuda.is_available() else "auto"
+    base, tuned = load_llm(None, dtype=args.eval_dtype), load_llm(None, adapter=adapter, dtype=args.eval_dtype)
 
     default_name = "raft_hotpotqa_quick.json" if quick else "raft_hotpotqa.json"
     results = args.out or ROOT / "benchmarks" / "results" / default_name
