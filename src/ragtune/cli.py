@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -37,6 +38,38 @@ WorkspaceOption = typer.Option(
 def fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+class _InterruptLatch:
+    """Ctrl-C that cannot be lost. The interrupt is raised at once as usual, and also remembered: native code that
+    checks for signals and clears the error (seen on a busy machine: an ingest ran to the end through a Ctrl-C) would
+    otherwise swallow it, so `check()` raises it again at the next commit boundary."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptLatch:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @app.command()
@@ -105,12 +138,15 @@ def ingest(
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
     ) as bar:
         task = bar.add_task("embed", total=None)
+        interrupted = _InterruptLatch()
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
+            interrupted.check()
 
         try:
-            summary = run_ingest(paths, workspace, config, rebuild=rebuild, progress=progress)
+            with interrupted:
+                summary = run_ingest(paths, workspace, config, rebuild=rebuild, progress=progress)
         except KeyboardInterrupt:
             bar.stop()
             console.print(
