@@ -138,6 +138,8 @@ def eval_command(
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Questions per generation batch (length-sorted)."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Default: 32 (short), 256 (cot)."),
     seed: int = typer.Option(0, "--seed", help="Seed of distractor draws and generation."),
+    dtype: str = typer.Option(None, "--dtype", help="Local model dtype: auto (fp32 on CPU) | float32 | bfloat16 | "
+                              "float16. bfloat16 generates ~1.7x faster on CPUs with AVX512-BF16 or AMX."),
     run_name: str = typer.Option(None, "--run-name", help="Folder name under WORKSPACE/eval/ (default: derived)."),
     ingest_data: bool = typer.Option(
         False,
@@ -175,6 +177,7 @@ def eval_command(
             prompt=prompt,  # type: ignore[arg-type]
             max_new_tokens=max_new_tokens,
             seed=seed,
+            dtype=dtype,
             search=opt.search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window,
                                         parent, parent_level, route) or None,
         )
@@ -187,6 +190,8 @@ def eval_command(
     from ragtune.models import default_generator
 
     name = run_name or default_run_name(model or default_generator(), adapter, fmt, settings, ks, split, limit)
+    if dtype not in (None, "auto") and not run_name:
+        name += f"-{dtype}"
     ws = Workspace(workspace).ensure()
     run_dir = ws.root / "eval" / name
     started = time.perf_counter()
