@@ -1,7 +1,7 @@
 """RAFT on HotpotQA: the bundled SmolLM2-135M before and after RAFT-LoRA, and ragtune's trainer against plain TRL.
 
     python benchmarks/raft_hotpotqa.py            # 100 eval questions, K = 0..6, up to 30 min of training
-    python benchmarks/raft_hotpotqa.py --quick    # 10 questions, K = 0 and 3, 2.5 min of training (< 10 min in all)
+    python benchmarks/raft_hotpotqa.py --quick    # 10 questions, K = 0 and 3, 2.5 min of training: every stage, small
 
 Split: HotpotQA (../shared/data) by `int(sha1(_id), 16) % 5 == 0` -> eval, the rest -> train; never trained on eval.
 1. Data: `ragtune synth from-qa --cot evidence-short` on the train split (gold evidence quoted, then `<ANSWER>:`).
