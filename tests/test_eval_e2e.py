@@ -106,7 +106,6 @@ def test_eval_json_closed_book_and_oracle(app, tmp_path, mini_hotpot):
     assert again["f1"] == oracle["f1"] and again["em"] == oracle["em"]
 
 
-
 def test_eval_dtype_runs_the_model_in_it_and_keeps_its_answers_apart(app, tmp_path, mini_hotpot):
     """`--dtype bfloat16` (1.7x faster generation on CPUs with native bf16) loads the model in bf16, and its answers,
     which differ slightly from fp32's, live in their own run folder with the dtype in the resume signature."""
@@ -122,6 +121,7 @@ def test_eval_dtype_runs_the_model_in_it_and_keeps_its_answers_apart(app, tmp_pa
     record = json.loads((Path(bf16["run_dir"]) / "predictions.jsonl").read_text().splitlines()[0])
     first = json.loads((Path(fp32["run_dir"]) / "predictions.jsonl").read_text().splitlines()[0])
     assert record["signature"] != first["signature"]
+
 
 def test_eval_retrieved_scores_retrieval(app, tmp_path, mini_hotpot):
     result = CliRunner().invoke(

@@ -190,8 +190,8 @@ def eval_command(
     from ragtune.models import default_generator
 
     name = run_name or default_run_name(model or default_generator(), adapter, fmt, settings, ks, split, limit)
-    if dtype not in (None, "auto") and not run_name:
-        name += f"-{dtype}"
+    if spec.explicit_dtype and not run_name:
+        name += f"-{spec.explicit_dtype}"
     ws = Workspace(workspace).ensure()
     run_dir = ws.root / "eval" / name
     started = time.perf_counter()

@@ -513,6 +513,12 @@ class SystemSpec:
     def ks(self) -> list[int]:
         return parse_distractors(self.distractors) if self.setting == "oracle" else [0]
 
+    @property
+    def explicit_dtype(self) -> str | None:
+        """The dtype when one was asked for; None for the backend's default (`auto`), so answers kept before the
+        field existed keep their signature and run folder."""
+        return self.dtype if self.dtype not in (None, "auto") else None
+
     def settings(self, batch_size: int) -> EvalSettings:
         return EvalSettings(
             setting=self.setting,
@@ -614,8 +620,8 @@ def run_system(
         searcher = open_searcher(workspace, search=settings.search)
     system = {"model": spec.model or "", "adapter": spec.adapter or "", "data": data_key,
               "adapter_weights": adapter_fingerprint(spec.adapter)}
-    if spec.dtype not in (None, "auto"):  # added only when set, so answers kept before this field still resume
-        system["dtype"] = spec.dtype
+    if spec.explicit_dtype:
+        system["dtype"] = spec.explicit_dtype
     ks = spec.ks()
     started = time.perf_counter()
     if len(ks) > 1:
