@@ -8,6 +8,10 @@ Four strategies share one packing routine:
 
 Every chunk records its document and its character span, so `doc.text[chunk.start:chunk.end] == chunk.text`, and its
 id is a hash of (document id, document hash, span): stable across runs, new when the document changes.
+
+Nothing here is quadratic in a document's length, and nothing tokenizes more than a bounded unit at once: a "sentence"
+or paragraph longer than `max_unit_chars` (a 50 MB log line without punctuation) is cut at whitespace into pieces
+first, and `split_parts` cuts a huge document into parts that ingest chunks, embeds and commits one at a time.
 """
 
 from __future__ import annotations
@@ -54,7 +58,9 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[Sp
     spans: list[Span] = []
     cursor = start
     for match in _SENTENCE_END.finditer(text, start, end):
-        candidate = text[cursor : match.start()].rstrip()
+        # Only the tail before the break matters: slicing from `cursor` would copy the whole run of skipped
+        # abbreviations again at each one (quadratic on "Dr. Dr. Dr. ..." or a long list of initials).
+        candidate = text[max(cursor, match.start() - 64) : match.start()].rstrip()
         if _ABBREVIATIONS.search(candidate[-12:]) and "\n" not in match.group(0):
             continue
         s, e = _strip_span(text, cursor, match.start())
@@ -65,6 +71,53 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[Sp
     if e > s:
         spans.append((s, e))
     return spans
+
+
+def _cut_point(text: str, start: int, limit: int, separators: Sequence[str]) -> int:
+    """Where to end a piece that starts at `start` and may not pass `limit`: after the last separator (tried in
+    order) in the second half of the window, else at `limit`. Depends on the text alone, so cuts are deterministic."""
+    floor = start + (limit - start) // 2
+    for sep in separators:
+        at = text.rfind(sep, floor, limit)
+        if at > start:
+            return at + len(sep)
+    return limit
+
+
+def cap_spans(text: str, spans: Sequence[Span], max_chars: int) -> tuple[list[Span], list[int]]:
+    """Spans no longer than `max_chars`, cutting longer ones at whitespace; and, for each input span, the index of
+    its first piece (so break indices can be mapped). Keeps tokenizer calls bounded on a giant unpunctuated line."""
+    out: list[Span] = []
+    first: list[int] = []
+    for s, e in spans:
+        first.append(len(out))
+        while e - s > max_chars:
+            cut = _cut_point(text, s, s + max_chars, (" ", "\n", "\t"))
+            piece = _strip_span(text, s, cut)
+            if piece[1] > piece[0]:
+                out.append(piece)
+            s = cut
+        piece = _strip_span(text, s, e)
+        if piece[1] > piece[0]:
+            out.append(piece)
+    return out, first
+
+
+def split_parts(text: str, part_chars: int) -> list[Span]:
+    """Contiguous parts of at most `part_chars` characters covering `text`, cut at a blank line, else a line break,
+    else a space when one lies in the second half of the window. Deterministic, so a resumed ingest cuts the same
+    parts and can skip the ones already committed."""
+    if part_chars < 1:
+        raise ValueError(f"part size must be positive, got {part_chars}")
+    parts: list[Span] = []
+    start = 0
+    while len(text) - start > part_chars:
+        cut = _cut_point(text, start, start + part_chars, ("\n\n", "\n", " "))
+        parts.append((start, cut))
+        start = cut
+    if start < len(text) or not parts:
+        parts.append((start, len(text)))
+    return parts
 
 
 def paragraph_spans(text: str) -> tuple[list[Span], set[int]]:
@@ -113,6 +166,10 @@ class BaseChunker:
     """Shared packing: units (spans) with token counts, grouped into chunks of at most `chunk_size` tokens."""
 
     name = "base"
+    # A unit (sentence, paragraph) longer than this many characters per token of chunk size is cut at whitespace
+    # before it is tokenized. 64 x 240 = 15,360 characters: far above any real sentence (so normal text chunks as
+    # before), far below a megabyte line whose one-shot tokenization took gigabytes.
+    unit_chars_per_token = 64
 
     def __init__(self, tokenizer: TokenizerAdapter, chunk_size: int = 240, overlap: int = 0):
         if chunk_size < 8:
@@ -126,6 +183,10 @@ class BaseChunker:
     def signature(self) -> str:
         """Changes whenever a setting would change the chunks; part of each indexed document's hash."""
         return f"{self.name}:{self.chunk_size}:{self.overlap}"
+
+    @property
+    def max_unit_chars(self) -> int:
+        return self.unit_chars_per_token * self.chunk_size
 
     def spans(self, doc: Document) -> list[Span]:
         raise NotImplementedError
@@ -180,7 +241,8 @@ class BaseChunker:
         `breaks` are unit indices that start a new chunk, unless the chunk so far has fewer than `min_tokens` tokens
         (so a soft, similarity-based break never leaves a one-word chunk behind).
         """
-        breaks = breaks or set()
+        units, first = cap_spans(text, units, self.max_unit_chars)
+        breaks = {first[i] for i in breaks or set() if i < len(first)}
         counts = self.tok.count([text[s:e] for s, e in units])
         chunks: list[Span] = []
         current: list[int] = []
@@ -278,7 +340,7 @@ class SemanticChunker(BaseChunker):
         return {i + 1 for i, sim in enumerate(sims) if sim <= threshold}
 
     def spans(self, doc: Document) -> list[Span]:
-        units = sentence_spans(doc.text)
+        units, _ = cap_spans(doc.text, sentence_spans(doc.text), self.max_unit_chars)
         return self.pack(doc.text, units, breaks=self.breaks_for(doc.text, units), min_tokens=self.chunk_size // 8)
 
 
