@@ -33,6 +33,9 @@ class IngestConfig(BaseModel):
     overlap: int = 0
     batch_size: int = 32
     commit_every: int = 1024
+    # A document longer than this many characters is split (deterministically) into parts `doc_id#partNNNNN`, each
+    # chunked, embedded and committed on its own: bounded memory, and a kill -9 inside it loses at most one part.
+    part_chars: int = Field(default=1_000_000, ge=10_000)
     format: str = "auto"
     text_field: str | None = None
     id_field: str | None = None
