@@ -12,14 +12,14 @@ import asyncio
 import json
 from collections.abc import Callable
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import HTMLResponse
 
 from ragtune.serve.feedback import WORKSPACE_WIDE
 from ragtune.serve.pipeline import RagPipeline
-from ragtune.serve.schemas import APIError, ReviewRequest
+from ragtune.serve.schemas import MAX_ID, MAX_OFFSET, MAX_PAGE, APIError, ReviewRequest, clip
 from ragtune.serve.tenants import Principal
 from ragtune.synth.records import RaftExample
 from ragtune.synth.store import read_raft
@@ -109,7 +109,7 @@ def curation_router(pipeline: RagPipeline, principal: Callable[..., Principal]) 
     @router.get("/v1/curation/items")
     async def items(kind: Kind = "feedback", status: str = Query("pending", pattern="^(pending|all|accepted|edited|"
                                                                                         "rejected)$"),
-                    limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0),
+                    limit: int = Query(20, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                     who: Principal = Depends(principal)) -> dict[str, Any]:
         if kind == "feedback":
             rows = await asyncio.to_thread(store.list_feedback, who.tenant, status, limit, offset)
@@ -122,20 +122,20 @@ def curation_router(pipeline: RagPipeline, principal: Callable[..., Principal]) 
         return {"object": "list", "data": data, "summary": await asyncio.to_thread(summary, who)}
 
     @router.post("/v1/curation/items/{kind}/{item_id}")
-    async def decide(kind: Kind, item_id: str, body: ReviewRequest,
+    async def decide(kind: Kind, item_id: Annotated[str, Path(max_length=MAX_ID)], body: ReviewRequest,
                      who: Principal = Depends(principal)) -> dict[str, Any]:
         if kind == "feedback":
             if item_id not in await asyncio.to_thread(store.feedback_ids, who.tenant):
-                raise APIError(404, f"no feedback {item_id!r} for this API key", code="item_not_found")
+                raise APIError(404, f"no feedback {clip(item_id)!r} for this API key", code="item_not_found")
             scope = who.tenant
         else:
             require_admin(who)
             if item_id not in {e.id for e in raft.examples()}:
-                raise APIError(404, f"no RAFT example {item_id!r} in this workspace", code="item_not_found")
+                raise APIError(404, f"no RAFT example {clip(item_id)!r} in this workspace", code="item_not_found")
             scope = WORKSPACE_WIDE
         unknown = set(body.edits) - set(EDITABLE[kind])
         if unknown:
-            raise APIError(400, f"cannot edit {', '.join(sorted(unknown))} of a {kind} item; editable: "
+            raise APIError(400, f"cannot edit {clip(', '.join(sorted(unknown)))} of a {kind} item; editable: "
                            f"{', '.join(EDITABLE[kind])}", param="edits")
         if body.action == "edit" and not body.edits:
             raise APIError(400, "action 'edit' needs edits", param="edits")

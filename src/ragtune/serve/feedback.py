@@ -50,6 +50,20 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+PRIVATE = 0o600  # every tenant's questions, answers and chunks: readable by the server's user only
+MAX_PAGE, MAX_OFFSET = 1_000, 2**31  # listing bounds; SQLite refuses integers past 2**63 with an OverflowError
+
+
+def make_private(path: Path) -> None:
+    """Create `path` 0600 if it is missing (whatever the umask), or take an existing file's other bits away."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE:
+            os.fchmod(fd, PRIVATE)
+    finally:
+        os.close(fd)
+
+
 class FeedbackStore:
     """One connection shared by the server's threads behind a lock (SQLite serialises writers anyway)."""
 
@@ -61,11 +75,17 @@ class FeedbackStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database file's mode
+        make_private(self.path)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # the WAL is fsynced at every commit: a 200 means on disk
         self._db.executescript(SCHEMA)
+        for suffix in ("-wal", "-shm"):  # left by an older version or another process with a looser umask
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists() and side.stat().st_mode & 0o777 != PRIVATE:
+                side.chmod(PRIVATE)
 
     def close(self) -> None:
         with self._lock:
@@ -134,7 +154,9 @@ class FeedbackStore:
     def list_feedback(self, tenant: str, status: str = "all", limit: int = 50, offset: int = 0
                       ) -> list[dict[str, Any]]:
         """Feedback rows of one tenant, oldest first, each with its review (status 'pending' when none) and the
-        chunks the answer was given."""
+        chunks the answer was given. `limit` and `offset` outside [0, MAX_PAGE] / [0, MAX_OFFSET] raise ValueError."""
+        if not (0 <= limit <= MAX_PAGE and 0 <= offset <= MAX_OFFSET):
+            raise ValueError(f"limit must lie in 0..{MAX_PAGE} and offset in 0..{MAX_OFFSET}")
         where, args = "f.tenant = ?", [tenant]
         if status == "pending":
             where += " AND r.status IS NULL"
