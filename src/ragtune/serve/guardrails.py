@@ -19,15 +19,23 @@ InjectionPolicy = Literal["drop", "flag"]
 
 
 class Limits(BaseModel):
-    """Bounds on one request. Everything past them is refused with 400/413 before any model work."""
+    """Bounds on one request. Everything past them is refused with 400/413 before any model work, and the deadline
+    bounds the model time one request can take, so no request can hold the shared model for the others. Fixed
+    wire-format bounds (id and text lengths, seed range, paging) live in `serve.schemas`."""
 
     max_body_bytes: int = 1_000_000
     max_messages: int = 64
+    max_content_parts: int = 32  # text parts of one message's content list
     max_query_chars: int = 4_000
     max_prompt_chars: int = 32_000  # all message contents together
     max_tokens: int = 1024
+    max_stop: int = 4  # OpenAI's own bound; each list costs a vocabulary scan (0.1 s per stop on a CPU core)
+    max_stop_chars: int = 100  # one stop string
+    max_logit_bias: int = 300  # entries (accepted and ignored, OpenAI's bound)
     max_k: int = 50
     max_filters: int = 16
+    generation_timeout_s: float = 300.0  # per request, queueing included; past it the request gets a 503
+    stall_margin_s: float = 30.0  # /health reports degraded when a batch runs longer than the timeout plus this
 
 
 # Phrases that address the model rather than inform the reader. Kept specific: a false positive drops a useful chunk.

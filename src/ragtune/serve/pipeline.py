@@ -194,12 +194,27 @@ class RagPipeline:
 
     # -- one request -----------------------------------------------------------------------------------------------
     def prepare(self, request: ChatRequest) -> Prepared:
+        """Check the request against `Limits` (each refusal a 400 naming the field) and derive what to retrieve and
+        how to decode. Cheap by construction: every count and length is bounded before anything scales with it."""
         limits = self.config.limits
         if len(request.messages) > limits.max_messages:
             raise APIError(400, f"too many messages ({len(request.messages)} > {limits.max_messages})",
                            param="messages", code="context_length_exceeded")
+        for i, m in enumerate(request.messages):
+            if isinstance(m.content, list) and len(m.content) > limits.max_content_parts:
+                raise APIError(400, f"messages.{i}.content has {len(m.content)} parts, more than this server's "
+                               f"limit of {limits.max_content_parts}", param=f"messages.{i}.content")
         if request.n not in (None, 1):
             raise APIError(400, "n > 1 is not supported: send one request per completion", param="n")
+        if request.logit_bias is not None and len(request.logit_bias) > limits.max_logit_bias:
+            raise APIError(400, f"logit_bias has more than {limits.max_logit_bias} entries", param="logit_bias")
+        raw_stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        if len(raw_stop) > limits.max_stop:
+            raise APIError(400, f"stop has {len(raw_stop)} sequences, more than this server's limit of "
+                           f"{limits.max_stop}", param="stop")
+        if any(len(x) > limits.max_stop_chars for x in raw_stop):
+            raise APIError(400, f"a stop sequence is longer than {limits.max_stop_chars} characters", param="stop")
+        stop = [x for x in dict.fromkeys(raw_stop) if x]  # an empty stop would cut every answer to nothing
         texts = [(m.role, m.text()) for m in request.messages]
         if sum(len(t) for _, t in texts) > limits.max_prompt_chars:
             raise APIError(400, f"messages hold more than {limits.max_prompt_chars} characters", param="messages",
@@ -222,7 +237,6 @@ class RagPipeline:
             raise APIError(400, f"ragtune.k {k} is above this server's limit of {limits.max_k}", param="ragtune.k")
         if len(opts.filters) > limits.max_filters:
             raise APIError(400, f"more than {limits.max_filters} filters", param="ragtune.filters")
-        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         generation = GenerationConfig(max_new_tokens=max_tokens, temperature=request.temperature or 0.0,
                                       top_p=request.top_p or 1.0, stop=stop, seed=request.seed)
         mode = opts.mode or self.search_config.mode
