@@ -14,9 +14,10 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
+from ragtune.progress import Reporter
 from ragtune.retrieve import options as opt
 from ragtune.workspace import DEFAULT_WORKSPACE, Workspace
 
@@ -40,17 +41,9 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("questions"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+def _progress(label: str, total: int) -> Reporter:
+    """A bar on a terminal; plain, throttled `label: done/total (pct) rate/s ETA` lines in a log (make demo, CI)."""
+    return Reporter(label, total=total, unit="questions")
 
 
 def _load_items(data: tuple[str, Path] | None, split: str, limit: int | None):
@@ -85,6 +78,8 @@ def _scores_table(title: str, scores: dict[str, Any]) -> Table:
             continue
         if isinstance(value, float):
             shown = f"{value:.2f}" if "seconds" in key or key.endswith("_s") or "per_" in key else f"{value:.4f}"
+        elif value is None and key == "no_answer_tag_rate":
+            shown = "n/a (prompt asks for no tag)"
         else:
             shown = "–" if value is None else str(value)
         table.add_row(key, shown)
@@ -199,11 +194,10 @@ def eval_command(
         searcher = None
         if setting == "retrieved":
             searcher = open_searcher(ws, path if ingest_data else None, fmt, settings.search)
-        with _progress_bar() as bar:
-            task = bar.add_task(name[:40], total=len(items) * len(ks))
+        with _progress(name[:40], len(items) * len(ks)) as bar:
 
             def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                bar.update(done, total=total)
 
             result = run_system(spec, items, ws, run_dir, batch_size, searcher, progress, data_key=data_key(path))
     except KeyboardInterrupt:
@@ -299,7 +293,7 @@ def compare_command(
     """Run several systems on the same questions and write one report: report.md, report.json, f1_per_system.png,
     f1_vs_k.png, a self-contained report.html and per-question outputs.
     """
-    from ragtune.eval.report import SystemReport, write_report
+    from ragtune.eval.report import SystemReport, paired_comparisons, paired_rows, write_report
     from ragtune.eval.runner import data_key, run_system, slug, write_manifest
 
     specs = _read_systems(systems)
@@ -309,12 +303,11 @@ def compare_command(
     reports = []
     searchers: dict[str, Any] = {}  # one per distinct set of search options, shared by the systems that use it
     try:
-        with _progress_bar() as bar:
-            for spec in specs:
-                task = bar.add_task(spec.name[:40], total=len(items) * len(spec.ks()))
+        for spec in specs:
+            with _progress(spec.name[:40], len(items) * len(spec.ks())) as bar:
 
-                def progress(done: int, total: int, task: Any = task) -> None:
-                    bar.update(task, completed=done, total=total)
+                def progress(done: int, total: int, bar: Reporter = bar) -> None:
+                    bar.update(done, total=total)
 
                 searcher = None
                 if spec.setting == "retrieved":
@@ -336,7 +329,9 @@ def compare_command(
                     run.seconds,
                     data_info,
                 )
-                reports.append(SystemReport(spec.name, spec.describe(), run.scores, run.records, run.curve))
+                reports.append(
+                    SystemReport(spec.name, spec.describe(), run.scores, run.records, run.curve, run.all_records)
+                )
                 with open(run_dir / "all_predictions.jsonl", "w", encoding="utf-8") as f:
                     for record in run.all_records:
                         f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -345,11 +340,13 @@ def compare_command(
         raise typer.Exit(130) from None
     except _errors() as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    comparisons = paired_comparisons(reports)
     paths = write_report(
         reports,
         out_dir,
         title=title,
         data={"format": fmt, "path": os.fspath(path), "split": split, "limit": limit, "questions": len(items)},
+        comparisons=comparisons,
     )
     if as_json:
         out.print_json(json.dumps({r.name: r.scores for r in reports}, default=str))
@@ -361,10 +358,23 @@ def compare_command(
         for h in header:
             table.add_column(h)
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))
         # Piped into a log (make demo, CI) rich assumes 80 columns and folds every cell to a few letters; a log has no
         # width limit, so the table keeps its natural width there.
-        (out if out.is_terminal else Console(width=240)).print(table)
+        printer = out if out.is_terminal else Console(width=240)
+        printer.print(table)
+        paired_header, paired_table = paired_rows(comparisons)
+        if paired_table:
+            sig = comparisons["significance"]
+            significance = Table(
+                title=f"Paired differences, points (95% bootstrap CI, {sig['resamples']:,} resamples over questions)",
+                header_style="bold",
+            )
+            for h in paired_header:
+                significance.add_column(h)
+            for row in paired_table:
+                significance.add_row(*(escape(cell) for cell in row))
+            printer.print(significance)
     console.print(f"[green]wrote[/] {paths['html']} (and report.md, report.json, PNGs, per-question outputs)")
 
 

@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 ANSWER_MARKER = "<ANSWER>:"
 QUOTE_BEGIN = "##begin_quote##"
 QUOTE_END = "##end_quote##"
@@ -203,6 +205,180 @@ def ndcg_at_k(retrieved: Sequence[str], gold: Iterable[str], k: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Degenerate output: loops and answers that never come
+#
+# A small model often falls into a loop (`##begin_quote####begin_quote####...`) until the token budget runs out, or
+# reasons without ever writing `<ANSWER>:`. Both are scored as wrong answers anyway; counting them says *why* a system
+# is bad, and a tuned model that trades loops for answers shows it here before it shows in F1.
+
+LOOP_MIN_REPEATS = 3  # copies of the repeated unit at the end of a generation that stopped at the token limit
+LOOP_MIN_CHARS = 32  # ... covering at least this many characters (so "..." or "1000000" is no loop)
+LOOP_MIN_REPEATS_NO_TOKENS = 4  # stricter when the backend did not say whether the limit was reached
+LOOP_MIN_CHARS_NO_TOKENS = 64
+TOKEN_LIMIT_SHARE = 0.95  # a generation using this share of max_new_tokens ran to the limit
+_MAX_PERIOD = 512  # characters: longer units cannot repeat 3 times within a usual budget
+
+
+def tail_repetition(text: str) -> tuple[int, float, int]:
+    """The periodic tail of a text: (period in characters, number of copies, characters covered).
+
+    Whitespace is collapsed first, so a loop that varies only in spacing still has one period. For each period p the
+    tail is extended backwards while every character equals the one p positions later, so a final copy cut short by
+    the token limit still counts (as a fraction of a copy). The period covering the most characters wins, the smallest
+    on ties. (0, 0.0, 0) when nothing repeats at the end.
+    """
+    s = " ".join(text.split())
+    n = len(s)
+    best = (0, 0.0, 0)
+    for p in range(1, min(_MAX_PERIOD, n // 2) + 1):
+        if s[n - 1] != s[n - 1 - p]:
+            continue
+        i = n - 1 - p
+        while i >= 0 and s[i] == s[i + p]:
+            i -= 1
+        covered = (n - 1 - p - i) + p
+        if covered > best[2] and covered >= 2 * p:
+            best = (p, covered / p, covered)
+            if covered == n:  # the whole text is periodic: no longer period can cover more
+                break
+    return best
+
+
+def hit_token_limit(
+    completion_tokens: int | None, max_new_tokens: int | None, finish_reason: str | None = None
+) -> bool | None:
+    """Whether a generation ran to its token budget; None when the backend reported neither tokens nor a reason."""
+    if finish_reason == "length":
+        return True
+    if completion_tokens and max_new_tokens:
+        return completion_tokens >= math.ceil(TOKEN_LIMIT_SHARE * max_new_tokens)
+    if finish_reason in ("stop", "cancelled"):
+        return False
+    return None
+
+
+def is_looping(
+    generation: str,
+    completion_tokens: int | None = None,
+    max_new_tokens: int | None = None,
+    finish_reason: str | None = None,
+) -> bool:
+    """Whether a generation is a loop: it ran to the token limit and ends in >= 3 copies of one unit (>= 32 chars).
+
+    A repeated tail alone is not enough: an answer that says "no no no" and stops chose to stop. When the backend
+    reported no token count, the limit is unknown and the tail must be longer (>= 4 copies, >= 64 chars).
+    """
+    period, repeats, covered = tail_repetition(generation)
+    if not period:
+        return False
+    hit = hit_token_limit(completion_tokens, max_new_tokens, finish_reason)
+    if hit is None:
+        return repeats >= LOOP_MIN_REPEATS_NO_TOKENS and covered >= LOOP_MIN_CHARS_NO_TOKENS
+    return hit and repeats >= LOOP_MIN_REPEATS and covered >= LOOP_MIN_CHARS
+
+
+def has_answer_tag(generation: str) -> bool:
+    """Whether a generation reached `<ANSWER>:` (the marker `extract_answer` looks for, as leniently)."""
+    return bool(_ANSWER_RE.search(generation))
+
+
+def degeneracy_rates(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Shares of looping answers, of answers without `<ANSWER>:` and of either (fractions in [0, 1]).
+
+    Reads the per-record flags `looped`, `answer_tag`, `answer_tag_expected` and `hit_token_limit` written by the
+    runner. `no_answer_tag_rate` counts only the records whose prompt asks for the tag (the chain-of-thought prompt):
+    a short-answer prompt never asks for it, so there it is None (n/a) rather than a meaningless 100%.
+    `degenerate_rate` is the share that looped or, when the tag was asked for, never wrote it. Empty when the
+    records carry no flags (answers kept before the flags existed are flagged when a run is loaded again).
+    """
+    flagged = [r for r in records if "looped" in r]
+    if not flagged:
+        return {}
+    expected = [r for r in flagged if r.get("answer_tag_expected")]
+    limits = [r["hit_token_limit"] for r in flagged if r.get("hit_token_limit") is not None]
+    degenerate = [bool(r["looped"]) or bool(r.get("answer_tag_expected") and not r.get("answer_tag")) for r in flagged]
+    return {
+        "degenerate_rate": _mean([float(d) for d in degenerate]),
+        "loop_rate": _mean([float(bool(r["looped"])) for r in flagged]),
+        "no_answer_tag_rate": _mean([float(not r.get("answer_tag")) for r in expected]) if expected else None,
+        "token_limit_rate": _mean([float(bool(v)) for v in limits]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Confidence intervals (bootstrap over questions)
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_CONFIDENCE = 0.95
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    confidence: float = BOOTSTRAP_CONFIDENCE,
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` and its percentile bootstrap interval.
+
+    Questions are resampled with replacement `resamples` times (seeded: the same inputs give the same interval);
+    the interval is the (1-confidence)/2 and (1+confidence)/2 percentiles of the resampled means. Values that are all
+    equal give a degenerate interval [v, v]. Raises ValueError on an empty input.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError("bootstrap_ci needs a non-empty list of numbers")
+    if resamples < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError("resamples must be >= 1 and confidence in (0, 1)")
+    rng = np.random.default_rng(seed)
+    n = x.size
+    chunk = max(1, 2_000_000 // n)  # indices of at most ~16 MB at a time, however many questions
+    means = np.empty(resamples, dtype=np.float64)
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        means[start:stop] = x[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.percentile(means, [100 * alpha, 100 * (1 - alpha)])
+    mean = float(x.mean())
+    # The resampled means of equal values can differ from their mean by a rounding error; keep the mean inside.
+    return mean, float(min(low, mean)), float(max(high, mean))
+
+
+def paired_bootstrap(
+    baseline: Sequence[float],
+    system: Sequence[float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    confidence: float = BOOTSTRAP_CONFIDENCE,
+) -> tuple[float, float, float]:
+    """(diff, low, high): mean of system minus baseline over the same questions, with a paired bootstrap interval.
+
+    Paired: each resample draws question indices once and uses them for both systems, which is the bootstrap of the
+    per-question differences. Much tighter than comparing two independent intervals, because most of the variance
+    is between questions (some are hard for every system). `baseline[i]` and `system[i]` must score the same question.
+    """
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(system, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need the same questions: {a.size} baseline vs {b.size} system scores")
+    return bootstrap_ci(b - a, resamples=resamples, seed=seed, confidence=confidence)
+
+
+def excludes_zero(low: float, high: float) -> bool:
+    """Whether an interval lies entirely on one side of zero (the difference is significant at its level)."""
+    return low > 0.0 or high < 0.0
+
+
+def per_question_means(records: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
+    """The mean of `key` per question id: one value per question, also for a K sweep holding several per id.
+    A record without an id stands for a question of its own."""
+    sums: dict[str, list[float]] = {}
+    for i, r in enumerate(records):
+        if r.get(key) is not None:
+            sums.setdefault(str(r.get("id", f"#{i}")), []).append(float(r[key]))
+    return {qid: sum(v) / len(v) for qid, v in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Aggregation
 
 
@@ -217,6 +393,18 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     pos = (len(ordered) - 1) * q
     lo, hi = math.floor(pos), math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def f1_interval(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """`f1_ci_low` / `f1_ci_high`: the 95% bootstrap interval of mean F1 over questions (fractions, like `f1`).
+
+    Records with several answers per question (a K sweep) count each question once, at its mean over them.
+    """
+    values = list(per_question_means(records, "f1").values())
+    if not values:
+        return {}
+    _, low, high = bootstrap_ci(values)
+    return {"f1_ci_low": low, "f1_ci_high": high}
 
 
 def aggregate(records: Sequence[dict[str, Any]], wall_seconds: float | None = None) -> dict[str, Any]:
@@ -234,6 +422,7 @@ def aggregate(records: Sequence[dict[str, Any]], wall_seconds: float | None = No
         "em": _mean([r["em"] for r in records]),
         "f1": _mean([r["f1"] for r in records]),
     }
+    scores.update(f1_interval(records))
     if unanswerable:
         scores["n_unanswerable"] = len(unanswerable)
         scores["unanswerable_accuracy"] = _mean([float(r["abstained"]) for r in unanswerable])
@@ -243,6 +432,7 @@ def aggregate(records: Sequence[dict[str, Any]], wall_seconds: float | None = No
     quoted = sum(r.get("quotes", 0) for r in records)
     scores["quotes_per_answer"] = quoted / n if n else None
     scores["quote_precision"] = sum(r.get("valid_quotes", 0) for r in records) / quoted if quoted else None
+    scores.update(degeneracy_rates(records))
     with_oracle = [r for r in records if r.get("oracle_shown")]
     scores["oracle_citation_rate"] = _mean([float(r.get("cites_oracle", False)) for r in with_oracle])
     with_retrieval = [r for r in records if r.get("retrieval")]

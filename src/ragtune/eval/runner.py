@@ -214,6 +214,31 @@ def _score_record(item: QAItem, shown: list[EvalDoc], generation: str) -> dict[s
     }
 
 
+def _degeneracy(
+    generation: str, completion_tokens: int | None, finish_reason: str | None, max_new_tokens: int, prompt: str
+) -> dict[str, Any]:
+    """Per-answer flags of degenerate output (see `metrics.degeneracy_rates`): a loop to the token limit, and
+    whether `<ANSWER>:` was reached and asked for (only the chain-of-thought prompt asks for it).
+
+    The token count is the backend's own (`completion_tokens`, up to EOS) with its finish reason, so "ran to the
+    limit" is measured, not guessed from the text's length."""
+    return {
+        "looped": metrics.is_looping(generation, completion_tokens, max_new_tokens, finish_reason),
+        "answer_tag": metrics.has_answer_tag(generation),
+        "answer_tag_expected": prompt == "cot",
+        "hit_token_limit": metrics.hit_token_limit(completion_tokens, max_new_tokens, finish_reason),
+    }
+
+
+def _flag_degeneracy(record: dict[str, Any], settings: EvalSettings) -> None:
+    """Add the degeneracy flags to a record kept from before they existed (a resumed run is reported like a new one)."""
+    if "looped" not in record:
+        record.update(
+            _degeneracy(record.get("generation") or "", record.get("completion_tokens"),
+                        record.get("finish_reason"), settings.new_tokens, settings.prompt)
+        )
+
+
 def _read_done(path: Path, signature: str) -> dict[str, dict[str, Any]]:
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
@@ -256,6 +281,8 @@ def evaluate(
     signature = short_id(json.dumps({"system": system, "settings": settings.identity()}, sort_keys=True))
     path = Path(run_dir) / "predictions.jsonl" if run_dir is not None else None
     done = _read_done(path, signature) if path is not None else {}
+    for record in done.values():
+        _flag_degeneracy(record, settings)
     if pool is None and settings.setting == "oracle" and settings.distractors:
         pool = distractor_pool(items)
 
@@ -309,6 +336,8 @@ def evaluate(
                 "retrieval": retrieval,
                 "prompt_tokens": gen.prompt_tokens,
                 "completion_tokens": gen.completion_tokens,
+                "finish_reason": gen.finish_reason,
+                **_degeneracy(gen.text, gen.completion_tokens, gen.finish_reason, settings.new_tokens, settings.prompt),
                 "seconds": seconds,
                 "batch_size": len(batch),
                 "signature": signature,
@@ -408,10 +437,14 @@ def sweep_summary(results: dict[int, RunResult]) -> dict[str, Any]:
     by_k = {str(k): r.scores for k, r in sorted(results.items())}
     f1s = [r.scores["f1"] for r in results.values() if r.scores.get("f1") is not None]
     ems = [r.scores["em"] for r in results.values() if r.scores.get("em") is not None]
+    every = [rec for r in results.values() for rec in r.records]
     return {
         "em": sum(ems) / len(ems) if ems else None,
         "f1": sum(f1s) / len(f1s) if f1s else None,
         "n": max((r.scores["n"] for r in results.values()), default=0),
+        # The interval of the mean over K (each question at its mean F1 over K), and degenerate output over every K.
+        **metrics.f1_interval(every),
+        **metrics.degeneracy_rates(every),
         "distractors": sorted(results),
         "by_distractors": by_k,
     }
