@@ -235,8 +235,11 @@ def curve_rows(systems: Sequence[SystemReport]) -> tuple[list[str], list[list[st
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    def cell(text: str) -> str:  # "<ANSWER>:" would render as an unknown HTML tag, i.e. not at all
+        return text.replace("|", "\\|").replace("<", "&lt;")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
