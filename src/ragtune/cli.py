@@ -94,6 +94,8 @@ def ingest(
     rebuild: bool = typer.Option(False, help="Drop the existing index and re-embed everything."),
     batch_size: int = typer.Option(32, help="Embedding batch size."),
     commit_every: int = typer.Option(1024, help="Commit to the index after about this many chunks.", hidden=True),
+    part_chars: int = typer.Option(1_000_000, help="Split a document longer than this many characters into parts "
+                                   "committed one at a time.", hidden=True),
     sentences: bool = typer.Option(False, "--sentences", help="Also index every sentence with its parent chunk "
                                    "(for `search --window N` / `--parent`)."),
     summaries: bool = typer.Option(False, "--summaries", help="Also index a short summary per document as its own "
@@ -123,15 +125,16 @@ def ingest(
         config = IngestConfig.model_validate(dict(
             chunker=chunker, chunk_size=chunk_size, overlap=overlap, format=format, text_field=text_field,
             id_field=id_field, title_field=title_field, metadata_fields=meta_field or None, tenant=tenant,
-            version=doc_version, batch_size=batch_size, commit_every=commit_every, sentences=sentences,
+            version=doc_version, batch_size=batch_size, commit_every=commit_every, part_chars=part_chars,
+            sentences=sentences,
             summaries=summaries, summary_model=summary_model,
             **({"embedder": embedder} if embedder else {}),
         ))
     except ValueError as exc:
         fail(str(exc).splitlines()[0] if "validation error" not in str(exc) else _pydantic_message(exc))
-    missing = [str(p) for p in paths if not p.exists()]
+    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing and len(missing) == len(paths):
-        fail(f"no such file or folder: {', '.join(missing)}")
+        fail(f"no such file or folder: {_shown(', '.join(missing))}")
 
     with Progress(
         TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
@@ -155,17 +158,30 @@ def ingest(
             raise typer.Exit(130) from None
         except (IndexMismatchError, ValueError) as exc:
             bar.stop()
-            fail(str(exc))
+            fail(_shown(str(exc)))
     for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {_shown(warning)}")
+    failed = f", {summary.failed} failed" if summary.failed else ""
     console.print(
         f"[green]ingested[/] {summary.files_loaded} files ({summary.documents} documents), "
-        f"[yellow]skipped[/] {len(summary.skipped)} files · documents: {summary.new} new, {summary.updated} updated, "
-        f"{summary.unchanged} unchanged, {summary.removed} removed · chunks: {summary.chunks_added} added, "
-        f"{summary.chunks_total} in index · {summary.seconds:.1f}s · workspace {workspace}"
+        f"[yellow]skipped[/] {len(summary.skipped)} files, {summary.warned} warnings · documents: {summary.new} new, "
+        f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.removed} removed{failed} · chunks: "
+        f"{summary.chunks_added} added, {summary.chunks_total} in index · {summary.seconds:.1f}s · workspace "
+        f"{_shown(str(workspace))}"
     )
     for level, rows in summary.levels.items():
         console.print(f"[green]level[/] {level}: {rows} rows ({summary.stage_seconds.get(level, 0.0):.1f}s)")
+
+
+def _shown(text: str) -> str:
+    """Text from outside (file names, warnings) made safe to print: control characters escaped, so a newline or an
+    ANSI escape in a name cannot forge or colour a line, and rich markup escaped, so `[/x]` in a path cannot crash
+    the print and `[red]` cannot silently vanish from it."""
+    from rich.markup import escape
+
+    from ragtune.corpus.loaders import printable
+
+    return escape(printable(text))
 
 
 def _pydantic_message(exc: Exception) -> str:

@@ -1,14 +1,21 @@
 """Load documents from files: text, markdown, HTML, PDF, JSON / JSONL records, and QA data sets as corpora.
 
-Bad input never stops a run: each unreadable file (or JSONL line) gives one warning naming it, the rest is loaded,
-and a `LoadReport` counts what was loaded and skipped.
+Bad input never stops a run: each unreadable file (or JSONL line), symlink loop, unreadable folder, special file
+(FIFO, socket, device: never opened, since opening a FIFO blocks) or binary-looking file gives exactly one warning
+naming it, the rest is loaded, and a `LoadReport` counts what was loaded and skipped. Names in warnings go through
+`printable`, so a file name holding a newline or an ANSI escape cannot forge or colour a log line.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
+import hashlib
 import json
+import os
 import re
+import stat
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +34,30 @@ FORMATS = ("auto", "text", "markdown", "html", "pdf", "json", "jsonl", "hotpotqa
 _TEXT_FIELDS = ("text", "content", "body", "passage", "document", "contents")
 _TITLE_FIELDS = ("title", "name", "api_name", "heading")
 _MAX_META_LEN = 200
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as escapes (\\n, \\x1b, \\u2028, ...), the way `repr` writes them.
+
+    Covers C0/C1 controls, line and paragraph separators, bidi overrides and lone surrogates (undecodable bytes in
+    a file name), so one warning is always one line that says what the name really is. Idempotent: it leaves
+    backslashes alone, so escaping an escaped message changes nothing."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[ch])
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or code in _BIDI_CONTROLS:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)  # other non-printables (e.g. zero-width joiners in emoji) cannot break a line
+    return "".join(out)
 
 
 @dataclass
@@ -44,38 +75,115 @@ class LoadOptions:
 
 @dataclass
 class LoadReport:
-    """What a load did: files read, files skipped (with why), per-line warnings, documents produced."""
+    """What a load did: files read, paths skipped (with why), warnings, documents produced, and the sha256 of every
+    file's bytes as read (the manifest's inputs: no second read, which could fail or see a different file)."""
 
     files_loaded: int = 0
     documents: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failed_sources: set[str] = field(default_factory=set)
+    failed_folders: set[str] = field(default_factory=set)
+    inputs: dict[str, str] = field(default_factory=dict)
 
-    def skip(self, path: Path | str, why: str) -> None:
+    def skip(self, path: Path | str, why: str, folder: bool = False) -> None:
         self.skipped.append((str(path), why))
-        self.warnings.append(f"{path}: skipped: {why}")
-        self.failed_sources.add(str(Path(path).resolve()))
+        self.warnings.append(f"{printable(str(path))}: skipped: {printable(why)}")
+        try:
+            resolved = str(Path(path).resolve())
+        except (OSError, RuntimeError):  # a symlink loop cannot be resolved
+            resolved = os.path.abspath(path)
+        self.failed_sources.add(resolved)
+        if folder:
+            self.failed_folders.add(resolved)
 
     def warn(self, message: str) -> None:
-        self.warnings.append(message)
+        self.warnings.append(printable(message))
 
 
 class BadInputError(ValueError):
     """A whole file cannot be read; the loader turns it into a warning and moves on."""
 
 
-def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files under the given paths, recursively, in a stable order; hidden files and folders are left out."""
+def _stat_problem(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symlink, or removed while listing"
+    return f"cannot read ({exc.strerror or exc})"
+
+
+def _special_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _valid_name(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def iter_files(paths: Iterable[str | Path], report: LoadReport | None = None) -> Iterator[Path]:
+    """Regular files under the given paths, recursively, in a stable order; hidden files and folders are left out.
+
+    Symlinks are followed, but a folder already being listed (a symlink loop) is not entered twice. Each path that
+    cannot be listed or read, each symlink loop or broken symlink, each special file, and each name that is not
+    valid UTF-8 (it could not be stored) is one warning in `report` (when given) and is not yielded."""
+
+    def problem(path: Path, why: str, folder: bool = False) -> None:
+        if report is not None:
+            report.skip(path, why, folder=folder)
+
+    def walk(folder: Path, ancestors: set[tuple[int, int]]) -> Iterator[Path]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            problem(folder, f"cannot list folder ({exc.strerror or exc})", folder=True)
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = Path(entry.path)
+            if not _valid_name(child):
+                problem(child, "name is not valid UTF-8; rename it to index it")
+                continue
+            try:
+                st = os.stat(entry.path)
+            except OSError as exc:
+                problem(child, _stat_problem(exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in ancestors:
+                    problem(child, "symlink loop (links back to a folder above it)", folder=True)
+                    continue
+                yield from walk(child, ancestors | {key})
+            elif stat.S_ISREG(st.st_mode):
+                yield child
+            else:
+                problem(child, f"{_special_kind(st.st_mode)}, not a regular file")
+
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                rel = child.relative_to(path)
-                if child.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    yield child
-        else:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            problem(path, "no such file or folder" if exc.errno == errno.ENOENT and not path.is_symlink()
+                    else _stat_problem(exc))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            yield from walk(path, {(st.st_dev, st.st_ino)})
+        elif stat.S_ISREG(st.st_mode):
             yield path
+        else:
+            problem(path, f"{_special_kind(st.st_mode)}, not a regular file")
 
 
 def _suffix(path: Path) -> str:
@@ -86,8 +194,17 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _read_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
+def _read_bytes(path: Path, report: LoadReport | None = None) -> bytes:
+    """The file's bytes (gunzipped for .gz). Opened non-blocking and checked to be a regular file once open, so a
+    file swapped for a FIFO after listing cannot hang the run."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", closefd=True) as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"{_special_kind(mode)}, not a regular file")
+        data = f.read()
+    if report is not None:
+        report.inputs[str(path.resolve())] = hashlib.sha256(data).hexdigest()
     if path.name.lower().endswith(".gz"):
         try:
             data = gzip.decompress(data)
@@ -96,14 +213,46 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _looks_binary(data: bytes) -> bool:
-    head = data[:8192]
-    return b"\x00" in head
+# Headers of common binary formats that can start without a NUL byte in the first kilobytes.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF87a", "GIF image"),
+    (b"GIF89a", "GIF image"), (b"PK\x03\x04", "zip archive"), (b"PK\x05\x06", "zip archive"),
+    (b"\x7fELF", "ELF executable"), (b"\x1f\x8b", "gzip data"), (b"BZh91AY&SY", "bzip2 data"),
+    (b"\xfd7zXZ\x00", "xz data"), (b"7z\xbc\xaf\x27\x1c", "7z archive"), (b"Rar!\x1a\x07", "RAR archive"),
+    (b"%PDF-", "PDF (name it .pdf to index it)"), (b"\xca\xfe\xba\xbe", "Java class / Mach-O"),
+    (b"\xcf\xfa\xed\xfe", "Mach-O executable"), (b"\x00asm", "WebAssembly"),
+    (b"SQLite format 3\x00", "SQLite database"),
+)
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\x1b") + b"\x7f"
+_SAMPLE = 8192
+
+
+def binary_reason(data: bytes) -> str | None:
+    """Why `data` is not text, or None. NUL bytes, a known binary header, or a sample (head, middle, tail) where
+    more than 30% of characters are control bytes or invalid UTF-8: random bytes score ~60%, Latin-1 prose 2-20%."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return f"binary file ({kind}), not text"
+    samples = [data[:_SAMPLE]]
+    if len(data) > 4 * _SAMPLE:
+        middle = len(data) // 2
+        samples += [data[middle : middle + _SAMPLE], data[-_SAMPLE:]]
+    for sample in samples:
+        if b"\x00" in sample:
+            return "binary file (NUL bytes), not text"
+        text = sample.decode("utf-8", errors="replace")
+        if len(text) < 16:
+            continue
+        bad = text.count("\ufffd") + sum(sample.count(bytes([b])) for b in _CONTROL_BYTES)
+        if bad > 0.30 * len(text) + 4:  # +4: a multibyte character cut at a sample edge
+            return "binary file (mostly control bytes or invalid UTF-8), not text"
+    return None
 
 
 def _decode(data: bytes, path: Path, report: LoadReport) -> str:
-    if _looks_binary(data):
-        raise BadInputError("binary file (NUL bytes), not text")
+    reason = binary_reason(data)
+    if reason:
+        raise BadInputError(reason)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -154,7 +303,7 @@ def _looks_like_html(text: str) -> bool:
 
 
 def load_text(path: Path, options: LoadOptions, report: LoadReport, kind: str = "text") -> Iterator[Document]:
-    text = _decode(_read_bytes(path), path, report)
+    text = _decode(_read_bytes(path, report), path, report)
     title = ""
     if kind == "html" or (kind == "text" and _looks_like_html(text)):
         # A .txt that is really an HTML page (as gorilla's sample blog.txt is) is read as HTML, not as markup soup.
@@ -172,7 +321,7 @@ def load_pdf(path: Path, options: LoadOptions, report: LoadReport) -> Iterator[D
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
-    data = path.read_bytes()
+    data = _read_bytes(path, report)
     if not data.strip():
         raise BadInputError("empty file")
     if not data.lstrip()[:5].startswith(b"%PDF"):
@@ -255,7 +404,7 @@ def record_to_document(
 
 
 def load_json(path: Path, options: LoadOptions, report: LoadReport) -> Iterator[Document]:
-    text = _decode(_read_bytes(path), path, report)
+    text = _decode(_read_bytes(path, report), path, report)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -277,14 +426,14 @@ def load_json(path: Path, options: LoadOptions, report: LoadReport) -> Iterator[
 
 def iter_jsonl(path: Path, report: LoadReport) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) for every well-formed line; each malformed line is one warning."""
-    text = _decode(_read_bytes(path), path, report)
+    text = _decode(_read_bytes(path, report), path, report)
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.warn(f"{path}:{lineno}: skipped malformed JSONL line ({exc.msg})")
+        except (json.JSONDecodeError, RecursionError) as exc:
+            report.warn(f"{path}:{lineno}: skipped malformed JSONL line ({getattr(exc, 'msg', 'nested too deeply')})")
 
 
 def load_jsonl(path: Path, options: LoadOptions, report: LoadReport) -> Iterator[Document]:
@@ -346,7 +495,8 @@ def _kind_for(path: Path, options: LoadOptions) -> str:
 
 
 def load_file(path: Path, options: LoadOptions, report: LoadReport) -> list[Document]:
-    """All documents of one file, or [] with a warning when the file cannot be read."""
+    """All documents of one file, or [] with one warning when the file cannot be read, whatever the reason: a parser
+    that fails in an unforeseen way (deeply nested JSON, a broken PDF object) costs that file, never the run."""
     if not path.exists():
         report.skip(path, "no such file or folder")
         return []
@@ -368,6 +518,12 @@ def load_file(path: Path, options: LoadOptions, report: LoadReport) -> list[Docu
     except OSError as exc:
         report.skip(path, f"cannot read ({exc.strerror or exc})")
         return []
+    except RecursionError:
+        report.skip(path, "cannot read (nested too deeply)")
+        return []
+    except Exception as exc:  # noqa: BLE001 - one bad file must never end the run; the warning names the cause
+        report.skip(path, f"cannot read ({type(exc).__name__}: {exc})")
+        return []
     if not docs:
         report.skip(path, "no documents in file")
         return []
@@ -380,5 +536,5 @@ def load_paths(paths: Iterable[str | Path], options: LoadOptions | None = None, 
     """Documents of every file under `paths`, file by file (a generator, so a huge corpus never sits in memory)."""
     options = options or LoadOptions()
     report = report if report is not None else LoadReport()
-    for path in iter_files(paths):
+    for path in iter_files(paths, report):
         yield from load_file(path, options, report)
