@@ -96,6 +96,18 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _encode_cached(value: dict[str, Any]) -> str:
+    """A cached answer as JSON for the cache file (citations and flags are pydantic models; the rest is plain)."""
+    return json.dumps({**value, "citations": [c.model_dump() for c in value["citations"]],
+                       "flagged": [f.model_dump() for f in value["flagged"]]})
+
+
+def _decode_cached(data: str) -> dict[str, Any]:
+    value = json.loads(data)
+    return {**value, "citations": [Citation(**c) for c in value["citations"]],
+            "flagged": [Flagged(**f) for f in value["flagged"]]}
+
+
 class RagPipeline:
     def __init__(self, workspace: Workspace | str | os.PathLike[str], llm: LLM, search: SearchConfig | None = None,
                  config: ServeConfig | None = None, model_name: str | None = None):
@@ -107,8 +119,14 @@ class RagPipeline:
         self._stage_llms: dict[str, LLM] = {}
         self.searcher = Searcher(self.workspace, self.search_config, llm_for=self.retrieval_llm)
         self.batcher = Batcher(llm, max_batch=self.config.max_batch, batch_wait_ms=self.config.batch_wait_ms)
-        self.cache = SemanticCache(self.config.cache_threshold, self.config.cache_entries)
         self.feedback = FeedbackStore(self.workspace)
+        # beside feedback.sqlite3, so a restart keeps the cache warm; the namespace keeps apart entries made under other
+        # search settings or another embedder (a request's signature carries only the per-request settings)
+        self.cache = SemanticCache(
+            self.config.cache_threshold, self.config.cache_entries,
+            path=self.feedback.path.parent / "semantic_cache.sqlite3" if self.config.cache else None,
+            namespace=_hash({"search": self.search_config.model_dump(), "embedder": self.searcher.settings.embedder}),
+            encode=_encode_cached, decode=_decode_cached)
         self._lock = threading.Lock()
         self._checked = 0.0
         self._fingerprints: dict[str, tuple[int, str]] = {}
