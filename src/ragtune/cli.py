@@ -35,6 +35,22 @@ WorkspaceOption = typer.Option(
 )
 
 
+@app.callback()
+def _global_options(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show third-party warnings and the progress bars of internal steps (model "
+        "conversion, tokenisation, dataset maps); also RAGTUNE_VERBOSE=1.",
+    ),
+) -> None:
+    """Options for every command."""
+    from ragtune.progress import quiet_libraries, set_verbose
+
+    if verbose:
+        set_verbose(True)
+    else:
+        quiet_libraries()
+
+
 def fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)

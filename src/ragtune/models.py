@@ -100,8 +100,20 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
+        # transformers walks the GGUF tensors under its own tqdm bar; show that loop as ragtune progress instead
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        from ragtune.progress import Reporter, tqdm_standin
+
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        own_tqdm = gguf_utils.tqdm
+        with Reporter(f"converting {gguf_path.name}", unit="tensors") as reporter:
+            reporter.note(f"converting {gguf_path.name} to a Hugging Face folder once (cached in {target.parent})")
+            gguf_utils.tqdm = tqdm_standin(reporter)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            finally:
+                gguf_utils.tqdm = own_tqdm
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:
             quantizer.remove_quantization_config(model)
@@ -166,15 +178,12 @@ _EMBEDDERS: dict[tuple[str, str], object] = {}
 
 
 def quiet_transformers() -> None:
-    """Keep weight-loading progress bars and advisory warnings out of ragtune's own output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
+    """Keep weight-loading progress bars and advisory warnings out of ragtune's own output (unless `ragtune -v`)."""
+    import transformers  # noqa: F401  - imported first, so its logging is set directly
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
+    from ragtune.progress import quiet_libraries
+
+    quiet_libraries()
 
 
 def load_embedder(ref: str | None = None, device: str | None = None):

@@ -43,20 +43,30 @@ def is_verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "0") not in ("", "0", "false", "no")
 
 
+_QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": ("error", "warning"),
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": ("1", "0"),
+    "HF_HUB_DISABLE_PROGRESS_BARS": ("1", "0"),
+}
+
+
 def quiet_libraries() -> None:
     """Keep third-party warnings and internal progress bars out of ragtune's output, unless verbose.
 
-    Idempotent and cheap: call it before loading models or datasets. Libraries that are not installed are skipped.
+    Idempotent and cheap (it imports nothing heavy): libraries already imported are set directly, the others through
+    the environment variables they read when imported. Call it again after importing one to be sure.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     verbose = is_verbose()
+    for name, (quiet, loud) in _QUIET_ENV.items():
+        os.environ[name] = loud if verbose else quiet
     for category in (FutureWarning, UserWarning, DeprecationWarning):
         if verbose:
             warnings.filterwarnings("default", category=category)
         else:
             # ragtune's own warnings still show: only those raised from inside other packages are silenced
             warnings.filterwarnings("ignore", category=category, module=r"^(?!ragtune)")
-    try:
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         if verbose:
@@ -65,9 +75,7 @@ def quiet_libraries() -> None:
         else:
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - an optional library
-        pass
-    try:
+    if "datasets" in sys.modules:
         from datasets.utils import logging as ds_logging
 
         if verbose:
@@ -75,14 +83,10 @@ def quiet_libraries() -> None:
         else:
             ds_logging.disable_progress_bar()
             ds_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
+    if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
         (enable_progress_bars if verbose else disable_progress_bars)()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 # ---- the reporter ----------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ragtune.train.config import RunSettings, TrainConfigError
 from ragtune.workspace import Manifest, Workspace, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
+LOSS_CURVE = "loss_curve.json"
 
 
 # ---- hardware --------------------------------------------------------------------------------------------------------
@@ -109,6 +110,11 @@ def load_model_for_training(model_ref: str | None, settings: RunSettings) -> tup
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
+    # Seed here, not only in the Trainer: TRL draws the LoRA initialisation before the Trainer seeds anything, so
+    # without this two runs with the same --seed would start from different adapters.
+    from transformers import set_seed
+
+    set_seed(settings.seed)
     return model, load_tokenizer(path), path
 
 
@@ -170,81 +176,121 @@ def trainer_arguments(settings: RunSettings, output_dir: Path) -> dict[str, Any]
 # ---- progress --------------------------------------------------------------------------------------------------------
 
 
-def progress_callback(label: str, quiet: bool = False, max_minutes: float | None = None):
-    """A TrainerCallback that draws one rich bar (step, loss, tokens/s, ETA), keeps the loss history, and ends
-    training cleanly (the output is still saved) once `max_minutes` of training time are spent."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def progress_callback(
+    label: str,
+    quiet: bool = False,
+    max_minutes: float | None = None,
+    folder: Path | None = None,
+    warmup_ratio: float = 0.0,
+):
+    """A TrainerCallback that reports progress (step, loss, tokens/s, ETA: a rich bar on a TTY, plain lines every
+    ~10 s or 5% elsewhere, also appended to the run's `train.log`), keeps the per-step loss curve, and turns a
+    `max_minutes` budget into a fixed step count after timing the first steps (`ragtune.train.budget`)."""
     from transformers import TrainerCallback
 
-    class RichProgress(TrainerCallback):
+    from ragtune.progress import Reporter
+    from ragtune.train import budget as budget_mod
+
+    class TrainProgress(TrainerCallback):
         def __init__(self) -> None:
             self.history: list[dict[str, float]] = []
-            self.bar: Progress | None = None
-            self.task: Any = None
+            self.reporter: Reporter | None = None
             self.started = 0.0
             self.start_tokens = 0
             self.start_step = 0
             self.last_loss: float | None = None
-            self.stopped_early = False
-            self.plain: Any = None
+            self.budget: budget_mod.BudgetDecision | None = None
+            self.step_seconds: list[float] = []
+            self._step_started = 0.0
+            self._warmup = 0
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
+        def say(self, message: str) -> None:
+            if self.reporter is not None:
+                self.reporter.note(f"{label}: {message}")
+
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            self.started = self._step_started = time.perf_counter()
             self.start_tokens = state.num_input_tokens_seen
             self.start_step = state.global_step
-            if quiet or not state.is_world_process_zero:
+            if state.is_world_process_zero:
+                log_file = folder / "train.log" if folder is not None else None
+                self.reporter = Reporter(label, total=state.max_steps, unit="steps", enabled=not quiet,
+                                         log_file=log_file)
+                self.reporter.update(state.global_step)
+                self.reporter.restart_clock()
+            if max_minutes is None or optimizer is None or lr_scheduler is None:
                 return
-            console = Console(stderr=True)
-            if not console.is_terminal:  # a log file or CI: one plain line per logging step instead of a bar
-                self.plain = console
-                console.print(f"{label}: {state.max_steps} steps")
+            saved = budget_mod.load_decision(folder) if folder is not None and state.global_step > 0 else None
+            if saved is not None:  # a resumed run keeps the step count its first part decided
+                self.budget = saved
+                self._apply(state, optimizer, lr_scheduler, saved.warmup_steps, saved.steps)
+                self.say(f"resuming with the budgeted schedule of {saved.steps} steps ({saved.message})")
                 return
-            self.bar = Progress(
-                TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=state.max_steps, completed=state.global_step, loss="–", tps="–")
+            # lengthen the warm-up to cover the timed steps, so the schedule changes before any decay
+            self._warmup = budget_mod.budget_warmup(warmup_ratio, state.max_steps)
+            budget_mod.reschedule(lr_scheduler, optimizer, self._warmup, state.max_steps)
+
+        def _apply(self, state, optimizer, lr_scheduler, warmup: int, total: int) -> None:
+            budget_mod.reschedule(lr_scheduler, optimizer, warmup, total)
+            state.max_steps = total  # transformers' flow callback stops the run there, and saves
+            if self.reporter is not None:
+                self.reporter.update(total=total)
 
         def tokens_per_second(self, state) -> float:
             elapsed = time.perf_counter() - self.started
             return (state.num_input_tokens_seen - self.start_tokens) / elapsed if elapsed > 0 else 0.0
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if max_minutes is not None and time.perf_counter() - self.started >= 60 * max_minutes:
-                control.should_training_stop = True
-                self.stopped_early = True
-            if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step, tps=f"{self.tokens_per_second(state):.0f}")
+        def on_step_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            now = time.perf_counter()
+            self.step_seconds.append(now - self._step_started)
+            self._step_started = now
+            if (max_minutes is not None and self.budget is None and optimizer is not None
+                    and state.global_step - self.start_step == min(budget_mod.TIMED_STEPS, state.max_steps)):
+                decision = budget_mod.decide(max_minutes, state.max_steps, self.step_seconds, now - self.started,
+                                             self._warmup)
+                # every rank takes rank 0's decision under `accelerate launch`, so all stop at the same step
+                decision.steps = broadcast_int(decision.steps)
+                self.budget = decision
+                if decision.steps != state.max_steps:
+                    self._apply(state, optimizer, lr_scheduler, self._warmup, decision.steps)
+                if state.global_step >= decision.steps:  # transformers' flow callback already ran for this step
+                    control.should_training_stop = True
+                self.say(decision.message)
+                if folder is not None and state.is_world_process_zero:
+                    budget_mod.save_decision(folder, decision)
+            if self.reporter is not None:
+                self.reporter.update(state.global_step, tokens_per_second=round(self.tokens_per_second(state)))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if "loss" in logs:
                 self.last_loss = float(logs["loss"])
-                self.history.append({"step": state.global_step, "loss": self.last_loss,
-                                     "tokens_per_second": round(self.tokens_per_second(state), 1)})
-                if self.bar is not None:
-                    self.bar.update(self.task, loss=f"{self.last_loss:.3f}")
-                elif self.plain is not None:
-                    elapsed = time.perf_counter() - self.started
-                    self.plain.print(f"{label}: step {state.global_step}/{state.max_steps} loss {self.last_loss:.4f} "
-                                     f"{self.tokens_per_second(state):.0f} tok/s {elapsed:.0f}s")
+                entry = {"step": state.global_step, "loss": self.last_loss,
+                         "tokens_per_second": round(self.tokens_per_second(state), 1)}
+                if "learning_rate" in logs:
+                    entry["learning_rate"] = float(logs["learning_rate"])
+                self.history.append(entry)
+                if self.reporter is not None:
+                    self.reporter.update(loss=round(self.last_loss, 4))
 
         def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step)
-                self.bar.stop()
+            if self.reporter is not None:
+                self.reporter.update(state.global_step)
+                self.reporter.close()
 
-    return RichProgress()
+    return TrainProgress()
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's value on every rank under torch.distributed; the value itself in a plain run."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.long)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
 
 
 def quiet_trainer(trainer: Any) -> Any:
@@ -278,7 +324,8 @@ class TrainResult:
     resumed_from: str | None = None
     world_size: int = 1  # processes under `accelerate launch` / torchrun
     distributed_backend: str | None = None  # gloo on CPUs, nccl on GPUs
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # the loss curve, one entry per logged step
+    budget: dict[str, Any] | None = None  # how --max-minutes became a step count (`ragtune.train.budget`)
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -437,10 +484,14 @@ def finish_run(
         world_size=int(trainer.args.world_size),
         distributed_backend=distributed_backend(),
         history=list(progress.history) if progress else [],
+        budget=progress.budget.to_dict() if progress and progress.budget else None,
         config=settings.to_dict(),
     )
     if trainer.accelerator.is_main_process:
         write_json_atomic(folder / "train_summary.json", result.to_dict())
+        # the loss per step on its own, so two runs compare with one `diff` (same seed + same steps: same curve)
+        write_json_atomic(folder / LOSS_CURVE, {"steps": result.steps, "loss": [h["loss"] for h in result.history],
+                                                "history": result.history})
         manifest = Manifest(
             stage=f"train-{folder.name}",
             inputs=inputs,

@@ -48,7 +48,8 @@ class RunSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    max_minutes: float | None = None  # a time budget: stop (and save) after this much training time
+    # A time budget: the first steps are timed and the schedule is set to the step count that fits (never cut short)
+    max_minutes: float | None = None
     lr: float | None = None  # default: 2e-4 for adapters, 2e-5 for full fine-tuning
     batch_size: int = 4
     grad_accum: int = 2
@@ -58,7 +59,7 @@ class RunSettings:
     bf16: str = "auto"  # autocast in bf16 where the hardware has fast bf16 (CUDA, or a CPU with AVX512-BF16 / AMX)
     save_steps: int = 50
     save_total_limit: int = 2
-    logging_steps: int = 5
+    logging_steps: int = 1  # every step: the loss curve in loss_curve.json has one point per optimiser step
     seed: int = 0
     merge: bool = False  # write a merged model folder instead of an adapter
     gradient_checkpointing: bool = False
@@ -103,6 +104,7 @@ class SFTRunConfig(RunSettings):
     """
 
     data_mode: str = "raft"
+    answer_only_head: bool = True  # on CPUs: LM head and loss on the answer tokens only (ragtune.train.fast_loss)
     packing: bool = False
     group_by_length: bool = True
     split: str = "train"  # the hash split: never train on held-out questions

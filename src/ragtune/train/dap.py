@@ -62,7 +62,8 @@ def train_dap(
         packing_strategy="wrapped",
         completion_only_loss=False,
     )
-    progress = progress_callback("dap", quiet=quiet, max_minutes=config.max_minutes)
+    progress = progress_callback("dap", quiet=quiet, max_minutes=config.max_minutes, folder=folder,
+                                 warmup_ratio=config.warmup_ratio)
     trainer = SFTTrainer(
         model=net,
         args=args,

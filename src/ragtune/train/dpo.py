@@ -72,7 +72,8 @@ def train_dpo(
         net = PeftModel.from_pretrained(net, config.adapter, is_trainable=True)
         peft_config = None  # the model already carries the adapter being trained
     args = DPOConfig(**trainer_arguments(config, folder / "checkpoints"), beta=config.beta)
-    progress = progress_callback("dpo", quiet=quiet, max_minutes=config.max_minutes)
+    progress = progress_callback("dpo", quiet=quiet, max_minutes=config.max_minutes, folder=folder,
+                                 warmup_ratio=config.warmup_ratio)
     trainer = DPOTrainer(
         model=net,
         ref_model=ref_model,

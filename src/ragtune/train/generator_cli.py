@@ -31,8 +31,13 @@ MethodOption = typer.Option("lora", "--method", help="lora | qlora (4-bit base; 
 # Options that mean the same in every generator trainer, declared once.
 LoraROption = typer.Option(16, "--lora-r", help="LoRA rank.")
 EpochsOption = typer.Option(1.0, "--epochs", help="Passes over the data.")
-MaxStepsOption = typer.Option(-1, "--max-steps", help="Stop after N optimiser steps (overrides --epochs).")
-MaxMinutesOption = typer.Option(None, "--max-minutes", help="Time budget: stop and save after this long.")
+MaxStepsOption = typer.Option(-1, "--max-steps", help="Train exactly N optimiser steps (overrides --epochs): the "
+                              "same schedule and adapter whatever else the machine is doing.")
+MaxMinutesOption = typer.Option(
+    None, "--max-minutes", help="Time budget: the first 3 steps are timed and the schedule is set to the step count "
+    "that fits (warm-up and decay complete; never more than --epochs / --max-steps plan). For the same adapter on "
+    "any machine, give --max-steps instead.",
+)
 Bf16Option = typer.Option("auto", "--bf16", help="auto (on for CUDA and CPUs with AVX512-BF16/AMX) | on | off")
 SaveStepsOption = typer.Option(50, "--save-steps", help="Checkpoint every N steps (kept: the last 2).")
 SeedOption = typer.Option(0, "--seed", help="Seed for data order and initialisation.")

@@ -19,6 +19,7 @@ from ragtune.train.common import (
     is_main_process,
     load_model_for_training,
     lora_config,
+    pick_device,
     prepare_run,
     progress_callback,
     quiet_trainer,
@@ -90,6 +91,8 @@ def build_sft_trainer(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from ragtune.train.fast_loss import install_answer_only_head, sft_trainer_class
+
     say = say or stderr_log
     rows = build_rows(workspace, data_path, config)
     net, tokenizer, base_path = load_model_for_training(model, config)
@@ -105,8 +108,13 @@ def build_sft_trainer(
         train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
         completion_only_loss=True,
     )
-    progress = progress_callback(f"sft {config.method}", quiet=quiet, max_minutes=config.max_minutes)
-    trainer = SFTTrainer(
+    progress = progress_callback(f"sft {config.method}", quiet=quiet, max_minutes=config.max_minutes, folder=folder,
+                                 warmup_ratio=config.warmup_ratio)
+    # On a CPU, TRL's fused LM head scores every position (prompt included) against the 49k-word vocabulary; the
+    # answer-only head scores just the answer tokens: same loss, ~1.5x the tokens/s (see ragtune.train.fast_loss).
+    answer_only = config.answer_only_head and pick_device(config.device) == "cpu"
+    trainer_class = sft_trainer_class() if answer_only else SFTTrainer
+    trainer = trainer_class(
         model=net,
         args=args,
         train_dataset=dataset,
@@ -115,6 +123,8 @@ def build_sft_trainer(
         callbacks=[progress],
     )
     quiet_trainer(trainer)
+    if answer_only:
+        install_answer_only_head(trainer.model)
     return PreparedSFT(trainer, progress, len(rows), base_path)
 
 
