@@ -12,6 +12,8 @@ A Searcher may serve a derived level of the index (`level="sentences"` / `"summa
 
 Metadata filters are applied inside each leg before its top-k (a row mask over the catalog; LanceDB prefilter on the
 other backend), so a filtered search returns k hits whenever k chunks match, not whatever survived a post-filter.
+A `tenant` filter (what the server adds from the API key) compares the typed tenant column, never a document's
+metadata, so a chunk without a tenant or with another one cannot pass it (`ragtune.index.store.filter_sql`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ragtune.config import SearchConfig
 from ragtune.index.embedding import Embedder
@@ -32,7 +33,7 @@ from ragtune.index.fusion import reciprocal_rank_fusion
 from ragtune.index.lexical import LexicalIndex
 from ragtune.index.retriever import query_encoder_path
 from ragtune.index.settings import IndexSettings, index_text
-from ragtune.index.store import ChunkStore
+from ragtune.index.store import ChunkStore, filter_mask
 from ragtune.records import Hit
 from ragtune.workspace import Workspace
 
@@ -43,7 +44,10 @@ MODES = ("hybrid", "dense", "bm25")
 
 
 def parse_filters(items: list[str] | None) -> dict[str, str]:
-    """`key=value` strings to a dict; a `source` filter given as a path is made absolute like stored sources."""
+    """`key=value` strings to a dict; a `source` filter given as a path is made absolute like stored sources.
+
+    Keys `tenant`, `version`, `doc_id`, `source` and `title` compare the typed columns ingest set; any other key (or
+    `meta.KEY`) matches a document's own metadata, which never stands in for those fields (see `index.store`)."""
     filters: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -165,17 +169,23 @@ class Searcher:
 
     @lru_cache(maxsize=64)  # noqa: B019 - one Searcher lives as long as its workspace is served
     def _mask(self, filter_items: tuple[tuple[str, str], ...]) -> np.ndarray:
-        catalog = self.catalog
-        tags = catalog["tags"]
-        flat = pc.list_flatten(tags)
-        parents = np.asarray(pc.list_parent_indices(tags))
-        mask = np.ones(catalog.num_rows, dtype=bool)
-        for key, value in filter_items:
-            matched = parents[np.asarray(pc.equal(flat, f"{key}={value}").fill_null(False))]
-            row_mask = np.zeros(catalog.num_rows, dtype=bool)
-            row_mask[matched] = True
-            mask &= row_mask
-        return mask.astype(np.float32)
+        return filter_mask(self.catalog, dict(filter_items)).astype(np.float32)
+
+    def allowed(self, filters: dict[str, str] | None) -> np.ndarray | None:
+        """The catalog rows (bool per row, catalog order) that pass the filters; None when nothing is filtered.
+        The later stages (windows, parents, links) check every row they add against it."""
+        if not filters:
+            return None
+        return self._mask(tuple(sorted(filters.items()))) > 0
+
+    def passes(self, chunk_id: str, filters: dict[str, str] | None) -> bool:
+        """Whether this chunk exists on this level and passes the filters."""
+        self.refresh()
+        row = self._rows.get(chunk_id)
+        if row is None:
+            return False
+        allowed = self.allowed(filters)
+        return allowed is None or bool(allowed[row])
 
     def dense(self, query: str, k: int, filters: dict[str, str] | None = None) -> list[tuple[str, float]]:
         self.refresh()

@@ -21,40 +21,95 @@ os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger is chatty abo
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ragtune.records import Chunk
 from ragtune.workspace import Workspace
 
 TABLE = "chunks"
 CATALOG_COLUMNS = ["chunk_id", "doc_id", "doc_key", "source", "title", "text", "start", "end", "metadata", "tags"]
-_STANDARD_TAG_FIELDS = ("doc_id", "source", "title", "tenant", "version")
+SCOPE_COLUMNS = ["tenant", "version"]  # typed columns the catalog also carries, so in-memory masks can read them
+# Access-relevant and identifying fields: typed columns of the table, set by ingest (`--tenant`, `--version`, the
+# file's path), never from a document's content. A filter on one of these keys compares the column.
+RESERVED_FIELDS = ("tenant", "version", "doc_id", "source", "title")
+META_PREFIX = "meta."  # user metadata lives under this namespace in `tags`, so it can never shadow a reserved field
 _UNTAGGED = {"modified"}  # a timestamp is never matched exactly; it stays in the metadata JSON
 
 
 def chunk_tags(chunk: Chunk) -> list[str]:
-    """'key=value' strings a filter matches against: the standard fields plus every scalar metadata entry."""
+    """'meta.key=value' strings a metadata filter matches: every scalar metadata entry, namespaced.
+
+    Only user metadata is tagged; the reserved fields are columns. A record field `"tenant": "B"` becomes the tag
+    `meta.tenant=B`, which no tenant scope (`tenant = 'B'` on the column) ever reads."""
     tags = []
-    for key in _STANDARD_TAG_FIELDS:
-        value = getattr(chunk, key)
-        if value not in (None, ""):
-            tags.append(f"{key}={value}")
     for key, value in chunk.metadata.items():
         if key in _UNTAGGED:
             continue
         if isinstance(value, str | int | float) and not isinstance(value, bool):
-            tags.append(f"{key}={value}")
+            tags.append(f"{META_PREFIX}{key}={value}")
     return tags
 
 
 def sql_string(value: str) -> str:
+    """A SQL string literal. Doubling quotes is the whole escape: DataFusion reads no backslash escapes in '...'."""
     return "'" + value.replace("'", "''") + "'"
 
 
+def filter_terms(filters: dict[str, str] | None) -> list[tuple[str, str, str]]:
+    """Filters as (kind, name, value), sorted: ("column", "tenant", "acme") for a reserved key, compared on its typed
+    column; ("meta", "lang", "en") for any other key, matched against the metadata tags. `meta.KEY` names user
+    metadata explicitly (the way to filter on a record's own `source` or `tenant` field, which only narrows)."""
+    terms = []
+    for key, value in sorted((filters or {}).items()):
+        if key in RESERVED_FIELDS:
+            terms.append(("column", key, str(value)))
+        else:
+            name = key[len(META_PREFIX):] if key.startswith(META_PREFIX) else key
+            terms.append(("meta", name, str(value)))
+    return terms
+
+
+def meta_tag_forms(name: str, value: str) -> list[str]:
+    """The tags a metadata filter matches: the namespaced form, plus the bare `key=value` that indexes written before
+    the namespace hold (never for a reserved key, whose bare tag was the old, spoofable standard field)."""
+    forms = [f"{META_PREFIX}{name}={value}"]
+    if name not in RESERVED_FIELDS and not name.startswith(META_PREFIX):
+        forms.append(f"{name}={value}")
+    return forms
+
+
 def filter_sql(filters: dict[str, str] | None) -> str | None:
-    """A LanceDB where-clause that keeps chunks carrying every key=value tag."""
-    if not filters:
-        return None
-    return " AND ".join(f"array_has(tags, {sql_string(f'{k}={v}')})" for k, v in sorted(filters.items()))
+    """A LanceDB where-clause that keeps rows whose reserved columns equal the reserved filters and whose metadata
+    tags hold every other key=value. Keys never reach the SQL as identifiers: columns come from RESERVED_FIELDS,
+    and everything the caller wrote is inside a quoted literal."""
+    clauses = []
+    for kind, name, value in filter_terms(filters):
+        if kind == "column":
+            clauses.append(f"{name} = {sql_string(value)}")
+        else:
+            forms = " OR ".join(f"array_has(tags, {sql_string(tag)})" for tag in meta_tag_forms(name, value))
+            clauses.append(f"({forms})")
+    return " AND ".join(clauses) if clauses else None
+
+
+def filter_mask(catalog: pa.Table, filters: dict[str, str] | None) -> np.ndarray:
+    """The rows of a catalog (`ChunkStore.catalog`) that pass the filters, by the same rules as `filter_sql`."""
+    mask = np.ones(catalog.num_rows, dtype=bool)
+    terms = filter_terms(filters)
+    if not terms or not catalog.num_rows:
+        return mask
+    tags = catalog["tags"]
+    flat = pc.list_flatten(tags)
+    parents = np.asarray(pc.list_parent_indices(tags))
+    for kind, name, value in terms:
+        if kind == "column":
+            mask &= np.asarray(pc.equal(catalog[name], value).fill_null(False), dtype=bool)
+            continue
+        matched = np.asarray(pc.is_in(flat, pa.array(meta_tag_forms(name, value))).fill_null(False), dtype=bool)
+        row_mask = np.zeros(catalog.num_rows, dtype=bool)
+        row_mask[parents[matched]] = True
+        mask &= row_mask
+    return mask
 
 
 def schema(dim: int) -> pa.Schema:
@@ -224,7 +279,7 @@ class ChunkStore:
     def catalog(self, with_vectors: bool = False) -> pa.Table:
         """Every chunk's fields (and optionally vectors) in a stable order (by chunk id): the row order shared by
         the lexical index, the in-memory vectors and the filter masks."""
-        table = self.scan(CATALOG_COLUMNS + (["vector"] if with_vectors else []))
+        table = self.scan(CATALOG_COLUMNS + SCOPE_COLUMNS + (["vector"] if with_vectors else []))
         return table.sort_by("chunk_id") if table.num_rows else table
 
     def read_chunks(self, filters: dict[str, str] | None = None) -> list[Chunk]:

@@ -103,8 +103,7 @@ class RetrievalPipeline:
         `link_docs` first. A linked document's other chunks are left to the first stage: one entry point each."""
         cfg = self.config
         links, order = self.title_links(), self.order(searcher.level_name)
-        top = [self.searcher.hit(parent_chunk_id(cid)) if searcher.level_name == SENTENCES else searcher.hit(cid)
-               for cid, _ in ranked[: cfg.link_hits]]
+        top = [self._linking_hit(searcher, cid, filters) for cid, _ in ranked[: cfg.link_hits]]
         ranked_docs = {hit.doc_id for hit in top}  # already at the top: not worth a link slot
         out, seen = [], set()
         for (cid, _), hit in zip(ranked, top, strict=False):
@@ -122,6 +121,15 @@ class RetrievalPipeline:
                 {"doc_id": d, "title": by_doc[d].title, "mention": by_doc[d].mention, "chunk_id": best[d][0],
                  "score": round(best[d][1], 4)} for d in kept]})
         return out
+
+    def _linking_hit(self, searcher: Searcher, cid: str, filters: dict[str, str] | None) -> Hit:
+        """The text whose title mentions are followed for a hit: its parent chunk's on the sentence level (when that
+        chunk passes the filters, as it always should), else the hit's own."""
+        if searcher.level_name == SENTENCES:
+            parent = parent_chunk_id(cid)
+            if self.searcher.passes(parent, filters):
+                return self.searcher.hit(parent)
+        return searcher.hit(cid)
 
     def link_hop(self, searcher: Searcher, query: str, ranked: list[tuple[str, float]],
                  filters: dict[str, str] | None) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
@@ -164,7 +172,9 @@ class RetrievalPipeline:
         if not first:
             return first, query
         top = first[0][0]
-        text = (self.searcher.hit(parent_chunk_id(top)) if searcher.level_name == SENTENCES else searcher.hit(top)).text
+        parent = parent_chunk_id(top) if searcher.level_name == SENTENCES else None
+        use_parent = parent is not None and self.searcher.passes(parent, filters)
+        text = (self.searcher.hit(parent) if use_parent and parent else searcher.hit(top)).text
         hop = f"{query} {text}"
         second = searcher.first_stage(hop, depth, mode, filters)
         return reciprocal_rank_fusion([[c for c, _ in first], [c for c, _ in second]], k=self.config.rrf_k), hop
@@ -207,9 +217,9 @@ class RetrievalPipeline:
             ranked = reciprocal_rank_fusion(rankings, k=cfg.rrf_k)[:fetch]
         hits = [searcher.hit(cid, score, rank) for rank, (cid, score) in enumerate(ranked, start=1)]
         if small_to_big and cfg.parent != "none":
-            hits = to_parents(hits, cfg.parent, self.searcher.hit, self.order("chunks"), first_k)
+            hits = to_parents(hits, cfg.parent, self.searcher.hit, self.order("chunks"), first_k, filters)
         elif small_to_big:
-            hits = expand_windows(hits, self.order(SENTENCES), cfg.window, first_k)
+            hits = expand_windows(hits, self.order(SENTENCES), cfg.window, first_k, filters)
         if self.reranker is not None:
             hits = self.reranker.rerank(query, hits, k)
         if decided is not None:

@@ -3,7 +3,8 @@ batched generation, and the durable record that feedback refers to.
 
 Retrieval runs in a worker thread under one lock (the Searcher's catalog and BM25 index are shared state); generation
 goes through `ragtune.llm.server.Batcher`, so concurrent requests share forward passes. The tenant filter is added
-here, last, from the authenticated principal: request filters are ANDed with it and can only narrow the result.
+here from the authenticated principal and compared on the typed tenant column (`ragtune.serve.scope`): request
+filters are ANDed with it and can only narrow the result; one naming the tenant is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ragtune.config import SearchConfig
 from ragtune.eval.datasets import EvalDoc
 from ragtune.eval.prompts import PromptStyle, build_messages, system_prompt_for
 from ragtune.index.search import Searcher
+from ragtune.index.store import filter_mask
 from ragtune.llm.base import LLM, GenerationConfig, Message
 from ragtune.llm.server import Batcher
 from ragtune.records import Hit
@@ -31,6 +33,7 @@ from ragtune.retrieve.semantic_cache import SemanticCache
 from ragtune.serve.feedback import FeedbackStore, new_id
 from ragtune.serve.guardrails import InjectionPolicy, Limits, find_injection, strip_control_tokens
 from ragtune.serve.schemas import APIError, ChatRequest, Citation, Flagged
+from ragtune.serve.scope import TENANT, ScopeError, SourceNames, check_request_filters
 from ragtune.workspace import Workspace
 
 
@@ -127,6 +130,7 @@ class RagPipeline:
             path=self.feedback.path.parent / "semantic_cache.sqlite3" if self.config.cache else None,
             namespace=_hash({"search": self.search_config.model_dump(), "embedder": self.searcher.settings.embedder}),
             encode=_encode_cached, decode=_decode_cached)
+        self.sources = SourceNames(self.workspace)
         self._lock = threading.Lock()
         self._checked = 0.0
         self._fingerprints: dict[str, tuple[int, str]] = {}
@@ -173,9 +177,9 @@ class RagPipeline:
         with self._lock:
             self._sync_index(force=True)
             self.searcher.embedder.encode_query("warm up")
-            tags = self.searcher.catalog["tags"].to_pylist()
-        untagged = sum(1 for t in tags if not any(x.startswith("tenant=") for x in t or []))
-        return {"chunks": len(tags), "untagged": untagged}
+            tenants = self.searcher.catalog["tenant"].to_pylist()
+        untagged = sum(1 for t in tenants if not t)  # the tenant column: no filter a key makes can reach these
+        return {"chunks": len(tenants), "untagged": untagged}
 
     def _sync_index(self, force: bool = False) -> None:
         """Pick up a newer table version written by another process (`ragtune ingest`), at most once a second."""
@@ -187,10 +191,19 @@ class RagPipeline:
         self.searcher.refresh()
 
     def search(self, tenant: str, query: str, k: int, mode: str | None, filters: dict[str, str]) -> list[Hit]:
-        scoped = {**filters, "tenant": tenant}  # last: a `tenant` in the request's filters cannot replace it
+        """The tenant's hits, sources shown relative to their ingest root. `tenant` (from the key) becomes the scope
+        on the typed tenant column; a request filter naming the tenant raises ScopeError (a 400)."""
+        check_request_filters(filters)
         with self._lock:
             self._sync_index()
-            return self.searcher.search(query, k=k, mode=mode, filters=scoped)
+            scoped = {**filters, TENANT: tenant}  # the key's tenant, on the column (index.store.filter_sql)
+            if "source" in filters:  # a client knows sources in their shown form
+                catalog = self.searcher.catalog  # one table for both reads, whatever another process commits
+                mine = filter_mask(catalog, {TENANT: tenant})
+                sources = [s for s, ok in zip(catalog["source"].to_pylist(), mine, strict=True) if ok]
+                scoped["source"] = self.sources.stored(filters["source"], sources)
+            hits = self.searcher.search(query, k=k, mode=mode, filters=scoped)
+            return [h.model_copy(update={"source": self.sources.show(h.source)}) for h in hits]
 
     def fingerprint(self, tenant: str) -> str:
         """A hash of the tenant's chunks (ids and document hashes); recomputed only when the table version moves."""
@@ -255,6 +268,10 @@ class RagPipeline:
             raise APIError(400, f"ragtune.k {k} is above this server's limit of {limits.max_k}", param="ragtune.k")
         if len(opts.filters) > limits.max_filters:
             raise APIError(400, f"more than {limits.max_filters} filters", param="ragtune.filters")
+        try:
+            check_request_filters(opts.filters)
+        except ScopeError as exc:
+            raise APIError(400, str(exc), param="ragtune.filters") from exc
         generation = GenerationConfig(max_new_tokens=max_tokens, temperature=request.temperature or 0.0,
                                       top_p=request.top_p or 1.0, stop=stop, seed=request.seed)
         mode = opts.mode or self.search_config.mode
