@@ -59,6 +59,7 @@ def _rows(ws: Path, columns: list[str]) -> list[dict]:
     return ChunkStore(ws).scan(columns).to_pylist()
 
 
+@pytest.mark.slow
 def test_hostile_folder_via_cli_warns_once_per_bad_path_and_ingests_the_rest(shared_tmp):
     drop = bool(hostile._as_nobody())
     folder = hostile.build_hostile_folder(shared_tmp / "hostile", reader_is_root=os.geteuid() == 0 and not drop)
@@ -176,15 +177,15 @@ def _big_text(chars: int) -> str:
 def test_huge_file_commits_in_parts_and_kill_9_resumes_exactly(tmp_path, embedder):
     docs = tmp_path / "docs"
     docs.mkdir()
-    big = _big_text(300_000)
+    big = _big_text(120_000)
     (docs / "a-huge.txt").write_text(big, encoding="utf-8")  # sorts first, yet the small file is committed first
     (docs / "small.txt").write_text("Pumice floats on water because of its trapped gas bubbles.", encoding="utf-8")
-    options = ["--part-chars", "30000", "--batch-size", "8"]
-    config = IngestConfig(part_chars=30_000, batch_size=8)
+    options = ["--part-chars", "12000", "--batch-size", "8"]
+    config = IngestConfig(part_chars=12_000, batch_size=8)
     reference_ws = tmp_path / "reference"
     summary = ingest([docs], reference_ws, config, embedder=embedder)
-    parts = len(split_parts(big, 30_000))
-    assert parts == 10 and summary.parts_added == parts and summary.new == 2
+    parts = len(split_parts(big, 12_000))
+    assert parts >= 10 and summary.parts_added == parts and summary.new == 2
     reference = _rows(reference_ws, ["chunk_id", "doc_id", "text", "start", "end"])
     for row in reference:
         if "#part" in row["doc_id"]:
@@ -213,9 +214,9 @@ def test_huge_file_commits_in_parts_and_kill_9_resumes_exactly(tmp_path, embedde
     part_ids = {r["doc_id"] for r in partial if "#part" in r["doc_id"]}
     assert 0 < len(part_ids) < parts, "the kill must land inside the huge file for this test to mean anything"
     assert any(r["source"].endswith("small.txt") for r in partial)  # the small file did not wait for the huge one
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "1 unchanged" in rerun.stderr and "1 updated" in rerun.stderr  # only the missing parts were embedded
+    rerun = ingest([docs], ws, config, embedder=embedder)  # in-process: the same code, without a second model load
+    assert (rerun.unchanged, rerun.updated, rerun.new) == (1, 1, 0)
+    assert rerun.parts_added == parts - len(part_ids)  # only the missing parts were embedded
     resumed = _rows(ws, ["chunk_id", "doc_id", "text", "start", "end"])
     key = lambda r: (r["chunk_id"], r["doc_id"], r["text"], r["start"], r["end"])  # noqa: E731
     assert Counter(map(key, resumed)) == Counter(map(key, reference))  # same chunks, each exactly once
@@ -224,7 +225,7 @@ def test_huge_file_commits_in_parts_and_kill_9_resumes_exactly(tmp_path, embedde
 def test_giant_unit_is_cut_but_normal_sentences_are_not(embedder):
     tok = TokenizerAdapter(embedder.tokenizer, embedder.max_tokens)
     chunker = make_chunker("sentences", tok, 64, 0)
-    text = "Short one. " + _big_text(50_000) + ". Another short one."
+    text = "Short one. " + _big_text(50_000).capitalize() + ". Another short one."
     doc = Document(doc_id="g", text=text, source="mem")
     chunks = chunker.chunk(doc)
     assert all(text[c.start : c.end] == c.text for c in chunks) and max(tok.count([c.text for c in chunks])) <= 64
