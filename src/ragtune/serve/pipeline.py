@@ -215,7 +215,8 @@ class RagPipeline:
                 return known[1]
             table = self.searcher.store.scan(["chunk_id", "doc_hash"], {"tenant": tenant})
             pairs = sorted(zip(table["chunk_id"].to_pylist(), table["doc_hash"].to_pylist(), strict=True))
-            fp = _hash(pairs)
+            # "scope 2": answers cached before the typed tenant scope and relative sources are never reused
+            fp = _hash({"scope": 2, "chunks": pairs})
             self._fingerprints[tenant] = (version, fp)
             return fp
 
