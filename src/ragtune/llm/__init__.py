@@ -1,7 +1,8 @@
 """`load_llm(ref)`: one call that turns any model reference into an `LLM`.
 
-- `None` / a bundled name / a local folder / a `.gguf` file / a hub id: a local transformers model
-  (`adapter=` adds a LoRA adapter through peft).
+- `None` / a bundled name / a local folder / a `.gguf` file / a hub id: a local model, run by `engine`:
+  `transformers` (default; `adapter=` adds a LoRA through peft, `merge_adapter=True` folds it into the weights for
+  inference) or `ct2` (CTranslate2: the same weights converted once, LoRA merged first; `pip install ctranslate2`).
 - `openai:MODEL`: an OpenAI-compatible server; base URL and key come from the keyword arguments or from
   OPENAI_BASE_URL / OPENAI_API_KEY.
 """
@@ -12,7 +13,11 @@ from typing import Any
 
 from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText, Usage
 
-__all__ = ["LLM", "Generation", "GenerationConfig", "Message", "OnText", "Usage", "load_llm"]
+__all__ = [
+    "ENGINES", "LLM", "Generation", "GenerationConfig", "Message", "OnText", "Usage", "load_llm", "resolve_dtype",
+]
+
+ENGINES = ("transformers", "ct2")
 
 _OPENAI_KEYS = {
     "base_url",
@@ -26,10 +31,19 @@ _OPENAI_KEYS = {
     "price_out",
     "extra_body",
 }
-_LOCAL_KEYS = {"device", "dtype", "max_length"}
+_LOCAL_KEYS = {"device", "dtype", "max_length", "merge_adapter", "attn_implementation", "generate_options"}
+_CT2_KEYS = {"device", "dtype", "max_length", "compute_type"}
 
 
-def load_llm(ref: str | None = None, adapter: str | None = None, **kw: Any) -> LLM:
+def resolve_dtype(dtype: str | None, device: str | None = None) -> str:
+    """The dtype name a local transformers model would run in (`auto` resolved for this machine), loading nothing:
+    what an answer cache keys on. See `ragtune.llm.transformers_backend.resolve_dtype`."""
+    from ragtune.llm.transformers_backend import resolve_dtype as resolve
+
+    return resolve(dtype, device)
+
+
+def load_llm(ref: str | None = None, adapter: str | None = None, engine: str | None = None, **kw: Any) -> LLM:
     """Load a chat model. Unknown keyword arguments for the chosen backend are ignored, so a CLI can pass all."""
     from ragtune.models import resolve_generator
 
@@ -39,8 +53,16 @@ def load_llm(ref: str | None = None, adapter: str | None = None, **kw: Any) -> L
         from ragtune.llm.openai_backend import OpenAILLM
 
         return OpenAILLM(ref.split(":", 1)[1], **{k: v for k, v in kw.items() if k in _OPENAI_KEYS and v is not None})
+    engine = engine or "transformers"
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
+    resolved = resolve_generator(ref)
+    if engine == "ct2":
+        from ragtune.llm.ct2_backend import CTranslate2LLM
+
+        ct2 = {k: v for k, v in kw.items() if k in _CT2_KEYS and v is not None}
+        return CTranslate2LLM(resolved.path, adapter=adapter, name=resolved.reference, **ct2)
     from ragtune.llm.transformers_backend import TransformersLLM
 
-    resolved = resolve_generator(ref)
     local = {k: v for k, v in kw.items() if k in _LOCAL_KEYS and v is not None}
     return TransformersLLM(resolved.path, adapter=adapter, name=resolved.reference, **local)
