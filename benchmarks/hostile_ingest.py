@@ -7,7 +7,8 @@ above and to itself), binary files without NUL bytes (random bytes, PNG / zip / 
 markup (`[/x]` crashed, `[red]` silently changed the printed name), newlines and ANSI escapes (could forge a log line),
 a name that is not valid UTF-8, and JSON nested too deeply for the parser.
 
-    python benchmarks/hostile_ingest.py [WORKDIR]      # prints the result as JSON
+    python benchmarks/hostile_ingest.py [WORKDIR]                 # the hostile folder; prints the result as JSON
+    python benchmarks/hostile_ingest.py --large 50 --parts 2 [WORKDIR]   # a 50 MB one-line file, see measure_large
 
 `run(workdir)` is what the robustness benchmark calls.
 """
@@ -18,9 +19,12 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +158,118 @@ def run(workdir: str | os.PathLike[str]) -> dict[str, int]:
             "expected_warnings": len(folder.bad), "expected_ingested": len(folder.good)}
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """VmHWM of a running process: the kernel's own peak resident set size."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _part_counts(ws: Path) -> Counter[str]:
+    from ragtune.index.store import ChunkStore
+
+    try:
+        return Counter(ChunkStore(ws).scan(["doc_id"])["doc_id"].to_pylist())
+    except Exception:  # noqa: BLE001 - no table yet, or read mid-commit: try again later
+        return Counter()
+
+
+def _until_parts(proc: subprocess.Popen, ws: Path, parts: int, started: float, log: dict) -> float:
+    """Poll until `parts` parts of the huge file are committed; returns the peak RSS seen (MB)."""
+    peak = 0.0
+    while proc.poll() is None:
+        time.sleep(1.0)
+        peak = max(peak, _peak_rss_mb(proc.pid))
+        counts = _part_counts(ws)
+        if "small_s" not in log and any("#part" not in d for d in counts):
+            log["small_s"] = round(time.perf_counter() - started, 1)
+        done = sorted(d for d in counts if "#part" in d)
+        for d in done:
+            log.setdefault("part_s", {}).setdefault(d.rsplit("#", 1)[1], round(time.perf_counter() - started, 1))
+        if len(done) >= parts:
+            break
+    return peak
+
+
+def measure_large(workdir: Path, megabytes: int = 50, parts: int = 2) -> dict:
+    """A `megabytes` MB single-line text file (no sentence punctuation) beside three small files, ingested by the
+    real CLI with the default part size: peak RSS and time to the small files and to each part, kill -9 after
+    `parts` parts, resume to one more part and kill again, then check every committed part holds exactly the chunks
+    a deterministic re-chunking gives (no loss, no duplicate). Embedding 50 MB whole takes hours on a shared CPU."""
+    from transformers import AutoTokenizer
+
+    from ragtune.config import IngestConfig
+    from ragtune.corpus.chunkers import TokenizerAdapter, make_chunker, split_parts
+    from ragtune.index.ingest import PART_SEP, _chunk_part, _Part, _part_hash
+    from ragtune.index.store import ChunkStore
+    from ragtune.models import resolve_embedder
+    from ragtune.records import Document
+
+    folder, ws = workdir / "large", workdir / "ws-large"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    words = ["granite", "basalt", "quartz", "feldspar", "mica", "obsidian", "pumice", "shale", "slate", "marble"]
+    with open(folder / "big.txt", "w", encoding="utf-8") as f:
+        written = 0
+        while written < megabytes * 1_000_000:
+            block = " ".join(rng.choice(words) for _ in range(10_000)) + " "
+            f.write(block)
+            written += len(block)
+    for i in range(3):
+        (folder / f"small{i}.txt").write_text(f"Small file {i}: slate splits into thin sheets.", encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "ragtune", "ingest", str(folder), "--workspace", str(ws)]
+    out: dict = {"megabytes": megabytes, "runs": []}
+    for target in (parts, parts + 1):
+        started = time.perf_counter()
+        log: dict = {"target_parts": target}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            log["peak_rss_mb"] = round(_until_parts(proc, ws, target, started, log), 1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log["seconds"] = round(time.perf_counter() - started, 1)
+        out["runs"].append(log)
+    rows = ChunkStore(ws).scan(["chunk_id", "doc_id", "text"]).to_pylist()
+    ids = [r["chunk_id"] for r in rows]
+    text = (folder / "big.txt").read_text(encoding="utf-8")
+    doc_id = next(r["doc_id"] for r in rows if PART_SEP in r["doc_id"]).split(PART_SEP)[0]
+    doc = Document(doc_id=doc_id, text=text, source=str((folder / "big.txt").resolve()))
+    tok = AutoTokenizer.from_pretrained(resolve_embedder(None).path)
+    config = IngestConfig()
+    chunker = make_chunker(config.chunker, TokenizerAdapter(tok, 254), config.chunk_size, config.overlap)
+    committed = sorted({r["doc_id"] for r in rows if PART_SEP in r["doc_id"]})
+    spans = split_parts(text, config.part_chars)
+    mismatched = 0
+    for part_id in committed:
+        n = int(part_id.rsplit(PART_SEP, 1)[1])
+        part = _Part(n, spans[n], part_id, _part_hash(text, spans[n]), "")
+        expected = Counter((c.chunk_id, c.text) for c in _chunk_part(chunker, doc, part))
+        got = Counter((r["chunk_id"], r["text"]) for r in rows if r["doc_id"] == part_id)
+        mismatched += int(expected != got)
+    out.update(parts_total=len(spans), parts_committed=len(committed), chunks=len(ids),
+               duplicates=len(ids) - len(set(ids)), parts_mismatched=mismatched,
+               small_files_indexed=sum(1 for r in rows if PART_SEP not in r["doc_id"]))
+    first = out["runs"][0].get("part_s", {})
+    if len(first) >= 2:
+        times = sorted(first.values())
+        per_part = (times[-1] - times[0]) / (len(times) - 1)
+        chunks_per_part = len(ids) / max(1, len(committed))
+        out["chunks_per_s"] = round(chunks_per_part / per_part, 1)
+    return out
+
+
 if __name__ == "__main__":
-    out = run(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="ragtune-hostile-run-"))
-    print(json.dumps(out))
+    args = sys.argv[1:]
+    if args and args[0] == "--large":
+        mb, rest = int(args[1]), args[2:]
+        n_parts = int(rest[1]) if rest[:1] == ["--parts"] else 2
+        rest = rest[2:] if rest[:1] == ["--parts"] else rest
+        where = Path(rest[0]) if rest else Path(tempfile.mkdtemp(prefix="ragtune-large-"))
+        print(json.dumps(measure_large(where, mb, n_parts)))
+    else:
+        print(json.dumps(run(args[0] if args else tempfile.mkdtemp(prefix="ragtune-hostile-run-"))))
