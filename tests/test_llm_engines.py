@@ -53,6 +53,11 @@ def test_auto_dtype_follows_the_cpu_and_none_stays_exact():
         resolve_dtype("int3", "cpu")
     llm = load_llm(dtype="auto")
     assert llm.dtype == resolve_dtype("auto", "cpu")
+    from ragtune.eval.runner import SystemSpec  # eval keys its answer cache on the resolved name, never on "auto"
+
+    assert SystemSpec(dtype="auto").explicit_dtype == ("bfloat16" if cpu_has_fast_bf16() else None)
+    assert SystemSpec().explicit_dtype is None and SystemSpec(dtype="float32").explicit_dtype == "float32"
+    assert SystemSpec(model="openai:gpt-4o-mini", dtype="auto").explicit_dtype is None
     with pytest.raises(ValueError, match="unknown engine"):
         load_llm(engine="nonesuch")
 

@@ -548,9 +548,17 @@ class SystemSpec:
 
     @property
     def explicit_dtype(self) -> str | None:
-        """The dtype when one was asked for; None for the backend's default (`auto`), so answers kept before the
-        field existed keep their signature and run folder."""
-        return self.dtype if self.dtype not in (None, "auto") else None
+        """The dtype when one was asked for, `auto` resolved for this machine (bf16 on a CPU with native bf16), so an
+        auto run never reuses fp32 answers; None for the default (fp32 on CPU, or an auto that resolves to fp32), so
+        answers kept before the field existed keep their signature and run folder."""
+        if self.dtype in (None, "auto"):
+            if self.dtype is None or (self.model or "").startswith("openai:"):
+                return None
+            from ragtune.llm import resolve_dtype
+
+            resolved = resolve_dtype("auto")
+            return None if resolved == "float32" else resolved
+        return self.dtype
 
     def settings(self, batch_size: int) -> EvalSettings:
         return EvalSettings(
@@ -647,7 +655,8 @@ def run_system(
     if llm is None:
         from ragtune.llm import load_llm
 
-        llm = load_llm(spec.model, adapter=spec.adapter, dtype=spec.dtype)
+        # a LoRA is folded into the weights for inference: same answers, one matmul per layer instead of three
+        llm = load_llm(spec.model, adapter=spec.adapter, dtype=spec.dtype, merge_adapter=True)
     settings = spec.settings(batch_size)
     if settings.setting == "retrieved" and searcher is None:
         searcher = open_searcher(workspace, search=settings.search)
