@@ -529,8 +529,9 @@ class SystemSpec:
     max_new_tokens: int | None = None
     seed: int = 0
     search: dict[str, Any] | None = None  # retrieved setting: SearchConfig fields, e.g. {"transform": "hyde"}
-    # Local models: auto (fp32 on CPU) | float32 | bfloat16 | float16. bf16 generates 1.66x faster on a CPU with
-    # AVX512-BF16 / AMX (measured here), with answers that differ slightly from fp32's, so it is part of the signature.
+    # Local models: None (fp32 on CPU) | auto (bf16 where the CPU has it) | float32 | bfloat16 | float16. bf16
+    # generates ~2x faster on a CPU with AVX512-BF16 / AMX (measured here), with answers that differ slightly from
+    # fp32's, so the resolved dtype is part of the signature.
     dtype: str | None = None
 
     @classmethod
