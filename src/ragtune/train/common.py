@@ -137,20 +137,32 @@ def lora_config(settings: RunSettings):
 # ---- TRL arguments ---------------------------------------------------------------------------------------------------
 
 
+def micro_batch(settings: RunSettings) -> int:
+    """Rows per forward pass. On a CPU one row: a padded pair makes SDPA build an explicit mask and take its slow
+    path (attention weights kept for the backward, 1.2 GB at 768 tokens), while a single unpadded row runs the flash
+    kernel; the optimiser step is the same, accumulated over the rows."""
+    if settings.micro_batch is not None:
+        return settings.micro_batch
+    return 1 if pick_device(settings.device) == "cpu" else settings.batch_size
+
+
 def trainer_arguments(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
     """Keyword arguments shared by TRL's SFTConfig and DPOConfig."""
     device = pick_device(settings.device)
     bf16 = use_bf16(settings.bf16, device)
+    micro = micro_batch(settings)
     return {
         # TRL turns activation checkpointing on by default, which recomputes every forward pass in the backward one;
         # ragtune keeps it off unless asked (--gradient-checkpointing), trading memory for speed.
         "gradient_checkpointing": settings.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"every_n_layers": settings.checkpoint_every}
+        if settings.gradient_checkpointing and settings.checkpoint_every > 1 else None,
         "output_dir": str(output_dir),
         "num_train_epochs": settings.epochs if settings.epochs > 0 else 1.0,
         "max_steps": settings.max_steps,
         "learning_rate": settings.learning_rate,
-        "per_device_train_batch_size": settings.batch_size,
-        "gradient_accumulation_steps": settings.grad_accum,
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": settings.grad_accum * settings.batch_size // micro,
         # A float in [0, 1) is a ratio of the total steps, rounded up by transformers: a 1-step run would then spend its
         # only step at learning rate 0. With a known step count, round down instead.
         "warmup_steps": int(settings.warmup_ratio * settings.max_steps) if settings.max_steps > 0

@@ -121,6 +121,9 @@ def sft_command(
     lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-4 for LoRA / QLoRA, 2e-5 for full)."),
     batch_size: int = typer.Option(4, "--batch-size"),
     grad_accum: int = typer.Option(2, "--grad-accum", help="Gradient accumulation steps."),
+    micro_batch: int = typer.Option(None, "--micro-batch", help="Rows per forward pass (default: 1 on a CPU, where "
+                                    "unpadded single rows are 2.6x faster; --batch-size on a GPU). The step still "
+                                    "averages --batch-size x --grad-accum rows."),
     max_length: int = typer.Option(1536, "--max-length", help="Longer examples are left out (and counted)."),
     packing: bool = typer.Option(False, "--packing/--no-packing", help="Pack examples into --max-length rows "
                                  "(padding-free) instead of length-grouped padded batches."),
@@ -149,7 +152,7 @@ def sft_command(
     config = SFTRunConfig(
         method=method, lora=_lora(lora_r, lora_alpha, lora_dropout, target_modules), epochs=epochs,
         max_steps=max_steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
-        max_length=max_length,
+        micro_batch=micro_batch, max_length=max_length,
         bf16=bf16, save_steps=save_steps, seed=seed, merge=merge, data_mode=data_mode, packing=packing,
         gradient_checkpointing=gradient_checkpointing,
         split=split, limit=limit, top_k=top_k, mix_path=str(mix_data) if mix_data else None, mix_ratio=mix_ratio,

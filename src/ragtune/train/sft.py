@@ -19,6 +19,7 @@ from ragtune.train.common import (
     is_main_process,
     load_model_for_training,
     lora_config,
+    micro_batch,
     pick_device,
     prepare_run,
     progress_callback,
@@ -105,7 +106,9 @@ def build_sft_trainer(
     args = SFTConfig(
         **trainer_arguments(config, folder / "checkpoints"),
         packing=config.packing,
-        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        # grouping by length only saves padding, which a one-row micro-batch does not have
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing
+        and micro_batch(config) > 1 else "random",
         completion_only_loss=True,
     )
     progress = progress_callback(f"sft {config.method}", quiet=quiet, max_minutes=config.max_minutes, folder=folder,
