@@ -120,7 +120,7 @@ class CTranslate2LLM(LLM):
                 _GENERATORS[key] = generator
         self.generator = generator
         source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(source)
         self.dtype = wanted
         self.name = name or path
         self.max_length = max_length or 8192
