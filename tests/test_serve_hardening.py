@@ -156,6 +156,13 @@ def test_int64_seed_accepted(env):
     assert r.status_code == 200, r.text[:300]
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-30, 1e-4])
+def test_near_zero_temperature_decodes_greedily(env, temperature):
+    """Found by the fuzz test: a subnormal temperature made the logits inf and sampling raised (a 500)."""
+    r = post(env, "acme", "/v1/chat/completions", chat(temperature=temperature, max_tokens=2))
+    assert r.status_code == 200, r.text[:300]
+
+
 def test_unparsable_json_is_400(env):
     for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"query": ' + b"9" * 5000 + b"}", b"\xff\xfe{}", b"{bad json"):
         r = httpx.post(env["url"] + "/v1/search", content=raw, timeout=60, headers={

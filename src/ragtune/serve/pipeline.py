@@ -36,6 +36,8 @@ from ragtune.serve.schemas import APIError, ChatRequest, Citation, Flagged
 from ragtune.serve.scope import TENANT, ScopeError, SourceNames, check_request_filters
 from ragtune.workspace import Workspace
 
+MIN_TEMPERATURE = 1e-3  # below it a request decodes greedily (found by tests/test_serve_fuzz.py: 5e-324 gave NaN)
+
 
 class ServeConfig(BaseModel):
     """Server settings (the `serve:` section of `--config`); search settings are a `SearchConfig` beside it."""
@@ -273,7 +275,9 @@ class RagPipeline:
             check_request_filters(opts.filters)
         except ScopeError as exc:
             raise APIError(400, str(exc), param="ragtune.filters") from exc
-        generation = GenerationConfig(max_new_tokens=max_tokens, temperature=request.temperature or 0.0,
+        # a temperature near zero divides the logits into inf / NaN (torch.multinomial then raises): it means greedy
+        temperature = request.temperature if (request.temperature or 0.0) >= MIN_TEMPERATURE else 0.0
+        generation = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature or 0.0,
                                       top_p=request.top_p or 1.0, stop=stop, seed=request.seed)
         mode = opts.mode or self.search_config.mode
         signature = _hash({"model": self.model_name, "prompt": self.config.prompt, "k": k, "mode": mode,
