@@ -179,7 +179,7 @@ def serve(
                       "served to nobody: ingest them with `--tenant NAME`")
     base = f"http://{host}:{port}"
     console.print(f"[green]serving[/] {counts['chunks']} chunks · OpenAI base_url {base}/v1 · curation page "
-                  f"{base}/curate · API docs {base}/docs")
+                  f"{base}/curate · OpenAPI schema {base}/openapi.json (admin key)")
     uvicorn.run(create_app(pipeline, tenants), host=host, port=port, log_level="warning")
 
 
