@@ -1,9 +1,11 @@
 """Parse, chunk, embed and index documents, incrementally and crash-safely.
 
 The chunk table is the record of what is indexed: every chunk row carries its document's `doc_key` (a hash of the
-document's content and of the chunker settings). A run therefore
-- skips a document whose key is already in the table (unchanged: not re-embedded),
-- deletes and re-adds a document whose key differs (changed text or chunker settings),
+document's content, of the chunker settings and, when set, of its tenant and version) and its typed tenant and
+version columns. A run therefore
+- skips a document whose key is already in the table with the same tenant and version (unchanged: not re-embedded),
+- deletes and re-adds a document whose key, tenant or version differs (changed text or chunker settings, or the same
+  file ingested again under another `--tenant` / `--version`: it moves, its old tenant's chunks go),
 - deletes documents that vanished from the paths it was given (removed files, records gone from a data set),
 - commits whole documents at a time (about 1k chunks per commit), so after Ctrl-C or `kill -9` the same command
   resumes where it stopped: a document is either fully in the table (skipped next time) or absent (indexed next
@@ -15,10 +17,18 @@ already there. Huge documents go after all the others, so one 50 MB file never h
 One bad document never ends the run: a file that cannot be read, or a document that cannot be chunked or stored,
 is one warning and the rest is indexed.
 The BM25 index is rebuilt from the table at the end, and lazily by search if a run was cut short.
+
+The key of a document with no tenant and no version is the key earlier releases wrote, and a row with that older key
+counts as unchanged when its tenant and version columns match: upgrading re-embeds nothing. Keys carry the tenant
+because the derived levels (`ragtune.retrieve.levels`) follow the key alone: a moved document's sentences and
+summary must move with it.
+The manifest keeps `extra.roots`, the folders ingested into this workspace (a file argument's folder), accumulated
+across runs (reset by `--rebuild`), so serve shows a source relative to its root (`ragtune.serve.scope`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +72,66 @@ class IngestSummary:
     @property
     def warned(self) -> int:
         return len(self.warnings)
+
+
+@dataclass
+class _Indexed:
+    """What the table holds of one document: its keys (more than one: an interrupted update), source, and the
+    (tenant, version) pairs of its rows."""
+
+    keys: set[str]
+    source: str
+    scopes: set[tuple[str | None, str | None]]
+
+
+def _indexed_docs(store: ChunkStore) -> dict[str, _Indexed]:
+    """doc_id -> what is indexed of it, in one scan of the table."""
+    table = store.scan(["doc_id", "doc_key", "source", "tenant", "version"])
+    out: dict[str, _Indexed] = {}
+    for doc_id, key, source, tenant, version in zip(
+        *(table[c].to_pylist() for c in ("doc_id", "doc_key", "source", "tenant", "version")), strict=True
+    ):
+        entry = out.get(doc_id)
+        if entry is None:
+            entry = out[doc_id] = _Indexed(set(), source, set())
+        entry.keys.add(key)
+        entry.scopes.add((tenant, version))
+    return out
+
+
+def _doc_key(content_hash: str, signature: str, tenant: str | None, version: str | None) -> str:
+    """The key marking a document as indexed. Without tenant and version it is the key earlier releases wrote, so
+    an existing index stays valid; with them, a document moved to another tenant gets a new key, which is what the
+    derived levels compare."""
+    if tenant is None and version is None:
+        return short_id(content_hash, signature)
+    return short_id(content_hash, signature, "scope=" + json.dumps([tenant, version]))
+
+
+def _display_roots(paths: Sequence[Path]) -> list[str]:
+    """The resolved folders the given paths name (a file's own folder), for serve's source names. A path that cannot
+    be resolved or does not exist adds nothing; the loader already warns about it."""
+    out: list[str] = []
+    for path in paths:
+        try:
+            resolved = path.resolve()
+            root = resolved if resolved.is_dir() else resolved.parent if resolved.exists() else None
+        except (OSError, RuntimeError):  # unreadable, or a symlink loop
+            continue
+        if root is not None:
+            out.append(str(root))
+    return out
+
+
+def _previous_roots(ws: Workspace) -> list[str]:
+    """The roots the last ingest manifest recorded; an unreadable or older manifest has none."""
+    try:
+        manifest = ws.read_manifest("ingest") or {}
+    except (OSError, ValueError):
+        return []
+    extra = manifest.get("extra") if isinstance(manifest, dict) else None
+    roots = extra.get("roots") if isinstance(extra, dict) else None
+    return [r for r in roots if isinstance(r, str)] if isinstance(roots, list) else []
 
 
 def _under(source: str, roots: Sequence[Path]) -> bool:
@@ -213,6 +283,7 @@ def ingest(
     ws.ensure()
     path_list = [Path(p) for p in paths]
     roots = [p.resolve() for p in path_list]
+    display_roots = list(dict.fromkeys([*([] if rebuild else _previous_roots(ws)), *_display_roots(path_list)]))
     store = ChunkStore(ws)
     embedder = embedder or Embedder(config.embedder, device=config.device, batch_size=config.batch_size)
     settings = _check_settings(ws, store, embedder, rebuild)
@@ -223,16 +294,17 @@ def ingest(
 
     summary = IngestSummary()
     report = LoadReport()
-    indexed = store.indexed_docs()
+    indexed = _indexed_docs(store)
     loaded: set[str] = set()  # document ids loaded (duplicates are dropped)
     seen: set[str] = set()  # ids that stay in the index: documents, or the parts of huge ones
     pending: list[tuple[Document, str]] = []  # (document, doc_key)
     huge: list[tuple[Document, list[_Part]]] = []  # huge documents and the parts of each still to index
     stale: set[str] = set()
 
-    def status(doc_id: str, key: str) -> str:
+    def status(doc_id: str, key: str, legacy: str, doc: Document) -> str:
         present = indexed.get(doc_id)
-        if present is not None and present[0] == {key}:
+        # `legacy`: the key written before keys carried the tenant; the tenant and version columns decide for it.
+        if present is not None and present.keys in ({key}, {legacy}) and present.scopes == {(doc.tenant, doc.version)}:
             return "unchanged"
         if present is not None:
             stale.add(doc_id)
@@ -246,19 +318,20 @@ def ingest(
         loaded.add(doc.doc_id)
         if len(doc.text) <= config.part_chars:
             seen.add(doc.doc_id)
-            state = status(doc.doc_id, short_id(doc.content_hash, signature))
+            key = _doc_key(doc.content_hash, signature, doc.tenant, doc.version)
+            state = status(doc.doc_id, key, short_id(doc.content_hash, signature), doc)
             setattr(summary, state, getattr(summary, state) + 1)
             if state != "unchanged":
-                pending.append((doc, short_id(doc.content_hash, signature)))
+                pending.append((doc, key))
             continue
         todo: list[_Part] = []
         states = set()
         for number, span in enumerate(split_parts(doc.text, config.part_chars)):
             part_id = f"{doc.doc_id}{PART_SEP}{number:05d}"
             content_hash = _part_hash(doc.text, span)
-            key = short_id(content_hash, part_signature)
+            key = _doc_key(content_hash, part_signature, doc.tenant, doc.version)
             seen.add(part_id)
-            state = status(part_id, key)
+            state = status(part_id, key, short_id(content_hash, part_signature), doc)
             states.add(state)
             if state != "unchanged":
                 todo.append(_Part(number, span, part_id, content_hash, key))
@@ -271,9 +344,9 @@ def ingest(
     kept_folders = [Path(f) for f in report.failed_folders]
     removed = [
         doc_id
-        for doc_id, (_keys, source) in indexed.items()
-        if doc_id not in seen and _under(source, roots) and source not in report.failed_sources
-        and not (kept_folders and _under(source, kept_folders))  # a folder we could not list keeps its documents
+        for doc_id, entry in indexed.items()
+        if doc_id not in seen and _under(entry.source, roots) and entry.source not in report.failed_sources
+        and not (kept_folders and _under(entry.source, kept_folders))  # a folder we could not list keeps its documents
     ]
     if removed:
         summary.removed = store.delete_docs(removed)
@@ -338,11 +411,12 @@ def ingest(
     summary.warnings = [printable(w) for w in report.warnings]
     summary.chunks_total = store.count()
     summary.seconds = time.perf_counter() - started
-    _write_manifest(ws, report, config, summary)
+    _write_manifest(ws, report, config, summary, display_roots)
     return summary
 
 
-def _write_manifest(ws: Workspace, report: LoadReport, config: IngestConfig, summary: IngestSummary) -> None:
+def _write_manifest(ws: Workspace, report: LoadReport, config: IngestConfig, summary: IngestSummary,
+                    roots: list[str]) -> None:
     manifest = Manifest(
         stage="ingest",
         inputs=dict(report.inputs),  # sha256 of each file's bytes as the loader read them: no second read
@@ -362,6 +436,6 @@ def _write_manifest(ws: Workspace, report: LoadReport, config: IngestConfig, sum
             "warnings": len(summary.warnings),
         },
         timings={"total_s": summary.seconds, **{f"{k}_s": v for k, v in summary.stage_seconds.items()}},
-        extra={"skipped": summary.skipped, "warnings": summary.warnings[:200]},
+        extra={"skipped": summary.skipped, "warnings": summary.warnings[:200], "roots": roots},
     )
     ws.write_manifest(manifest)
