@@ -262,9 +262,11 @@ def progress_callback(
                                              self._warmup)
                 # every rank takes rank 0's decision under `accelerate launch`, so all stop at the same step
                 decision.steps = broadcast_int(decision.steps)
+                # a shorter run gets the warm-up its own length calls for (never longer than the planned one)
+                decision.warmup_steps = min(self._warmup, budget_mod.budget_warmup(warmup_ratio, decision.steps))
                 self.budget = decision
                 if decision.steps != state.max_steps:
-                    self._apply(state, optimizer, lr_scheduler, self._warmup, decision.steps)
+                    self._apply(state, optimizer, lr_scheduler, decision.warmup_steps, decision.steps)
                 if state.global_step >= decision.steps:  # transformers' flow callback already ran for this step
                     control.should_training_stop = True
                 self.say(decision.message)
