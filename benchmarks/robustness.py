@@ -378,12 +378,13 @@ def soak(url: str, pid: int, key: str, clients: int, seconds: float, max_tokens:
         c = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=300)
         i = cid
         while time.monotonic() < stop_at:
-            q = questions[i % len(questions)] + f" ({i})"  # a new question each time: no answer is cached
+            q = questions[i % len(questions)] + f" ({i})"
             i += clients
             t0 = time.perf_counter()
             try:
+                # semantic cache off: every request runs retrieval and generation, the path a leak would be in
                 c.chat.completions.create(model="m", messages=[{"role": "user", "content": q}],
-                                          max_tokens=max_tokens)
+                                          max_tokens=max_tokens, extra_body={"ragtune": {"cache": False}})
                 with lock:
                     latencies.append(time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001 - every failure is counted, not raised
@@ -400,7 +401,8 @@ def soak(url: str, pid: int, key: str, clients: int, seconds: float, max_tokens:
     lat = sorted(latencies)
     mb = [r / 2**20 for _, r in rss]
     half = [m for (t, _), m in zip(rss, mb, strict=True) if t >= wall / 2] or mb[-1:]
-    return {"clients": clients, "seconds": round(wall, 1), "requests": len(lat), "errors": len(errors),
+    return {"clients": clients, "seconds": round(wall, 1), "max_tokens": max_tokens, "cache": False,
+            "requests": len(lat), "errors": len(errors),
             "error_samples": errors[:3], "p50_s": round(statistics.median(lat), 3) if lat else None,
             "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3) if lat else None,
             "throughput_rps": round(len(lat) / wall, 3) if wall else 0.0,
