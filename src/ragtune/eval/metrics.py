@@ -360,7 +360,7 @@ def paired_bootstrap(
     b = np.asarray(system, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired scores need the same questions: {a.size} baseline vs {b.size} system scores")
-    return bootstrap_ci(b - a, resamples=resamples, seed=seed, confidence=confidence)
+    return bootstrap_ci((b - a).tolist(), resamples=resamples, seed=seed, confidence=confidence)
 
 
 def excludes_zero(low: float, high: float) -> bool:

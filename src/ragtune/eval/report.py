@@ -163,6 +163,11 @@ def _summary(entry: dict[str, Any], key: str) -> str:
             f"{entry[f'{key}_ci_high']:+.1f}], {verdict}")
 
 
+def _mean_f1(system: SystemReport) -> float:
+    f1 = system.scores.get("f1")
+    return float(f1) if isinstance(f1, int | float) else -1.0
+
+
 def paired_comparisons(
     systems: Sequence[SystemReport], resamples: int = metrics.BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> dict[str, Any]:
@@ -170,7 +175,7 @@ def paired_comparisons(
     by mean F1 (`vs_best_baseline`); `significance` says how (method, resamples, seed, unit, which systems are base).
     """
     bases = base_systems(systems)
-    best = max(bases, key=lambda s: s.scores.get("f1") if s.scores.get("f1") is not None else -1.0) if bases else None
+    best = max(bases, key=_mean_f1) if bases else None
     result: dict[str, Any] = {
         "significance": {
             "method": "paired percentile bootstrap over questions (the same resampled questions for both systems)",

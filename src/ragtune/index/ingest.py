@@ -28,6 +28,7 @@ across runs (reset by `--rebuild`), so serve shows a source relative to its root
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -353,7 +354,7 @@ def ingest(
 
     summary.stage_seconds["load"] = time.perf_counter() - started
     t_chunk = time.perf_counter()
-    chunked = [(_safe_chunk(lambda d=doc: chunker.chunk(d), doc, summary, report), key) for doc, key in pending]
+    chunked = [(_safe_chunk(functools.partial(chunker.chunk, doc), doc, summary, report), key) for doc, key in pending]
     del pending
     summary.stage_seconds["chunk"] = time.perf_counter() - t_chunk
     # Embed documents in order of chunk length, longest first, as SentenceTransformer.encode orders texts: each
@@ -380,7 +381,7 @@ def ingest(
         doc, todo = huge.pop(0)
         for part in todo:
             t_part = time.perf_counter()
-            chunks = _safe_chunk(lambda d=doc, p=part: _chunk_part(chunker, d, p), doc, summary, report)
+            chunks = _safe_chunk(functools.partial(_chunk_part, chunker, doc, part), doc, summary, report)
             summary.stage_seconds["chunk"] += time.perf_counter() - t_part
             committer.total += len(chunks) - estimate.pop(id(part))
             before = summary.chunks_added

@@ -160,7 +160,7 @@ class SemanticCache:
                                  seq)
         self._delete(evicted)
 
-    def _write(self, action: Callable[[sqlite3.Connection], None]) -> None:
+    def _write(self, action: Callable[[sqlite3.Connection], object]) -> None:
         """Run `action` in one transaction. A failed write (disk full, file removed) leaves the memory cache serving
         and is logged: it must not fail the request whose answer is being cached."""
         if self._db is None:
