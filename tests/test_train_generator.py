@@ -117,6 +117,10 @@ def test_interrupted_run_refuses_to_restart_and_resumes(raft_ws):
     second = train_sft(raft_ws, config=SFTRunConfig(max_steps=2, **FAST), name="resume", resume=True, quiet=True)
     assert second.resumed_from and second.resumed_from.endswith("checkpoint-1")
     assert second.steps == 2
+    # the resumed run's loss curve holds the step trained before the interruption too, once
+    curve = json.loads((raft_ws / "train" / "resume" / "loss_curve.json").read_text(encoding="utf-8"))
+    assert [h["step"] for h in curve["history"]] == [1, 2]
+    assert curve["loss"][0] == pytest.approx(first.history[0]["loss"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -295,6 +295,22 @@ def progress_callback(
     return TrainProgress()
 
 
+def loss_history(state: Any, seen: list[dict[str, float]]) -> list[dict[str, float]]:
+    """One entry per logged step of the whole run. A resumed run's callback saw only the steps after the checkpoint;
+    the Trainer's `log_history` (restored from the checkpoint) holds the ones before, so the curve of a run killed
+    and resumed equals the curve of an uninterrupted one. This process's entries win where both have a step."""
+    by_step: dict[int, dict[str, float]] = {}
+    for logged in getattr(state, "log_history", None) or []:
+        if "loss" in logged and "step" in logged:
+            entry = {"step": int(logged["step"]), "loss": float(logged["loss"])}
+            if "learning_rate" in logged:
+                entry["learning_rate"] = float(logged["learning_rate"])
+            by_step[entry["step"]] = entry
+    for entry in seen:
+        by_step[int(entry["step"])] = {**by_step.get(int(entry["step"]), {}), **entry}
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def broadcast_int(value: int) -> int:
     """Rank 0's value on every rank under torch.distributed; the value itself in a plain run."""
     import torch
@@ -497,7 +513,7 @@ def finish_run(
         resumed_from=str(resumed_from) if resumed_from else None,
         world_size=int(trainer.args.world_size),
         distributed_backend=distributed_backend(),
-        history=list(progress.history) if progress else [],
+        history=loss_history(state, progress.history if progress else []),
         budget=progress.budget.to_dict() if progress and progress.budget else None,
         config=settings.to_dict(),
     )
