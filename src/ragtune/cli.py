@@ -14,7 +14,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ragtune.retrieve import options as opt
@@ -152,28 +151,28 @@ def ingest(
     if missing and len(missing) == len(paths):
         fail(f"no such file or folder: {_shown(', '.join(missing))}")
 
-    with Progress(
-        TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-    ) as bar:
-        task = bar.add_task("embed", total=None)
+    from ragtune.progress import Reporter
+
+    # A bar on a terminal, a plain line every ~10 s or 5% in a log (a long ingest is never silent), also in ingest.log.
+    Path(workspace).mkdir(parents=True, exist_ok=True)
+    with Reporter("embedding", unit="chunks", log_file=Path(workspace) / "ingest.log") as bar:
         interrupted = _InterruptLatch()
 
         def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            bar.update(done, total=total)
             interrupted.check()
 
         try:
             with interrupted:
                 summary = run_ingest(paths, workspace, config, rebuild=rebuild, progress=progress)
         except KeyboardInterrupt:
-            bar.stop()
+            bar.close()
             console.print(
                 "[yellow]interrupted[/]: documents committed so far are kept; run the same command again to resume."
             )
             raise typer.Exit(130) from None
         except (IndexMismatchError, ValueError) as exc:
-            bar.stop()
+            bar.close()
             fail(_shown(str(exc)))
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {_shown(warning)}")
