@@ -485,6 +485,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=4)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only-train", action="store_true", help="re-measure only the train kill -9 target and "
+                        "update it (and the kill9 totals) in the existing results file")
     args = parser.parse_args()
     quick = args.quick
     soak_s = args.soak_seconds or (90.0 if quick else 600.0)
@@ -503,6 +505,19 @@ def main() -> None:
         timings[name] = round(time.perf_counter() - t0, 1)
         return value
 
+    if args.only_train:
+        saved = json.loads(out.read_text(encoding="utf-8"))
+        saved["kill9"]["train"] = step("kill -9 train sft", kill_train, workdir, args.train_steps)
+        k9 = saved["kill9"]
+        k9["lost"] = sum(k9[t]["lost"] for t in ("ingest", "synth", "train", "feedback"))
+        k9["duplicated"] = sum(k9[t]["duplicated"] for t in ("ingest", "synth", "train", "feedback"))
+        saved["meta"]["failing_zero_targets"] = bad = failures(saved)
+        saved["meta"].setdefault("timings_s", {}).update(timings)
+        saved["meta"]["train_remeasured"] = time.time()
+        out.write_text(json.dumps(saved, indent=2, default=str) + "\n")
+        table(saved)
+        print(f"updated {out}")
+        sys.exit(1 if bad else 0)
     res["tenant_attacks"] = step("tenant attacks", tenant_attacks)
     res["injection"] = step("injection screening", injection)
     h = step("hostile ingest", hostile, workdir)
