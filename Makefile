@@ -30,7 +30,7 @@ setup: $(VENV)/.installed
 DEMO_WS := $(WORKSPACE)/demo
 # The demo trains a fixed number of optimiser steps, never "as many as fit in N minutes": the same adapter, the same
 # loss curve and the same before / after table on an idle laptop and on a busy one (benchmarks/demo_robustness.py).
-DEMO_STEPS ?= 60
+DEMO_STEPS ?= 100
 DEMO_DATA := examples/hotpotqa_demo/hotpotqa_300.json
 DEMO_QUESTIONS ?= 48
 
