@@ -477,6 +477,16 @@ def failures(res: dict[str, Any]) -> list[str]:
     return bad
 
 
+KILL9_TARGETS = ("ingest", "synth", "train", "feedback")
+
+
+def add_kill9_totals(k9: dict[str, Any]) -> None:
+    """Lost and duplicated records over every kill -9 target, and the targets the kill did not interrupt."""
+    k9["lost"] = sum(k9[t]["lost"] for t in KILL9_TARGETS)
+    k9["duplicated"] = sum(k9[t]["duplicated"] for t in KILL9_TARGETS)
+    k9["not_interrupted"] = [t for t in KILL9_TARGETS if not k9[t]["interrupted"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fuzz 60 s, 60 feedback posts, 90 s soak")
@@ -508,9 +518,7 @@ def main() -> None:
     if args.only_train:
         saved = json.loads(out.read_text(encoding="utf-8"))
         saved["kill9"]["train"] = step("kill -9 train sft", kill_train, workdir, args.train_steps)
-        k9 = saved["kill9"]
-        k9["lost"] = sum(k9[t]["lost"] for t in ("ingest", "synth", "train", "feedback"))
-        k9["duplicated"] = sum(k9[t]["duplicated"] for t in ("ingest", "synth", "train", "feedback"))
+        add_kill9_totals(saved["kill9"])
         saved["meta"]["failing_zero_targets"] = bad = failures(saved)
         saved["meta"].setdefault("timings_s", {}).update(timings)
         saved["meta"]["train_remeasured"] = time.time()
@@ -528,10 +536,7 @@ def main() -> None:
     k9["train"] = step("kill -9 train sft", kill_train, workdir, args.train_steps)
     served = step("serve (feedback kill -9, fuzz, soak)", serve_section, workdir, quick, posts, fuzz_s, soak_s)
     k9["feedback"] = served["feedback"]
-    targets = ("ingest", "synth", "train", "feedback")
-    k9["lost"] = sum(k9[t]["lost"] for t in targets)
-    k9["duplicated"] = sum(k9[t]["duplicated"] for t in targets)
-    k9["not_interrupted"] = [t for t in targets if not k9[t]["interrupted"]]
+    add_kill9_totals(k9)
     res["kill9"] = k9
     res["fuzz"], res["soak"] = served["fuzz"], served["soak"]
     table(res)
