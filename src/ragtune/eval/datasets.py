@@ -12,7 +12,6 @@ N. Two systems evaluated with the same `--limit` therefore see exactly the same 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from ragtune.corpus.qa_corpora import hotpotqa_doc_id, hotpotqa_paragraph_text
 from ragtune.hashing import short_id
+from ragtune.splits import split_of
 
 FORMATS = ("hotpotqa", "squad", "nq", "jsonl", "raft")
 Split = Literal["eval", "train", "all"]
@@ -59,20 +59,7 @@ class QAItem(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Splits
-
-
-def _own_split_of(item_id: str) -> str:
-    return "eval" if int(hashlib.sha1(item_id.encode("utf-8")).hexdigest(), 16) % 5 == 0 else "train"
-
-
-def split_of(item_id: str) -> str:
-    """ "train" or "eval" for an id; the same function synthesis uses, so evaluation never sees training questions."""
-    try:
-        from ragtune.synth.splits import split_of as synth_split_of
-    except ImportError:  # synthesis not installed in this build: the identical rule, inlined
-        return _own_split_of(item_id)
-    return synth_split_of(item_id)
+# Splits (`ragtune.splits.split_of`, the rule synthesis uses, so evaluation never sees training questions)
 
 
 def select(items: list[QAItem], split: Split = "eval", limit: int | None = None) -> list[QAItem]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ragtune.hashing import short_id
 from ragtune.llm.base import LLM, GenerationConfig
+from ragtune.splits import keep, split_of
 from ragtune.synth import prompts
 from ragtune.synth.distractors import DistractorPool, Exclusion, HardNegativeMiner, assemble, pick_distractors
 from ragtune.synth.raft import (
@@ -35,7 +36,6 @@ from ragtune.synth.raft import (
     write_final_manifest,
 )
 from ragtune.synth.records import ContextDoc, Group, RaftExample
-from ragtune.synth.splits import keep, split_of
 from ragtune.synth.store import GroupFile
 from ragtune.synth.validate import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, CotCheck, check_cot, normalize_ws
 from ragtune.workspace import Manifest, Workspace

@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ragtune.eval.metrics import normalize_answer
 from ragtune.index.settings import index_text
+from ragtune.splits import split_of
 from ragtune.synth.records import PairExample, RaftExample
-from ragtune.synth.splits import split_of
 
 
 class RetrieverDataError(ValueError):
