@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ragtune.eval import metrics as m
+from ragtune import metrics as m
 
 
 def test_normalization_drops_case_punctuation_articles_and_spaces():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragtune.eval import metrics as m
+from ragtune import metrics as m
 from ragtune.eval.datasets import EvalDoc, QAItem
 from ragtune.eval.report import SystemReport, base_systems, paired_comparisons, write_report
 from ragtune.eval.runner import EvalSettings, evaluate

@@ -338,7 +338,7 @@ def load_raft(path: Path) -> list[QAItem]:
     flagged `is_oracle` plus `dropped_oracles` (the (1-P) share of training examples leave it out on purpose; an
     evaluation puts it back). The example's own `split` field, when present, decides its split.
     """
-    from ragtune.eval.metrics import extract_answer
+    from ragtune.metrics import extract_answer
 
     items = []
     for where, record in _raft_records(path):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.eval import metrics
+from ragtune import metrics
 from ragtune.workspace import write_json_atomic
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.eval import metrics
+from ragtune import metrics
 from ragtune.train.retriever.data import IndexChunks, Resolved
 
 

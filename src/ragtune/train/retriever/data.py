@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from ragtune.eval.metrics import normalize_answer
 from ragtune.index.settings import index_text
+from ragtune.metrics import normalize_answer
 from ragtune.splits import split_of
 from ragtune.synth.records import PairExample, RaftExample
 
