@@ -301,7 +301,8 @@ def models(
 
 
 # Later stages add their own commands. A stage that is not installed (or not written yet) is simply absent.
-for _module in ("ragtune.synth.cli", "ragtune.eval.cli", "ragtune.train.cli", "ragtune.serve.cli", "ragtune.run.cli"):
+for _module in ("ragtune.synth.cli", "ragtune.eval.cli", "ragtune.train.cli", "ragtune.train.export_model_cli",
+                "ragtune.serve.cli", "ragtune.run.cli"):
     try:
         importlib.import_module(_module).register(app)
     except ModuleNotFoundError as _exc:
