@@ -104,3 +104,19 @@ def test_vllm_missing_is_a_clear_error():
 
     with pytest.raises(ImportError, match=r"pip install vllm.*--engine transformers, ct2 or llamacpp"):
         VLLMLLM("/models/base")
+
+
+def test_engine_is_an_eval_and_serve_option_and_part_of_the_system():
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+    from ragtune.eval.runner import SystemSpec
+
+    assert SystemSpec(engine="llamacpp").describe()["engine"] == "llamacpp"
+    assert SystemSpec().describe()["engine"] == "transformers"
+    assert SystemSpec.from_dict({"name": "q", "engine": "vllm"}).engine == "vllm"  # compare's systems YAML
+    result = CliRunner().invoke(app, ["eval", "--data", "hotpotqa", "examples/hotpotqa_demo/hotpotqa_300.json",
+                                      "--limit", "1", "--engine", "nonesuch"])
+    assert result.exit_code == 2 and "unknown engine 'nonesuch'" in result.output
+    for command in (["eval", "--help"], ["compare", "--help"], ["serve", "--help"]):
+        assert "--engine" in CliRunner().invoke(app, command).output

@@ -34,6 +34,8 @@ SETTING_HELP = (
     "workspace index."
 )
 DISTRACTORS_HELP = "Oracle setting: K distractors, or a sweep such as 0..9 or 0,2,4 (the robustness curve)."
+ENGINE_HELP = ("Local generation engine: transformers (default) | ct2 | llamacpp (the GGUF itself; pip install "
+               "llama-cpp-python) | vllm (GPU; pip install vllm).")
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -90,7 +92,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from ragtune.eval.datasets import DatasetError
     from ragtune.models import ModelNotFoundError
 
-    return (DatasetError, ModelNotFoundError, FileNotFoundError, ValueError, OSError)
+    return (DatasetError, ModelNotFoundError, FileNotFoundError, ValueError, OSError, ImportError, NotImplementedError)
 
 
 def eval_command(
@@ -135,6 +137,7 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", help="Seed of distractor draws and generation."),
     dtype: str = typer.Option(None, "--dtype", help="Local model dtype (default float32 on CPU): auto (bfloat16 on "
                               "CPUs with AVX512-BF16 or AMX, ~2x faster generation) | float32 | bfloat16 | float16."),
+    engine: str = typer.Option(None, "--engine", help=ENGINE_HELP, envvar="RAGTUNE_ENGINE"),
     run_name: str = typer.Option(None, "--run-name", help="Folder name under WORKSPACE/eval/ (default: derived)."),
     ingest_data: bool = typer.Option(
         False,
@@ -173,6 +176,7 @@ def eval_command(
             max_new_tokens=max_new_tokens,
             seed=seed,
             dtype=dtype,
+            engine=_engine(engine),
             search=opt.search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window,
                                         parent, parent_level, route) or None,
         )
@@ -187,6 +191,8 @@ def eval_command(
     name = run_name or default_run_name(model or default_generator(), adapter, fmt, settings, ks, split, limit)
     if spec.explicit_dtype and not run_name:
         name += f"-{spec.explicit_dtype}"
+    if spec.engine and spec.engine != "transformers" and not run_name:
+        name += f"-{spec.engine}"
     ws = Workspace(workspace).ensure()
     run_dir = ws.root / "eval" / name
     started = time.perf_counter()
@@ -229,6 +235,14 @@ def eval_command(
         curve.add_row(*(f"{100 * (result.curve[kk].get('f1') or 0):.1f}" for kk in ks))
         out.print(curve)
     console.print(f"[green]wrote[/] {run_dir} · {seconds:.1f}s")
+
+
+def _engine(engine: str | None) -> str | None:
+    from ragtune.llm import ENGINES
+
+    if engine and engine not in ENGINES:
+        _fail(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
+    return engine or None
 
 
 def _read_systems(path: Path) -> list[Any]:
@@ -289,6 +303,8 @@ def compare_command(
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Questions per generation batch."),
     title: str = typer.Option("ragtune comparison", "--title", help="Report title."),
     as_json: bool = typer.Option(False, "--json", help="Print every system's scores as JSON on stdout."),
+    engine: str = typer.Option(None, "--engine", help=ENGINE_HELP + " For the systems that name none.",
+                               envvar="RAGTUNE_ENGINE"),
 ) -> None:
     """Run several systems on the same questions and write one report: report.md, report.json, f1_per_system.png,
     f1_vs_k.png, a self-contained report.html and per-question outputs.
@@ -297,6 +313,8 @@ def compare_command(
     from ragtune.eval.runner import data_key, run_system, slug, write_manifest
 
     specs = _read_systems(systems)
+    for spec in specs:
+        spec.engine = _engine(spec.engine or engine)
     items = _load_items(data, split, limit)
     fmt, path = data
     ws = Workspace(workspace).ensure()

@@ -533,6 +533,9 @@ class SystemSpec:
     # generates ~2x faster on a CPU with AVX512-BF16 / AMX (measured here), with answers that differ slightly from
     # fp32's, so the resolved dtype is part of the signature.
     dtype: str | None = None
+    # Which engine generates: transformers (None) | ct2 | llamacpp | vllm. Answers differ by engine (kernels,
+    # quantised weights), so an engine other than transformers is part of the signature.
+    engine: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SystemSpec:
@@ -590,6 +593,7 @@ class SystemSpec:
             "max_new_tokens": self.settings(1).new_tokens,
             "seed": self.seed,
             "dtype": self.dtype,
+            "engine": self.engine or "transformers",
         }
 
 
@@ -657,7 +661,7 @@ def run_system(
         from ragtune.llm import load_llm
 
         # a LoRA is folded into the weights for inference: same answers, one matmul per layer instead of three
-        llm = load_llm(spec.model, adapter=spec.adapter, dtype=spec.dtype, merge_adapter=True)
+        llm = load_llm(spec.model, adapter=spec.adapter, dtype=spec.dtype, merge_adapter=True, engine=spec.engine)
     settings = spec.settings(batch_size)
     if settings.setting == "retrieved" and searcher is None:
         searcher = open_searcher(workspace, search=settings.search)
@@ -665,6 +669,8 @@ def run_system(
               "adapter_weights": adapter_fingerprint(spec.adapter)}
     if spec.explicit_dtype:
         system["dtype"] = spec.explicit_dtype
+    if spec.engine and spec.engine != "transformers":
+        system["engine"] = spec.engine
     ks = spec.ks()
     started = time.perf_counter()
     if len(ks) > 1:

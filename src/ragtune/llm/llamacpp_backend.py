@@ -33,7 +33,8 @@ from typing import Any
 from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText
 from ragtune.llm.capabilities import ENGINE_CAPABILITIES
 
-INSTALL_HINT = "the llamacpp engine needs llama-cpp-python: `pip install llama-cpp-python` (or ragtune[llamacpp])"
+INSTALL_HINT = ("the llamacpp engine needs llama-cpp-python: `pip install llama-cpp-python` (or ragtune with its "
+                "llamacpp extra)")
 
 _MODELS: dict[tuple[str, str, int, int], Any] = {}
 _MODELS_LOCK = threading.Lock()

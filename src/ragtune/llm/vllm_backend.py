@@ -26,7 +26,7 @@ from ragtune.llm.base import LLM, Generation, GenerationConfig, Message
 from ragtune.llm.capabilities import ENGINE_CAPABILITIES
 
 INSTALL_HINT = ("the vllm engine needs vLLM (a CUDA GPU, or vLLM's CPU build): `pip install vllm` "
-                "(or ragtune[vllm]); on a CPU machine use --engine transformers, ct2 or llamacpp")
+                "(or ragtune with its vllm extra); on a CPU machine use --engine transformers, ct2 or llamacpp")
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,9 @@ def serve(
     max_batch: int = typer.Option(None, "--max-batch", help="Most requests generated together (16)."),
     dtype: str = typer.Option(None, "--dtype", help="Local model dtype: auto | float32 | bfloat16 | float16."),
     device: str = typer.Option(None, "--device", help="Local model device (default: cuda if available, else cpu)."),
+    engine: str = typer.Option(None, "--engine", help="Local generation engine: transformers (default; streams, "
+                               "cancels) | ct2 | llamacpp (the GGUF itself; streams, cancels) | vllm (GPU; several "
+                               "adapters, continuous batching).", envvar="RAGTUNE_ENGINE"),
 ) -> None:
     """Serve the workspace as an OpenAI-compatible RAG API (+ search, feedback and a curation page at /curate).
 
@@ -164,10 +167,10 @@ def serve(
               "first")
     console.print(f"loading model {model or 'smollm2-135m-instruct (bundled)'}{' + ' + adapter if adapter else ''} ...")
     try:
-        llm = load_llm(model, adapter=adapter, dtype=dtype, device=device)
+        llm = load_llm(model, adapter=adapter, dtype=dtype, device=device, engine=engine)
         pipeline = RagPipeline(workspace, llm, search_config, serve_config,
                                model_name=name or model or "smollm2-135m-instruct")
-    except (ModelNotFoundError, FileNotFoundError, ValueError, OSError) as exc:
+    except (ModelNotFoundError, FileNotFoundError, ValueError, OSError, ImportError, NotImplementedError) as exc:
         _fail(str(exc))
     counts = pipeline.warm()
     tenants = TenantStore(workspace)
