@@ -7,7 +7,6 @@ import json
 import pytest
 
 from ragtune.eval.datasets import EvalDoc, QAItem
-from ragtune.eval.prompts import build_messages, render_documents
 from ragtune.eval.runner import (
     EvalSettings,
     evaluate,
@@ -18,6 +17,7 @@ from ragtune.eval.runner import (
     sweep_summary,
 )
 from ragtune.llm.base import LLM, Generation, GenerationConfig
+from ragtune.prompts import build_messages, render_documents
 from ragtune.records import Hit
 
 

@@ -21,8 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ragtune.hashing import short_id
+from ragtune.prompts import shown_text
 from ragtune.synth.fake_teacher import FakeTeacher
-from ragtune.synth.prompts import shown_text
 from ragtune.synth.raft import RaftConfig, SynthConfigError, synthesize_raft
 from ragtune.synth.store import iter_groups, read_raft
 from ragtune.synth.validate import normalize_ws

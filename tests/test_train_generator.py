@@ -288,7 +288,7 @@ def test_accelerate_launch_two_cpu_processes(raft_ws):
 
 def test_evidence_short_cot_is_quotes_then_answer(raft_ws):
     """`--cot evidence-short`: only the gold sentences, quoted, then the answer; every quote is in an oracle."""
-    from ragtune.synth.prompts import shown_text
+    from ragtune.prompts import shown_text
     from ragtune.synth.store import read_raft
 
     examples = read_raft(raft_ws / "synth" / "raft.jsonl")

@@ -17,14 +17,12 @@ from typing import Any
 
 import numpy as np
 
-ANSWER_MARKER = "<ANSWER>:"
-QUOTE_BEGIN = "##begin_quote##"
-QUOTE_END = "##end_quote##"
+from ragtune.prompts import BEGIN_QUOTE, END_QUOTE
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
 _ANSWER_RE = re.compile(r"<\s*answer\s*>\s*:?", re.IGNORECASE)
-_QUOTE_RE = re.compile(re.escape(QUOTE_BEGIN) + r"(.*?)" + re.escape(QUOTE_END), re.DOTALL)
+_QUOTE_RE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 _LEAD_IN = re.compile(
     r"^\s*(?:the\s+)?(?:final\s+|short\s+|correct\s+)?answer(?:\s+is\b\s*:?|\s*[:\-])\s*", re.IGNORECASE
 )
@@ -62,7 +60,7 @@ def extract_answer(generation: str) -> str:
     if markers:  # the last marker wins: a model may restate the format in its reasoning
         text = text[markers[-1].end() :].strip()
         text = text.split("\n", 1)[0].strip() if text else ""
-        text = text.replace(QUOTE_BEGIN, "").replace(QUOTE_END, "").strip()
+        text = text.replace(BEGIN_QUOTE, "").replace(END_QUOTE, "").strip()
         return _strip_wrappers(text)
     for line in text.splitlines():
         line = line.strip()

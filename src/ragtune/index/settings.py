@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from ragtune.prompts import with_title
 from ragtune.workspace import Workspace, write_json_atomic
 
 
@@ -33,9 +34,6 @@ class IndexSettings:
 def index_text(title: str, text: str, embed_title: bool = True) -> str:
     """What is embedded and BM25-indexed for a chunk: its document title on a first line, then the chunk.
 
-    A chunk cut from the middle of a document often does not name its subject; the title does (DPR and most
-    retrieval benchmarks index "title + passage" for this reason).
+    The title rule is the foundation's `ragtune.prompts.with_title`, so what is indexed is what a model is shown.
     """
-    if embed_title and title and not text.startswith(title):
-        return f"{title}\n{text}"
-    return text
+    return with_title(title, text) if embed_title else text

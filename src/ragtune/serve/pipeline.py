@@ -22,12 +22,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.config import SearchConfig
-from ragtune.eval.datasets import EvalDoc
-from ragtune.eval.prompts import PromptStyle, build_messages, system_prompt_for
 from ragtune.index.search import Searcher
 from ragtune.index.store import filter_mask
 from ragtune.llm.base import LLM, GenerationConfig, Message
 from ragtune.llm.server import Batcher
+from ragtune.prompts import PromptStyle, build_messages, system_prompt_for
 from ragtune.records import Hit
 from ragtune.retrieve.semantic_cache import SemanticCache
 from ragtune.serve.feedback import FeedbackStore, new_id
@@ -304,13 +303,12 @@ class RagPipeline:
         return kept, flagged
 
     def messages_for(self, prepared: Prepared, hits: list[Hit]) -> list[Message]:
-        """The prompt the student was trained on (`ragtune.eval.prompts`), with the client's system text appended to
-        its system turn and earlier conversation turns placed before the question."""
-        docs = [EvalDoc(doc_id=h.chunk_id, title=h.title, text=h.text) for h in hits]
-        system = system_prompt_for(self.config.prompt, bool(docs))
+        """The prompt the student was trained on (`ragtune.prompts`, the hits shown as title + text), with the client's
+        system text appended to its system turn and earlier conversation turns placed before the question."""
+        system = system_prompt_for(self.config.prompt, bool(hits))
         if prepared.system:
             system = f"{system}\n\n{prepared.system}"
-        messages = build_messages(prepared.question, docs, self.config.prompt, system_prompt=system)
+        messages = build_messages(prepared.question, hits, self.config.prompt, system_prompt=system)
         return [*messages[:-1], *prepared.history, messages[-1]]
 
     def citation(self, index: int, hit: Hit) -> Citation:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ragtune.prompts import STUDENT_SYSTEM, shown_text
 from ragtune.synth import prompts
 from ragtune.synth.raft import SynthConfigError
 from ragtune.synth.records import PreferenceExample, RaftExample
@@ -122,7 +123,7 @@ def build_card(
         distractors = Counter(sum(not d.is_oracle for d in e.documents) for e in examples)
         quotes = [(q, e) for e in examples for q in extract_quotes(e.cot_answer)]
         oracle_texts = {
-            e.id: [prompts.shown_text(d) for d in [*e.documents, *e.dropped_oracles] if d.is_oracle] for e in examples
+            e.id: [shown_text(d) for d in [*e.documents, *e.dropped_oracles] if d.is_oracle] for e in examples
         }
         ok = sum(quote_in(q, oracle_texts[e.id]) for q, e in quotes)
         card |= {
@@ -190,7 +191,7 @@ def export(
     workspace: str | Path,
     fmt: str,
     out: str | Path,
-    system_prompt: str | None = prompts.STUDENT_SYSTEM,
+    system_prompt: str | None = STUDENT_SYSTEM,
     split: str = "train",
     source: str | Path | None = None,
     tokenizer: str | None = None,

@@ -22,6 +22,7 @@ from typing import Any
 
 from ragtune.hashing import short_id
 from ragtune.llm.base import LLM, GenerationConfig
+from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, shown_text
 from ragtune.splits import keep, split_of
 from ragtune.synth import prompts
 from ragtune.synth.distractors import DistractorPool, Exclusion, HardNegativeMiner, assemble, pick_distractors
@@ -37,7 +38,7 @@ from ragtune.synth.raft import (
 )
 from ragtune.synth.records import ContextDoc, Group, RaftExample
 from ragtune.synth.store import GroupFile
-from ragtune.synth.validate import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, CotCheck, check_cot, normalize_ws
+from ragtune.synth.validate import CotCheck, check_cot, normalize_ws
 from ragtune.workspace import Manifest, Workspace
 
 STAGE = "synth-raft"
@@ -500,7 +501,7 @@ def _qa_wave(
             else:
                 checks.append(
                     check_cot(
-                        write_cot(r.question, r.answer, r.evidence), [prompts.shown_text(d) for d in r.oracles]
+                        write_cot(r.question, r.answer, r.evidence), [shown_text(d) for d in r.oracles]
                     )
                 )
             attempts.append(1)
@@ -535,7 +536,7 @@ def _qa_wave(
         checks, attempts = answer_with_retries(
             teacher,
             conversations,
-            [[prompts.shown_text(d) for d in r.oracles] for r, *_ in jobs],
+            [[shown_text(d) for d in r.oracles] for r, *_ in jobs],
             a_config,
             config.retries,
             config.concurrency,

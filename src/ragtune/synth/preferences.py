@@ -17,14 +17,12 @@ from pathlib import Path
 
 from ragtune.hashing import short_id
 from ragtune.llm.base import LLM, GenerationConfig
+from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, STUDENT_SYSTEM, shown_text
 from ragtune.synth import prompts
 from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft
 from ragtune.synth.records import Group, PreferenceExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
 from ragtune.synth.validate import (
-    ANSWER_TAG,
-    BEGIN_QUOTE,
-    END_QUOTE,
     extract_quotes,
     normalize_ws,
     quote_in,
@@ -43,7 +41,7 @@ class PreferencesConfig:
     concurrency: int = 8
     synthetic: bool = True
     seed: int = 0
-    system_prompt: str | None = prompts.STUDENT_SYSTEM
+    system_prompt: str | None = STUDENT_SYSTEM
     f1_threshold: float = 0.5
 
     def check(self) -> None:
@@ -79,8 +77,8 @@ def judge(student_text: str, example: RaftExample, threshold: float = 0.5) -> st
         return "no_answer"
     if answer_f1(parts[1], example.answer) < threshold:
         return "wrong_answer"
-    oracles = [prompts.shown_text(d) for d in example.documents if d.is_oracle]
-    distractors = [prompts.shown_text(d) for d in example.documents if not d.is_oracle]
+    oracles = [shown_text(d) for d in example.documents if d.is_oracle]
+    distractors = [shown_text(d) for d in example.documents if not d.is_oracle]
     for q in extract_quotes(parts[0]):
         if not quote_in(q, oracles) and quote_in(q, distractors):
             return "cites_distractor"

@@ -1,8 +1,9 @@
-"""Prompts: what the teacher is asked, and what the student is shown at training and evaluation time.
+"""Prompts: what the teacher is asked. The student's prompt (and the title rule, the quote and answer tags) is the
+foundation's `ragtune.prompts`, shared with training, evaluation and serving; `student_messages` renders a RAFT
+example with it.
 
 Teacher prompts are few-shot with an explicit output format, because a small teacher (the bundled 135M model)
-follows a worked example far better than an instruction. The student prompt lives here too, so training, evaluation
-and export render a RAFT example the same way.
+follows a worked example far better than an instruction.
 """
 
 from __future__ import annotations
@@ -10,8 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ragtune.llm.base import Message
+from ragtune.prompts import (
+    ANSWER_TAG,
+    BEGIN_QUOTE,
+    END_QUOTE,
+    STUDENT_SYSTEM,
+    render_documents,
+    student_conversation,
+    with_title,
+)
+from ragtune.prompts import shown_text as shown_text  # re-exported: synth/raft.py reads it as `prompts.shown_text`
 from ragtune.synth.records import ContextDoc, RaftExample
-from ragtune.synth.validate import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
 
 QUESTION_SYSTEM = (
     "You write questions for a reading test. Each question must be answerable from the text alone, "
@@ -39,19 +49,13 @@ COT_SYSTEM = (
     f"End with a final line {ANSWER_TAG} followed by a short answer."
 )
 
-STUDENT_SYSTEM = (
-    "You are a helpful assistant that answers questions from the documents provided. Reason step by step, quote "
-    f"the supporting text between {BEGIN_QUOTE} and {END_QUOTE}, and end with {ANSWER_TAG} followed by the answer."
-)
-
-
 def _question_request(text: str, n: int) -> str:
     return f"Text:\n{text}\n\nWrite {n} different questions that this text answers. One question per line, numbered."
 
 
 def question_messages(chunk_text: str, n: int, title: str = "") -> list[Message]:
     """The teacher's question-writing conversation for one chunk."""
-    text = f"{title}\n{chunk_text}" if title and not chunk_text.startswith(title) else chunk_text
+    text = with_title(title, chunk_text)
     shots = "\n".join(f"{i}. {q}" for i, q in enumerate(_SHOT_QUESTIONS[: max(1, min(n, 3))], start=1))
     return [
         {"role": "system", "content": QUESTION_SYSTEM},
@@ -59,16 +63,6 @@ def question_messages(chunk_text: str, n: int, title: str = "") -> list[Message]
         {"role": "assistant", "content": shots},
         {"role": "user", "content": _question_request(text, n)},
     ]
-
-
-def shown_text(doc: ContextDoc) -> str:
-    """A document as the model sees it: title line, then text. Quotes are checked against this, title included."""
-    return f"{doc.title}\n{doc.text}" if doc.title and not doc.text.startswith(doc.title) else doc.text
-
-
-def render_documents(docs: Sequence[ContextDoc]) -> str:
-    """Documents as the RAFT paper shows them: each inside <DOCUMENT> tags, title on the first line."""
-    return "\n".join(f"<DOCUMENT>{shown_text(d)}</DOCUMENT>" for d in docs)
 
 
 def _cot_request(docs: Sequence[ContextDoc], question: str, answer_hint: str | None = None) -> str:
@@ -106,14 +100,6 @@ def retry_messages(previous: list[Message], bad_output: str, problem: str) -> li
     ]
 
 
-def student_user_prompt(question: str, docs: Sequence[ContextDoc]) -> str:
-    return f"{render_documents(docs)}\n\nQuestion: {question}"
-
-
 def student_messages(example: RaftExample, system_prompt: str | None = STUDENT_SYSTEM) -> list[Message]:
-    """The conversation a student is trained on / evaluated with (without the assistant turn)."""
-    messages: list[Message] = []
-    if system_prompt:
-        messages.append({"role": "system", "content": system_prompt})
-    messages.append({"role": "user", "content": student_user_prompt(example.question, example.documents)})
-    return messages
+    """The conversation a student is trained on / evaluated with for one RAFT example (without the assistant turn)."""
+    return student_conversation(example.question, example.documents, system_prompt)

@@ -8,9 +8,7 @@ import re
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
-BEGIN_QUOTE = "##begin_quote##"
-END_QUOTE = "##end_quote##"
-ANSWER_TAG = "<ANSWER>:"
+from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE  # the RAFT vocabulary, from the foundation
 
 _QUOTE_RE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 _OUTER = " \t\n\"'“”‘’`"

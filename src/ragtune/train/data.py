@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.llm.base import Message
-from ragtune.synth.prompts import STUDENT_SYSTEM, student_messages
+from ragtune.prompts import RADIT_SYSTEM, STUDENT_SYSTEM, radit_user_prompt, with_title
+from ragtune.synth.prompts import student_messages
 from ragtune.synth.records import PreferenceExample, RaftExample
 from ragtune.synth.store import read_preferences, read_raft
 from ragtune.train.config import TrainConfigError
 
 Row = dict[str, Any]
-
-RADIT_SYSTEM = "You are a helpful assistant. Answer the question using the background text when it helps."
 
 
 def _assistant(text: str) -> list[Message]:
@@ -62,10 +61,6 @@ def raft_rows(examples: Sequence[RaftExample], system_prompt: str | None = STUDE
     ]
 
 
-def radit_user_prompt(question: str, background: str) -> str:
-    return f"Background: {background}\n\nQuestion: {question}"
-
-
 def radit_rows(
     examples: Sequence[RaftExample],
     retrieve: Any,
@@ -81,7 +76,7 @@ def radit_rows(
     rows: list[Row] = []
     for e in examples:
         for rank, hit in enumerate(retrieve(e.question, top_k)):
-            text = f"{hit.title}\n{hit.text}" if hit.title and not hit.text.startswith(hit.title) else hit.text
+            text = with_title(hit.title, hit.text)
             messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
             messages.append({"role": "user", "content": radit_user_prompt(e.question, text)})
             rows.append({"prompt": messages, "completion": _assistant(e.answer), "id": f"{e.id}:{rank}"})
@@ -204,5 +199,5 @@ def corpus_rows(workspace: Any, limit: int | None = None) -> list[Row]:
     if not store.exists():
         raise TrainConfigError(f"no index in {workspace}: run `ragtune ingest PATH --workspace {workspace}` first")
     chunks = store.read_chunks()
-    rows = [{"text": f"{c.title}\n{c.text}" if c.title and not c.text.startswith(c.title) else c.text} for c in chunks]
+    rows = [{"text": with_title(c.title, c.text)} for c in chunks]
     return rows[:limit] if limit is not None else rows

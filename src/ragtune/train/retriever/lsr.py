@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from ragtune.index.retriever import RetrieverSpec
 from ragtune.index.search import Searcher
 from ragtune.models import resolve_embedder
+from ragtune.prompts import background_turn, with_title
 from ragtune.train.retriever.common import TrainResult, peak_rss_mb, quiet_trainer, retrieval_scores, training_args
 from ragtune.train.retriever.data import IndexChunks, Resolved, RetrieverDataError, load_questions
 from ragtune.train.retriever.progress import StepCallback, bar
@@ -50,11 +51,11 @@ class LSRConfig(BaseModel):
 
 def lm_request(question: str, answer: str | None, title: str, text: str) -> tuple[list[dict[str, str]], str]:
     """(messages, continuation) whose log-likelihood scores one chunk: RA-DIT's "Background:" prompt."""
-    background = f"{title}\n{text}" if title and not text.startswith(title) else text
+    background = with_title(title, text)
     if answer is not None:
-        content = f"Background: {background}\n\nQuestion: {question}\nAnswer briefly."
+        content = background_turn(background, f"Question: {question}\nAnswer briefly.")
         return [{"role": "user", "content": content}], answer
-    content = f"Background: {background}\n\nWrite a question that this background answers."
+    content = background_turn(background, "Write a question that this background answers.")
     return [{"role": "user", "content": content}], question
 
 
