@@ -131,6 +131,7 @@ class ExportItem(_Strict):
                                                                                           "format.")
     out: Path = Field(..., description="Output file (relative: to the workspace).")
     split: Literal["train", "eval", "all"] = Field("train", description="Which hash split is exported.")
+    min_examples: int = Field(10, ge=1, description="Refuse to export fewer examples (OpenAI rejects files under 10).")
 
 
 class SynthSection(_Strict):

@@ -73,9 +73,9 @@ def run_pipeline(
             resume = not (force or stage in forced) and state.interrupted(stage, key)
             previous = state.get(stage)
             why = ("resuming an interrupted run" if resume else "forced" if force or stage in forced
-                   else "first run" if previous is None else _changed(previous, settings, inputs))
+                   else "first run" if previous is None else _changed(previous, settings, inputs, upstream))
             say(f"{stage}: running ({why})")
-            state.start(stage, key, settings, inputs)
+            state.start(stage, key, settings, inputs, upstream)
             t0 = time.perf_counter()
             outcome = RUNNERS[stage](cfg, Context(workspace, resume, say))
             state.finish(stage, outcome.outputs, outcome.present)
@@ -88,7 +88,7 @@ def run_pipeline(
     return summary
 
 
-def _changed(previous: object, settings: str, inputs: dict[str, str]) -> str:
+def _changed(previous: object, settings: str, inputs: dict[str, str], upstream: dict[str, str]) -> str:
     """Why a recorded stage runs again, in words."""
     from ragtune.run.state import StageRecord
 
@@ -103,4 +103,7 @@ def _changed(previous: object, settings: str, inputs: dict[str, str]) -> str:
                          | {p for p in inputs if previous.inputs.get(p) != inputs[p]})
         reasons.append(f"input changed: {Path(changed[0]).name}" + (f" and {len(changed) - 1} more"
                                                                      if len(changed) > 1 else ""))
-    return ", ".join(reasons) or "an earlier stage's outputs changed, or its own outputs are gone"
+    moved = [s for s in upstream if previous.upstream.get(s) != upstream[s]]
+    if moved:
+        reasons.append(f"new outputs of {', '.join(moved)}")
+    return ", ".join(reasons) or "its outputs changed or are gone"

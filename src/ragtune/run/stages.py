@@ -195,7 +195,7 @@ def run_synth(cfg: RunConfig, ctx: Context) -> Outcome:
         exported = []
         for item in s.export:
             out = cfg.in_workspace(item.out)
-            card = export(ctx.workspace, item.format, out, split=item.split)
+            card = export(ctx.workspace, item.format, out, split=item.split, min_examples=item.min_examples)
             exported.append(f"{item.format} ({card['examples']} examples) -> {out}")
             outputs.append(out)
     except (SynthConfigError, ExportError, FileNotFoundError) as exc:
@@ -283,6 +283,23 @@ def run_retriever(cfg: RunConfig, ctx: Context) -> Outcome:
                                                                                                  if change else ""))
 
 
+def call_command(command: Callable[..., Any], **arguments: Any) -> None:
+    """Call a typer command function with explicit arguments; the options not given take the command's own
+    defaults (a typer default is an OptionInfo object, not the value), so an option added to the command later
+    keeps working here."""
+    import inspect
+
+    from typer.models import ParameterInfo
+
+    for name, parameter in inspect.signature(command).parameters.items():
+        if name not in arguments:
+            default = parameter.default
+            arguments[name] = default.default if isinstance(default, ParameterInfo) else default
+            if arguments[name] is Ellipsis:
+                raise StageError(f"{command.__name__}: required option {name!r} not given")
+    command(**arguments)
+
+
 # ---- compare and report ----------------------------------------------------------------------------------------------
 
 
@@ -347,9 +364,9 @@ def run_compare(cfg: RunConfig, ctx: Context) -> Outcome:
                             encoding="utf-8")
     out_dir = cfg.in_workspace(c.out)
     try:
-        compare_command(workspace=ctx.workspace, systems=systems_file, data=(c.data.format, data), out_dir=out_dir,
-                        split=c.split, limit=c.limit,  # type: ignore[arg-type]  # None: every question
-                        batch_size=c.batch_size, title=c.title, as_json=False)
+        call_command(compare_command, workspace=ctx.workspace, systems=systems_file, data=(c.data.format, data),
+                     out_dir=out_dir, split=c.split, limit=c.limit, batch_size=c.batch_size, title=c.title,
+                     as_json=False)
     except typer.Exit as exc:
         if exc.exit_code == 130:
             raise KeyboardInterrupt from None

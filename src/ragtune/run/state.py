@@ -74,6 +74,7 @@ class StageRecord:
     status: str = "started"  # started | done
     settings: str = ""
     inputs: dict[str, str] = field(default_factory=dict)
+    upstream: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     present: list[str] = field(default_factory=list)
     digest: str = ""
@@ -117,8 +118,8 @@ class RunState:
         record = self.stages.get(stage)
         return record is not None and record.status == "started" and record.key == key
 
-    def start(self, stage: str, key: str, settings: str, inputs: dict[str, str]) -> None:
-        self.stages[stage] = StageRecord(key=key, settings=settings, inputs=inputs)
+    def start(self, stage: str, key: str, settings: str, inputs: dict[str, str], upstream: dict[str, str]) -> None:
+        self.stages[stage] = StageRecord(key=key, settings=settings, inputs=inputs, upstream=upstream)
         self.save()
 
     def finish(self, stage: str, outputs: list[Path], present: list[Path] | None = None) -> StageRecord:
