@@ -11,7 +11,6 @@ N. Two systems evaluated with the same `--limit` therefore see exactly the same 
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from ragtune.corpus.qa_corpora import hotpotqa_doc_id, hotpotqa_paragraph_text
 from ragtune.hashing import short_id
+from ragtune.jsonl import open_text, read_jsonl
 from ragtune.splits import split_of
 
 FORMATS = ("hotpotqa", "squad", "nq", "jsonl", "raft")
@@ -76,29 +76,14 @@ def select(items: list[QAItem], split: Split = "eval", limit: int | None = None)
 
 def _read_json(path: Path) -> Any:
     try:
-        with _open(path) as f:
+        with open_text(path) as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with _open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise DatasetError(f"{path}:{lineno}: expected a JSON object per line")
-            yield lineno, record
+    return read_jsonl(path, error=DatasetError)
 
 
 def _dedupe_strings(values: list[str]) -> list[str]:

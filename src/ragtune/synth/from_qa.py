@@ -9,7 +9,6 @@ no teacher at all.
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.hashing import short_id
+from ragtune.jsonl import open_text, read_jsonl
 from ragtune.llm.base import LLM, GenerationConfig
 from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, shown_text
 from ragtune.splits import keep, split_of
@@ -125,24 +125,12 @@ class FromQAConfig:
 
 
 def _read_json(path: Path) -> Any:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_text(path) as f:
         return json.load(f)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SynthConfigError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise SynthConfigError(f"{path}:{lineno}: expected a JSON object")
-            yield record
+    return (record for _, record in read_jsonl(path, error=SynthConfigError))
 
 
 def read_hotpotqa(path: Path) -> Iterator[QARecord]:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ragtune.jsonl import read_jsonl
 from ragtune.llm.base import Message
 from ragtune.prompts import RADIT_SYSTEM, STUDENT_SYSTEM, radit_user_prompt, with_title
 from ragtune.synth.prompts import student_messages
@@ -97,14 +98,7 @@ def read_instruction_rows(path: str | Path) -> list[Row]:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     """("file:line", parsed record) for each non-blank line; a line that is not JSON stops with its location."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainConfigError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
+    return ((f"{path}:{lineno}", record) for lineno, record in read_jsonl(path, objects=False, error=TrainConfigError))
 
 
 def _instruction_row(record: Any, where: str) -> Row:
