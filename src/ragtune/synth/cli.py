@@ -113,6 +113,21 @@ def raft_cmd(
     ),
     answer_tokens: int = typer.Option(384, "--answer-tokens", min=8),
     question_tokens: int = typer.Option(160, "--question-tokens", min=8),
+    prompt_style: str = typer.Option(
+        "auto", "--prompt-style", help="fewshot (one question + short answer per sentence, for small local "
+        "teachers) | instruct (questions, then quoted CoT answers) | auto: fewshot for local, instruct for openai:"
+    ),
+    ground: bool = typer.Option(
+        True, "--ground/--no-ground", help="locate the evidence in the chunk when the teacher's quotes are not verbatim"
+    ),
+    cot_style: str = typer.Option("full", "--cot-style", help="grounded chain of thought: full | short"),
+    fuzzy_threshold: float = typer.Option(85.0, "--fuzzy-threshold", min=0.0, max=100.0,
+                                          help="0-100 partial ratio for fuzzy answer alignment"),
+    round_trip_k: int = typer.Option(5, "--round-trip-k", min=0, help="keep a question only when the retriever "
+                                     "finds its chunk in the top k (0: off)"),
+    dedup_threshold: float = typer.Option(0.9, "--dedup-threshold", help="MiniLM cosine at which a question "
+                                          "duplicates an earlier one (1 or more: off)"),
+    max_answer_words: int = typer.Option(12, "--max-answer-words", min=1, help="length budget of an answer"),
     adapter: str = typer.Option(None, "--adapter", help="LoRA adapter for a local teacher"),
     base_url: str = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server URL"),
     api_key: str = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", show_default=False),
@@ -138,9 +153,20 @@ def raft_cmd(
         teacher_context=teacher_context,
         answer_tokens=answer_tokens,
         question_tokens=question_tokens,
+        prompt_style=prompt_style,
+        ground=ground,
+        cot_style=cot_style,
+        fuzzy_threshold=fuzzy_threshold,
+        round_trip_k=round_trip_k,
+        dedup_threshold=dedup_threshold,
+        max_answer_words=max_answer_words,
     )
     if teacher_context not in ("all", "oracle"):
         raise typer.BadParameter("must be 'all' or 'oracle'", param_hint="--teacher-context")
+    if prompt_style not in ("fewshot", "instruct", "auto"):
+        raise typer.BadParameter("must be fewshot, instruct or auto", param_hint="--prompt-style")
+    if cot_style not in ("full", "short"):
+        raise typer.BadParameter("must be 'full' or 'short'", param_hint="--cot-style")
     from ragtune.workspace import Workspace
 
     if out is None and not Workspace(workspace).index_settings_path.exists():
@@ -151,6 +177,36 @@ def raft_cmd(
     llm = _teacher(teacher, adapter, base_url, api_key, concurrency, timeout)
     summary = _run(synthesize_raft, workspace, llm, config, out=out, overwrite=overwrite, progress=True)
     _print_summary("synth raft", summary)
+    _print_quality(summary.out)
+
+
+def _print_quality(out: Path) -> None:
+    """The quality report's compact table: kept / rejected per filter, yield, teacher time and tokens."""
+    import json
+
+    from rich.table import Table
+
+    from ragtune.synth.raft import report_paths
+
+    json_path, md_path = report_paths(out)
+    if not json_path.exists():
+        return
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    table = Table(title=f"quality: {report['kept']} kept of {report['candidates']} candidates from "
+                  f"{report['chunks']} chunks ({report['yield_per_chunk']} per chunk)")
+    table.add_column("filter")
+    table.add_column("rejected", justify="right")
+    table.add_column("rate", justify="right")
+    table.add_column("top reason")
+    for name, f in report["filters"].items():
+        top = next(iter(f["reasons"]), "")
+        table.add_row(name, str(f["rejected"]), f"{100 * f['rate']:.0f}%", top)
+    out_console.print(table)
+    out_console.print(
+        f"  teacher {report['teacher_seconds']:.0f}s, {report['teacher_completion_tokens']} completion tokens "
+        f"({report['prompt_style']} prompts); grounding {report['grounding']}; report [cyan]{md_path}[/cyan], "
+        f"rejected [cyan]{report['rejected_file']}[/cyan]"
+    )
 
 
 @synth_app.command("from-qa")

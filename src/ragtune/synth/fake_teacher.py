@@ -1,9 +1,11 @@
 """A deterministic, rule-based stand-in teacher for tests and benchmarks of the synthesis *machinery*.
 
 It answers ragtune's own teacher prompts without a neural model: questions are built from the chunk's sentences, and
-answers quote the sentence that best matches the question. A share of first attempts deliberately paraphrases the
-quote, so retries and drops are exercised. It says nothing about data quality; it makes resume, concurrency and
-fault tests fast and exact. Serve it over HTTP with `python -m ragtune.synth.fake_teacher --port 8011`.
+answers quote the sentence that best matches the question; the few-shot (question, answer) prompt of
+`teacher_prompts.py` gets a question about its focus sentence and that sentence's last words as the answer. A share
+of first attempts deliberately paraphrases the quote, so retries and drops are exercised. It says nothing about data
+quality; it makes resume, concurrency and fault tests fast and exact. Serve it over HTTP with `python -m
+ragtune.synth.fake_teacher --port 8011`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ class FakeTeacher(LLM):
             out.append(f"What does the text say about {' '.join(words[:4]).rstrip('.,;:')}?")
         return "\n".join(f"{i}. {q}" for i, q in enumerate(out, start=1))
 
+    def _qa(self, request: str) -> str:
+        """The few-shot prompt: "Text: ...\nSentence: S\nWrite one question ..." -> a question about S, its answer."""
+        sentence = request.split("\nSentence: ", 1)[1].split("\nWrite one question", 1)[0]
+        words = sentence.rstrip(".").split()
+        question = f"What does the text say about {' '.join(words[:4]).rstrip('.,;:')}?"
+        return f"Question: {question}\nAnswer: {' '.join(words[-3:])}"
+
     def _answer(self, prompt: str, question: str, retry: bool) -> str:
         docs = re.findall(r"<DOCUMENT>(.*?)</DOCUMENT>", prompt, re.DOTALL)
         if not docs:  # raft.py's prompt: "Question: ...\nContext: ...\n Answer this question ..."
@@ -71,6 +80,8 @@ class FakeTeacher(LLM):
         asked = re.search(r"generate (\d+) example questions", system)
         if asked:  # raft.py's question prompt: the chunk is the whole user message
             return self._questions(last, int(asked.group(1)))
+        if last.startswith("Text:") and "\nSentence: " in last:
+            return self._qa(last)
         retry = last.startswith("That answer is not valid") or last.startswith("Write ")
         source = next((u for u in reversed(users) if "<DOCUMENT>" in u or u.startswith("Text:")), last)
         if source.startswith("Text:"):

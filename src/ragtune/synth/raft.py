@@ -5,6 +5,12 @@ Work runs in waves of `concurrency` chunks: one batched (or concurrent, for a se
 whole wave, one more writes all answers, and only the invalid ones are retried, with the teacher told what was wrong.
 A wave's chunk groups are appended to `synth/raft.jsonl` as they finish (see `store.py`); the randomness of a chunk
 comes from (seed, chunk id) only, so an interrupted run resumed gives exactly the uninterrupted run's examples.
+
+Two prompt styles (`teacher_prompts.py`): `instruct` asks for questions, then quoted chain-of-thought answers (a
+strong teacher); `fewshot` asks a small local teacher for one (question, short answer) per focus sentence. Either
+way the evidence is located in the oracle by `grounding.py` when the teacher's own quotes are not verbatim, and every
+question passes the filters of `filters.py`; rejections go to a 0600 side file, and a quality report (JSON + md)
+is written beside the output.
 """
 
 from __future__ import annotations
@@ -20,12 +26,12 @@ from typing import Any
 from ragtune.hashing import short_id
 from ragtune.llm.base import LLM, GenerationConfig, Message
 from ragtune.records import Chunk
-from ragtune.synth import prompts
+from ragtune.splits import split_of
+from ragtune.synth import filters, grounding, prompts, teacher_prompts
 from ragtune.synth.distractors import DistractorPool, Exclusion, HardNegativeMiner, assemble, pick_distractors
 from ragtune.synth.records import ContextDoc, Group, RaftExample
-from ragtune.synth.splits import split_of
 from ragtune.synth.store import GroupFile
-from ragtune.synth.validate import CotCheck, check_cot, parse_questions, question_problem
+from ragtune.synth.validate import CotCheck, check_cot, parse_questions
 from ragtune.workspace import Manifest, Workspace
 
 STAGE = "synth-raft"
@@ -54,6 +60,20 @@ class RaftConfig:
     answer_tokens: int = 384
     temperature: float = 0.0
     min_chunk_words: int = 12
+    # prompts and grounding
+    prompt_style: str = "auto"  # fewshot (small local teachers) | instruct (strong ones) | auto: by teacher
+    ground: bool = True  # locate the evidence in the chunk when the teacher's quotes are not verbatim
+    cot_style: str = "full"  # grounded chain of thought: "full" (connecting prose) or "short" (quotes + answer)
+    fuzzy_threshold: float = 85.0  # 0-100 partial ratio for the fuzzy tier of answer alignment
+    max_quotes: int = 2
+    # filters (each counted; rejections kept in rejected.jsonl)
+    copy_threshold: float = 0.8  # a question this similar (0-1 character ratio) to a chunk sentence is a copy
+    round_trip_k: int = 5  # the source chunk must be in the retriever's top k for the question; 0 turns it off
+    dedup_threshold: float = 0.9  # MiniLM cosine at or above which a question duplicates an earlier one; 1+ = off
+    max_question_words: int = 30
+    max_answer_words: int = 12  # answers longer than this (after shortening) are rejected
+    short_answer_words: int = 6  # a longer teacher answer is shortened to the part the question does not say
+    max_cot_words: int = 160
 
     FINGERPRINT = (
         "questions_per_chunk",
@@ -69,6 +89,18 @@ class RaftConfig:
         "answer_tokens",
         "temperature",
         "min_chunk_words",
+        "prompt_style",
+        "ground",
+        "cot_style",
+        "fuzzy_threshold",
+        "max_quotes",
+        "copy_threshold",
+        "round_trip_k",
+        "dedup_threshold",
+        "max_question_words",
+        "max_answer_words",
+        "short_answer_words",
+        "max_cot_words",
     )
 
     def check(self) -> None:
@@ -84,6 +116,14 @@ class RaftConfig:
             raise SynthConfigError("--teacher-context must be 'all' or 'oracle'")
         if self.limit is not None and self.limit < 1:
             raise SynthConfigError("--limit must be >= 1")
+        if self.prompt_style not in teacher_prompts.STYLES:
+            raise SynthConfigError(f"--prompt-style must be one of {', '.join(teacher_prompts.STYLES)}")
+        if self.cot_style not in ("full", "short"):
+            raise SynthConfigError("--cot-style must be 'full' or 'short'")
+        if not 0.0 <= self.fuzzy_threshold <= 100.0:
+            raise SynthConfigError("--fuzzy-threshold must be between 0 and 100")
+        if self.round_trip_k < 0 or self.max_quotes < 1:
+            raise SynthConfigError("--round-trip-k must be >= 0 and --max-quotes >= 1")
 
 
 @dataclass
@@ -236,6 +276,26 @@ def _teacher_docs(oracle: ContextDoc, documents: list[ContextDoc], k: int) -> li
     return sorted(docs, key=lambda d: short_id("teacher-order", d.doc_id))
 
 
+def _round_trip(ws: Workspace, config: RaftConfig, searcher: Any) -> tuple[Any, filters.RoundTrip | None]:
+    """The searcher (built once, shared with hard-negative mining and dedup) and the round-trip filter, when on."""
+    if config.round_trip_k <= 0 and not config.hard_negatives and config.dedup_threshold >= 1.0:
+        return searcher, None
+    if searcher is None:
+        from ragtune.index.search import Searcher
+
+        try:
+            searcher = Searcher(ws)
+        except FileNotFoundError:
+            if config.hard_negatives or config.round_trip_k > 0:
+                raise SynthConfigError(
+                    f"No index in workspace {ws.root}: round-trip filtering and hard negatives search it; run "
+                    f"`ragtune ingest PATH --workspace {ws.root}` or pass --round-trip-k 0."
+                ) from None
+            return None, None
+    return searcher, (filters.RoundTrip(searcher, config.round_trip_k, config.search_mode)
+                      if config.round_trip_k > 0 else None)
+
+
 def synthesize_raft(
     workspace: Workspace | str | Path,
     teacher: LLM,
@@ -246,7 +306,8 @@ def synthesize_raft(
     progress: bool = False,
     searcher: Any = None,
 ) -> SynthSummary:
-    """Write RAFT examples for the workspace's chunks (or `chunks`) to `out` (default WORKSPACE/synth/raft.jsonl)."""
+    """Write RAFT examples for the workspace's chunks (or `chunks`) to `out` (default WORKSPACE/synth/raft.jsonl),
+    the rejected questions to `rejected.jsonl` beside it, and the quality report (`quality_report.json` / `.md`)."""
     config = config or RaftConfig()
     config.check()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
@@ -271,21 +332,17 @@ def synthesize_raft(
     if not eligible:
         raise SynthConfigError(f"No chunk with at least {config.min_chunk_words} words in {ws.root}.")
 
+    style = teacher_prompts.resolve_style(config.prompt_style, teacher.name)
     fingerprint = {k: getattr(config, k) for k in RaftConfig.FINGERPRINT} | {"teacher": teacher.name}
     check_resume(ws, STAGE, out, fingerprint, overwrite)
     pool_docs, spans = chunk_docs(all_chunks)
     pool = DistractorPool(pool_docs, spans)
-    miner = None
-    if config.hard_negatives:
-        if searcher is None:
-            from ragtune.index.search import Searcher
-
-            searcher = Searcher(ws)
-        miner = HardNegativeMiner(searcher, mode=config.search_mode)
+    searcher, round_trip = _round_trip(ws, config, searcher)
+    miner = HardNegativeMiner(searcher, mode=config.search_mode) if config.hard_negatives else None
 
     manifest = Manifest(
         stage=STAGE,
-        config=asdict(config) | {"teacher": teacher.name},
+        config=asdict(config) | {"teacher": teacher.name, "prompt_style_used": style},
         inputs={"chunks": short_id(*sorted(c.chunk_id for c in eligible))},
         extra={"fingerprint": fingerprint, "out": str(out), "status": "running"},
     )
@@ -294,20 +351,39 @@ def synthesize_raft(
     q_config = GenerationConfig(max_new_tokens=config.question_tokens, temperature=config.temperature, seed=config.seed)
     a_config = GenerationConfig(max_new_tokens=config.answer_tokens, temperature=config.temperature, seed=config.seed)
     batch_sensitive = getattr(teacher, "batch_sensitive", False)
-    with GroupFile(out, overwrite=overwrite) as store_file:
+    rejected = filters.rejected_path(out)
+    if overwrite and rejected.exists():
+        rejected.unlink()
+    filters.open_private(rejected)
+    global _CLOCK
+    _CLOCK = clock = TeacherClock(out, fresh=overwrite or not out.exists(), teacher=teacher)
+    with GroupFile(rejected) as rejected_file, GroupFile(out, overwrite=overwrite) as store_file:
         summary.groups_done_before = sum(c.chunk_id in store_file.done for c in eligible)
         bar, task = _progress(progress, len(eligible), summary.groups_done_before, "synth raft")
+
+        def make_groups(work: list[Chunk]) -> list[Group]:
+            groups, rejections = _run_wave(work, teacher, config, style, pool, miner, round_trip, q_config, a_config)
+            for g in groups:  # rejections first: a kill between the two appends leaves the group to redo, not lost
+                if g.group_id not in rejected_file.done:
+                    rejected_file.append(Group(group_id=g.group_id, examples=rejections[g.group_id]))
+            clock.save()
+            return groups
+
         with bar:
-            run_waves(
-                eligible, lambda c: c.chunk_id, config.concurrency, batch_sensitive,
-                lambda work: _run_wave(work, teacher, config, pool, miner, q_config, a_config),
-                store_file, summary, bar, task,
-            )
-        summary.examples_total = store_file.examples
-        summary.counts = dict(store_file.counts)
+            run_waves(eligible, lambda c: c.chunk_id, config.concurrency, batch_sensitive, make_groups,
+                      store_file, summary, bar, task)
+        if summary.groups_failed == 0 and config.dedup_threshold < 1.0:
+            _dedup_pass(out, eligible, rejected_file, searcher, config, teacher.name)
+    clock.save()
+    _CLOCK = None
+    final = GroupFile(out)  # re-read: the dedup pass may have rewritten the file
+    final.close()
+    summary.examples_total = final.examples
+    summary.counts = dict(final.counts)
     summary.usage = teacher.usage.to_dict()
     summary.seconds = time.perf_counter() - started
     write_final_manifest(ws, manifest, summary, {"chunks": len(eligible)})
+    write_quality_report(out, summary, eligible, style, teacher.name)
     return summary
 
 
@@ -364,47 +440,271 @@ def run_waves(items: Sequence[Any], item_id: Callable[[Any], str], wave_size: in
             bar.update(task, advance=1, examples=summary.examples_written)
 
 
+@dataclass
+class _Accepted:
+    """A question that passed every per-chunk filter, with its grounded (or teacher-quoted) chain of thought."""
+
+    question: str
+    answer: str
+    cot: str
+    quotes: list[str]
+    grounding: str  # "teacher" | "exact" | "normalised" | "fuzzy"
+    rank: int | None = None  # the source chunk's rank in the round-trip search
+
+
+class _ChunkWork:
+    """What one chunk collects during a wave: counts, rejections, and the questions still in the running."""
+
+    def __init__(self, chunk: Chunk, teacher: str):
+        self.chunk = chunk
+        self.teacher = teacher
+        self.stats: Counter = Counter()
+        self.rejections: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+
+    def reject(self, filter_name: str, reason: str, question: str, answer: str = "", detail: str = "",
+               answered: bool = False) -> None:
+        """Count and keep one rejection. `answered`: it reached the answer stage (so it is a `dropped:` answer,
+        keeping `answers_valid + dropped == questions`); otherwise it is a `dropped question:`."""
+        self.stats[f"rejected: {filter_name}"] += 1
+        self.stats[f"dropped: {reason}" if answered else f"dropped question: {reason}"] += 1
+        self.rejections.append(filters.Rejection(filter_name, reason, question, answer, detail)
+                               .to_record(self.chunk.chunk_id, self.teacher))
+
+    def question_ok(self, question: str, config: RaftConfig, round_trip: filters.RoundTrip | None,
+                    answer: str = "") -> bool:
+        """Well-formedness, the same question twice in this chunk, and round-trip consistency."""
+        self.stats["candidates"] += 1
+        problem = filters.well_formed(question, self.chunk.text, answer, config.copy_threshold)
+        if problem:
+            self.reject("well_formed", problem, question, answer)
+            return False
+        key = grounding.normalise(question)
+        if key in self.seen:
+            self.reject("duplicate", "same question twice for the chunk", question, answer)
+            return False
+        if round_trip is not None:
+            problem = round_trip.problem(question, self.chunk.chunk_id)
+            if problem:
+                self.reject("round_trip", problem, question, answer,
+                            detail="top: " + ", ".join(round_trip.ranked(question)[:3]))
+                return False
+        self.seen.add(key)
+        return True
+
+
+def _grounded_cot(question: str, answer: str, quotes: list[str], title: str, style: str) -> str:
+    """The chain of thought written from located sentences, in from-qa's evidence format (one format for the
+    student, whichever builder wrote the data)."""
+    from ragtune.synth.from_qa import evidence_cot, evidence_cot_short
+
+    evidence = [(title, q) for q in quotes]
+    return (evidence_cot_short if style == "short" else evidence_cot)(question, answer, evidence)
+
+
+def _finish(work: _ChunkWork, config: RaftConfig, question: str, answer: str, cot: str, quotes: list[str],
+            method: str, round_trip: filters.RoundTrip | None) -> _Accepted | None:
+    """The answer-level filters (answer given away, length budget) on an answer that has its evidence."""
+    problem = filters.well_formed(question, work.chunk.text, answer, config.copy_threshold)
+    if problem:
+        work.reject("well_formed", problem, question, answer, answered=True)
+        return None
+    problem = filters.length_problem(question, answer, cot, config.max_question_words, config.max_answer_words,
+                                     config.max_cot_words)
+    if problem:
+        work.reject("length", problem, question, answer, answered=True)
+        return None
+    assert grounding.verbatim(quotes, prompts.shown_text(ContextDoc(doc_id="", text=work.chunk.text,
+                                                                   title=work.chunk.title)))
+    work.stats["answers_valid"] += 1
+    work.stats[f"grounding: {method}"] += 1
+    rank = round_trip.rank(question, work.chunk.chunk_id) if round_trip is not None else None
+    return _Accepted(question, answer, cot, quotes, method, rank)
+
+
+def _ground_answer(work: _ChunkWork, config: RaftConfig, question: str, answer: str,
+                   round_trip: filters.RoundTrip | None) -> _Accepted | None:
+    """Answerability: locate the teacher's answer in the chunk and quote the sentences found."""
+    g = grounding.ground(question, answer, work.chunk.text, config.fuzzy_threshold, config.max_quotes,
+                         config.short_answer_words)
+    if not g.ok:
+        work.reject("answerable", g.reason, question, answer, answered=True)
+        return None
+    if g.shortened:
+        work.stats["answers_shortened"] += 1
+    cot = _grounded_cot(question, g.answer, g.quotes, work.chunk.title, config.cot_style)
+    return _finish(work, config, question, g.answer, cot, g.quotes, g.method, round_trip)
+
+
+class TeacherClock:
+    """Teacher wall time and tokens, summed over resumed runs in a sidecar (`<out>.teacher.json`): they vary with
+    how a run was cut into waves, so they stay out of the group file, which must be byte-identical after a resume."""
+
+    def __init__(self, out: Path, fresh: bool, teacher: LLM | None = None):
+        import json
+
+        self.path = out.with_name(out.name + ".teacher.json")
+        self.teacher = teacher
+        self.seconds = 0.0
+        self.before = {"completion_tokens": 0, "prompt_tokens": 0, "requests": 0}
+        if not fresh and self.path.exists():
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            self.seconds = float(saved.get("teacher_seconds", 0.0))
+            self.before = {k: int(saved.get(k, 0)) for k in self.before}
+        self._start = dict(teacher.usage.to_dict()) if teacher is not None else {}
+
+    def add(self, seconds: float) -> None:
+        self.seconds += seconds
+
+    def totals(self) -> dict[str, Any]:
+        now = self.teacher.usage.to_dict() if self.teacher is not None else {}
+        spent = {k: v + int(now.get(k, 0)) - int(self._start.get(k, 0)) for k, v in self.before.items()}
+        return {"teacher_seconds": round(self.seconds, 3), **spent}
+
+    def save(self) -> None:
+        from ragtune.workspace import write_json_atomic
+
+        write_json_atomic(self.path, self.totals())
+
+
+_CLOCK: TeacherClock | None = None  # the running synthesis' clock (one run per process at a time)
+
+
+def _timed_generate(teacher: LLM, convs: list[list[Message]], config: GenerationConfig, batch_size: int,
+                    works: Sequence[_ChunkWork], owners: Sequence[int]) -> list[Any]:
+    """One teacher call, its wall time on the clock and its tokens on the chunks it served."""
+    if not convs:
+        return []
+    t0 = time.perf_counter()
+    outs = teacher.generate(convs, config, batch_size=batch_size)
+    if _CLOCK is not None:
+        _CLOCK.add(time.perf_counter() - t0)
+    return outs
+
+
+def _fewshot_wave(works: list[_ChunkWork], teacher: LLM, config: RaftConfig, round_trip: filters.RoundTrip | None,
+                  q_config: GenerationConfig) -> list[list[_Accepted]]:
+    """Small teachers: one (question, answer) per focus sentence, evidence located by `grounding`."""
+    n = config.questions_per_chunk
+    slots = [(ci, s) for ci, w in enumerate(works) for s in teacher_prompts.focus_sentences(w.chunk.text, n)]
+    convs = [teacher_prompts.qa_messages(works[ci].chunk.text, s.text, works[ci].chunk.title) for ci, s in slots]
+    outs = _timed_generate(teacher, convs, q_config, config.concurrency, works, [ci for ci, _ in slots])
+    accepted: list[list[_Accepted]] = [[] for _ in works]
+    for (ci, _s), out in zip(slots, outs, strict=True):
+        work = works[ci]
+        parsed = teacher_prompts.parse_qa(out.text)
+        if parsed is None:
+            work.stats["candidates"] += 1
+            work.reject("well_formed", "no question in the teacher's output", "", detail=out.text[:300])
+            continue
+        question, answer = parsed
+        if not work.question_ok(question, config, round_trip):
+            continue
+        work.stats["questions"] += 1
+        work.stats["answers_checked"] += 1
+        got = _ground_answer(work, config, question, answer, round_trip)
+        if got is not None:
+            accepted[ci].append(got)
+    return accepted
+
+
+def _instruct_questions(works: list[_ChunkWork], teacher: LLM, config: RaftConfig,
+                        round_trip: filters.RoundTrip | None, q_config: GenerationConfig) -> list[list[str]]:
+    """Strong teachers: n questions per chunk in one list, one retry for chunks short of n usable ones."""
+    n = config.questions_per_chunk
+    convs = [prompts.question_messages(w.chunk.text, n, w.chunk.title) for w in works]
+    outs = _timed_generate(teacher, convs, q_config, config.concurrency, works, list(range(len(works))))
+    questions: list[list[str]] = [[] for _ in works]
+
+    def take(i: int, text: str) -> None:
+        for q in parse_questions(text, n * 2):
+            if len(questions[i]) == n:
+                break
+            if works[i].question_ok(q, config, round_trip):
+                questions[i].append(q)
+
+    for i, out in enumerate(outs):
+        take(i, out.text)
+    short = [i for i, qs in enumerate(questions) if len(qs) < n]
+    if short and config.retries > 0:
+        retry = [
+            convs[i] + [
+                {"role": "assistant", "content": outs[i].text},
+                {"role": "user", "content": f"Write {n} questions about the text, numbered, one per line, each "
+                 "ending with a question mark, in your own words."},
+            ]
+            for i in short
+        ]
+        for i, out in zip(short, _timed_generate(teacher, retry, q_config, config.concurrency, works, short),
+                          strict=True):
+            works[i].stats["question_retries"] += 1
+            take(i, out.text)
+    return questions
+
+
+def _instruct_answers(works: list[_ChunkWork], jobs: list[tuple[int, str, list[ContextDoc]]],
+                      teacher: LLM, config: RaftConfig, round_trip: filters.RoundTrip | None,
+                      a_config: GenerationConfig) -> dict[tuple[int, str], _Accepted]:
+    """Quoted CoT answers, invalid ones retried; a teacher whose quotes are verbatim keeps them, otherwise its
+    answer is grounded in the chunk (when `ground`)."""
+    conversations = []
+    for ci, q, docs in jobs:
+        c = works[ci].chunk
+        oracle = ContextDoc(doc_id=c.chunk_id, text=c.text, title=c.title, is_oracle=True)
+        teacher_docs = ([oracle] if config.teacher_context == "oracle"
+                        else _teacher_docs(oracle, docs, config.distractors))
+        conversations.append(prompts.cot_messages(teacher_docs, q))
+    oracles = [[prompts.shown_text(ContextDoc(doc_id="", text=works[ci].chunk.text, title=works[ci].chunk.title))]
+               for ci, *_ in jobs]
+    t0 = time.perf_counter()
+    checks, attempts = answer_with_retries(teacher, conversations, oracles, a_config, config.retries,
+                                           config.concurrency, config.min_quotes)
+    if _CLOCK is not None:
+        _CLOCK.add(time.perf_counter() - t0)
+    out: dict[tuple[int, str], _Accepted] = {}
+    for (ci, q, _docs), check, n_attempts in zip(jobs, checks, attempts, strict=True):
+        work = works[ci]
+        work.stats["questions"] += 1
+        work.stats["answers_checked"] += n_attempts
+        work.stats["answer_retries"] += max(0, n_attempts - 1)
+        work.stats["quotes"] += len(check.quotes)
+        work.stats["quotes_in_oracle"] += check.quotes_ok
+        got: _Accepted | None
+        if check.valid:
+            got = _finish(work, config, q, check.answer, check.cot_answer, check.quotes, "teacher", round_trip)
+        elif config.ground and check.answer:
+            work.stats[f"grounded after: {check.reason}"] += 1
+            got = _ground_answer(work, config, q, check.answer, round_trip)
+        else:
+            work.reject("answerable", check.reason, q, check.answer, detail=check.cot_answer[:300], answered=True)
+            got = None
+        if got is not None:
+            out[(ci, q)] = got
+    return out
+
+
 def _run_wave(
     chunks: Sequence[Chunk],
     teacher: LLM,
     config: RaftConfig,
+    style: str,
     pool: DistractorPool,
     miner: HardNegativeMiner | None,
+    round_trip: filters.RoundTrip | None,
     q_config: GenerationConfig,
     a_config: GenerationConfig,
-) -> list[Group]:
-    n = config.questions_per_chunk
-    stats: dict[str, Counter] = {c.chunk_id: Counter() for c in chunks}
-    # 1. questions, with one retry for chunks that got fewer than n usable ones
-    convs = [prompts.question_messages(c.text, n, c.title) for c in chunks]
-    outs = teacher.generate(convs, q_config, batch_size=config.concurrency)
-    questions: list[list[str]] = []
-    for c, out in zip(chunks, outs, strict=True):
-        questions.append(_usable_questions(out.text, c, n, stats[c.chunk_id]))
-    short = [i for i, qs in enumerate(questions) if len(qs) < n]
-    if short and config.retries > 0:
-        retry = [
-            convs[i]
-            + [
-                {"role": "assistant", "content": outs[i].text},
-                {
-                    "role": "user",
-                    "content": f"Write {n} questions about the text, numbered, one per "
-                    "line, each ending with a question mark, in your own words.",
-                },
-            ]
-            for i in short
-        ]
-        for i, out in zip(short, teacher.generate(retry, q_config, batch_size=config.concurrency), strict=True):
-            c = chunks[i]
-            stats[c.chunk_id]["question_retries"] += 1
-            extra = _usable_questions(out.text, c, n, stats[c.chunk_id])
-            seen = {q.lower() for q in questions[i]}
-            questions[i] += [q for q in extra if q.lower() not in seen][: n - len(questions[i])]
+) -> tuple[list[Group], dict[str, list[dict[str, Any]]]]:
+    works = [_ChunkWork(c, teacher.name) for c in chunks]
+    if style == "fewshot":
+        accepted = _fewshot_wave(works, teacher, config, round_trip, q_config)
+        questions = [[a.question for a in acc] for acc in accepted]
+    else:
+        questions = _instruct_questions(works, teacher, config, round_trip, q_config)
 
-    # 2. per question: distractors, P, shuffle — all from the chunk's own RNG, in question order
+    # per question: distractors, P, shuffle — all from the chunk's own RNG, in question order
     jobs: list[tuple[int, str, list[ContextDoc], bool]] = []
-    for ci, c in enumerate(chunks):
+    for ci, w in enumerate(works):
+        c = w.chunk
         rng = random.Random(f"{config.seed}:{c.chunk_id}")
         oracle = ContextDoc(doc_id=c.chunk_id, text=c.text, title=c.title, is_oracle=True)
         for q in questions[ci]:
@@ -412,39 +712,22 @@ def _run_wave(
             distractors = pick_distractors(rng, config.distractors + 1, exclude, pool, miner=miner, query=q)
             docs, kept = assemble(rng, [oracle], distractors, config.distractors, config.p_oracle)
             jobs.append((ci, q, docs, kept))
-            stats[c.chunk_id]["questions"] += 1
             if len(distractors) < config.distractors + 1:
-                stats[c.chunk_id]["short_of_distractors"] += 1
+                w.stats["short_of_distractors"] += 1
 
-    # 3. CoT answers, validated against the oracle, invalid ones retried
-    conversations = []
-    for ci, q, docs, _kept in jobs:
-        c = chunks[ci]
-        oracle = ContextDoc(doc_id=c.chunk_id, text=c.text, title=c.title, is_oracle=True)
-        teacher_docs = (
-            [oracle] if config.teacher_context == "oracle" else _teacher_docs(oracle, docs, config.distractors)
-        )
-        conversations.append(prompts.cot_messages(teacher_docs, q))
-    checks, attempts = answer_with_retries(
-        teacher,
-        conversations,
-        [
-            [prompts.shown_text(ContextDoc(doc_id=chunks[ci].chunk_id, text=chunks[ci].text, title=chunks[ci].title))]
-            for ci, *_ in jobs
-        ],
-        a_config,
-        config.retries,
-        config.concurrency,
-        config.min_quotes,
-    )
-    for (ci, *_rest), check, n_attempts in zip(jobs, checks, attempts, strict=True):
-        stats[chunks[ci].chunk_id].update(answer_counts(check, n_attempts))
+    if style == "fewshot":
+        done = {(ci, a.question): a for ci, acc in enumerate(accepted) for a in acc}
+    else:
+        done = _instruct_answers(works, [(ci, q, docs) for ci, q, docs, _k in jobs], teacher, config,
+                                 round_trip, a_config)
 
     groups: list[Group] = []
-    for ci, c in enumerate(chunks):
+    for ci, w in enumerate(works):
+        c = w.chunk
         examples = []
-        for (cj, q, docs, kept), check in zip(jobs, checks, strict=True):
-            if cj != ci or not check.valid:
+        for cj, q, docs, kept in jobs:
+            got = done.get((cj, q)) if cj == ci else None
+            if got is None:
                 continue
             examples.append(
                 RaftExample(
@@ -457,9 +740,9 @@ def _run_wave(
                     dropped_oracles=[]
                     if kept
                     else [ContextDoc(doc_id=c.chunk_id, text=c.text, title=c.title, is_oracle=True)],
-                    cot_answer=check.cot_answer,
-                    answer=check.answer,
-                    quotes=check.quotes,
+                    cot_answer=got.cot,
+                    answer=got.answer,
+                    quotes=got.quotes,
                     quote_valid=True,
                     source="raft",
                     split=split_of(short_id(c.chunk_id, q)),
@@ -469,24 +752,194 @@ def _run_wave(
                         "doc_id": c.doc_id,
                         "source": c.source,
                         "distractors": "hard" if miner is not None else "random",
+                        "grounding": got.grounding,
+                        "prompt_style": style,
+                        "round_trip_rank": got.rank,
                     },
                 ).model_dump()
             )
-        counts = stats[c.chunk_id]
-        counts["examples"] = len(examples)
-        counts["chunks"] = 1
-        groups.append(Group(group_id=c.chunk_id, examples=examples, counts=dict(counts)))
-    return groups
+        w.stats["examples"] = len(examples)
+        w.stats["chunks"] = 1
+        groups.append(Group(group_id=c.chunk_id, examples=examples, counts=dict(w.stats)))
+    return groups, {w.chunk.chunk_id: w.rejections for w in works}
 
 
-def _usable_questions(text: str, chunk: Chunk, n: int, counter: Counter) -> list[str]:
-    out = []
-    for q in parse_questions(text, n * 2):
-        problem = question_problem(q, chunk.text)
-        if problem:
-            counter[f"dropped question: {problem}"] += 1
+# ---- near-duplicates across the corpus, once every chunk is done -------------------------------------------------
+
+
+def _dedup_pass(out: Path, eligible: Sequence[Chunk], rejected_file: GroupFile, searcher: Any, config: RaftConfig,
+                teacher: str) -> int:
+    """Remove questions whose MiniLM embedding is within `dedup_threshold` of an earlier kept question, earlier in
+    the corpus's chunk order (not the file's: a wave retried after a failure must not change the result). The
+    output file is rewritten atomically with the counts moved from `answers_valid` to `dropped: near-duplicate`;
+    the removed examples go to the rejected file first, so a kill anywhere loses nothing and a rerun is a no-op
+    (greedy dedup of an already deduplicated set keeps everything)."""
+    import os
+
+    from ragtune.synth.store import iter_groups
+
+    groups = list(iter_groups(out))
+    order = {c.chunk_id: i for i, c in enumerate(eligible)}
+    ranked = sorted(range(len(groups)), key=lambda i: (order.get(groups[i]["group_id"], len(order)), i))
+    flat = [(gi, ei) for gi in ranked for ei in range(len(groups[gi].get("examples", [])))]
+    if len(flat) < 2:
+        return 0
+    if searcher is not None:
+        embedder = searcher.embedder
+    else:
+        from ragtune.index.embedding import Embedder
+
+        embedder = Embedder()
+    vectors = embedder.encode([groups[gi]["examples"][ei]["question"] for gi, ei in flat])
+    dup_of = filters.near_duplicates(vectors, config.dedup_threshold)
+    drop: dict[int, dict[int, dict[str, Any]]] = {}
+    for i, ((gi, ei), j) in enumerate(zip(flat, dup_of, strict=True)):
+        if j is None:
             continue
-        out.append(q)
-        if len(out) == n:
-            break
-    return out
+        twin = groups[flat[j][0]]["examples"][flat[j][1]]
+        example = groups[gi]["examples"][ei]
+        sim = float(vectors[i] @ vectors[j])
+        drop.setdefault(gi, {})[ei] = filters.Rejection(
+            "duplicate", "near-duplicate", example["question"], example["answer"],
+            detail=f"cosine {sim:.3f} to {twin['question']!r} ({twin['group_id']})",
+        ).to_record(groups[gi]["group_id"], teacher)
+    if not drop:
+        return 0
+    for gi, removed in drop.items():
+        gid = f"duplicates:{groups[gi]['group_id']}"
+        if gid not in rejected_file.done:
+            rejected_file.append(Group(group_id=gid, examples=list(removed.values())))
+    lines = []
+    for gi, g in enumerate(groups):
+        removed = drop.get(gi, {})
+        if removed:
+            n = len(removed)
+            g = dict(g)
+            g["examples"] = [e for ei, e in enumerate(g["examples"]) if ei not in removed]
+            counts = dict(g.get("counts", {}))
+            counts["examples"] = counts.get("examples", 0) - n
+            counts["answers_valid"] = counts.get("answers_valid", 0) - n
+            counts["dropped: near-duplicate"] = counts.get("dropped: near-duplicate", 0) + n
+            counts["rejected: duplicate"] = counts.get("rejected: duplicate", 0) + n
+            for ei in removed:
+                method = groups[gi]["examples"][ei].get("metadata", {}).get("grounding")
+                if method and counts.get(f"grounding: {method}"):
+                    counts[f"grounding: {method}"] -= 1
+            g["counts"] = counts
+        lines.append(Group.model_validate(g).model_dump_json() + "\n")
+    tmp = out.with_name(out.name + ".dedup.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, out.stat().st_mode & 0o777)
+    os.replace(tmp, out)
+    return sum(len(v) for v in drop.values())
+
+
+# ---- the quality report ----------------------------------------------------------------------------------------------
+
+
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """`raft.jsonl` -> quality_report.json / .md beside it; another name gets its own prefix."""
+    stem = "quality_report" if out.name == "raft.jsonl" else f"{out.stem}.quality_report"
+    return out.with_name(stem + ".json"), out.with_name(stem + ".md")
+
+
+def quality_report(out: Path, summary: SynthSummary | None = None, chunks: int | None = None, style: str = "",
+                   teacher: str = "") -> dict[str, Any]:
+    """Kept / rejected per filter (with one example of each), questions per chunk, teacher time and tokens, computed
+    from the files themselves, so the numbers add up: candidates == kept + sum of rejections."""
+    from ragtune.synth.store import iter_groups
+
+    groups = list(iter_groups(out))
+    counts: Counter = Counter()
+    for g in groups:
+        counts.update(g.get("counts", {}))
+    rejected_file = filters.rejected_path(out)
+    rejections: dict[str, list[dict[str, Any]]] = {}
+    for g in iter_groups(rejected_file):
+        for r in g.get("examples", []):
+            rejections.setdefault(r["filter"], []).append(r)
+    kept = [e for g in groups for e in g.get("examples", [])]
+    per_chunk = Counter(len(g.get("examples", [])) for g in groups if not g["group_id"].startswith("duplicates:"))
+    n_chunks = chunks if chunks is not None else len(groups)
+    candidates = int(counts.get("candidates", 0))
+    by_filter = {}
+    for name in filters.FILTERS:
+        rows = rejections.get(name, [])
+        n = int(counts.get(f"rejected: {name}", 0))
+        reasons = Counter(r["reason"] for r in rows)
+        by_filter[name] = {
+            "rejected": n,
+            "rate": round(n / candidates, 4) if candidates else 0.0,
+            "reasons": dict(reasons.most_common()),
+            "example": {k: rows[0][k] for k in ("question", "answer", "reason", "detail")} if rows else None,
+        }
+    example = None
+    if kept:
+        e = kept[0]
+        example = {"question": e["question"], "answer": e["answer"], "quotes": e["quotes"],
+                   "grounding": e.get("metadata", {}).get("grounding")}
+    spent = TeacherClock(out, fresh=False).totals()
+    report = {
+        "output": str(out),
+        "rejected_file": str(rejected_file),
+        "teacher": teacher,
+        "prompt_style": style,
+        "fuzzy_backend": grounding.fuzzy_backend(),
+        "chunks": n_chunks,
+        "candidates": candidates,
+        "kept": len(kept),
+        "rejected": sum(f["rejected"] for f in by_filter.values()),
+        "yield_per_chunk": round(len(kept) / n_chunks, 3) if n_chunks else 0.0,
+        "filters": by_filter,
+        "grounding": {k.split(": ", 1)[1]: int(v) for k, v in sorted(counts.items()) if k.startswith("grounding: ")},
+        "answers_shortened": int(counts.get("answers_shortened", 0)),
+        "questions_per_chunk": {str(k): v for k, v in sorted(per_chunk.items())},
+        "teacher_seconds": round(spent["teacher_seconds"], 1),
+        "teacher_requests": spent["requests"],
+        "teacher_completion_tokens": spent["completion_tokens"],
+        "teacher_prompt_tokens": spent["prompt_tokens"],
+        "example_kept": example,
+        "seconds": round(summary.seconds, 1) if summary else None,
+    }
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# RAFT quality report: {Path(report['output']).name}",
+        "",
+        f"Teacher `{report['teacher']}` ({report['prompt_style']} prompts), {report['chunks']} chunks: "
+        f"{report['candidates']} candidate questions, **{report['kept']} kept** ({report['yield_per_chunk']} per "
+        f"chunk), {report['rejected']} rejected. Teacher time {report['teacher_seconds']} s, "
+        f"{report['teacher_completion_tokens']} completion tokens.",
+        "",
+        "| filter | rejected | rate | example |",
+        "|---|---|---|---|",
+    ]
+    for name, f in report["filters"].items():
+        ex = f["example"]
+        shown = f"{ex['question'] or '(none)'} — {ex['reason']}" if ex else ""
+        lines.append(f"| {name} | {f['rejected']} | {100 * f['rate']:.0f}% | {shown.replace('|', '/')} |")
+    lines += ["", f"Grounding of kept answers: {report['grounding']}; questions per chunk: "
+              f"{report['questions_per_chunk']}."]
+    if report["example_kept"]:
+        ex = report["example_kept"]
+        lines += ["", f"Kept example: **{ex['question']}** → {ex['answer']} (quote: \"{ex['quotes'][0]}\")"]
+    lines += ["", f"Rejected examples with reasons: `{report['rejected_file']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_quality_report(out: Path, summary: SynthSummary | None = None, chunks: Sequence[Chunk] | None = None,
+                         style: str = "", teacher: str = "") -> dict[str, Any]:
+    from ragtune.workspace import write_json_atomic
+
+    report = quality_report(out, summary, len(chunks) if chunks is not None else None, style, teacher)
+    json_path, md_path = report_paths(out)
+    write_json_atomic(json_path, report)
+    md_path.write_text(_markdown(report), encoding="utf-8")
+    for path in (json_path, md_path):  # it quotes users' questions and answers
+        path.chmod(0o600)
+    return report

@@ -1,0 +1,160 @@
+"""Question filters of RAFT synthesis, each one counted, each rejection kept with its reason.
+
+Generated test sets are mostly noise unless filtered: a small teacher writes non-questions, copies sentences, asks
+what the text never says, or asks the same thing five times. The filters, in the order a question meets them:
+
+- well-formedness: a question (interrogative, ends with "?"), not a copy of a chunk sentence, not giving its own
+  answer away;
+- round-trip consistency: the retriever finds the source chunk in its top k for the question (a question that does
+  not point back to its chunk is vague — "What is the title of the work?" — or about something else);
+- answerability: the answer is found in the chunk (see `grounding.py`);
+- a length budget on the question, the answer and the chain of thought;
+- near-duplicates across the whole corpus, by MiniLM embedding similarity (`near_duplicates`), run once at the end.
+
+Thresholds live in `RaftConfig`; rejected examples go, with the filter and the reason, to a 0600 `rejected.jsonl`
+beside the output (see `raft.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragtune.synth.grounding import normalise, split_sentences
+from ragtune.synth.validate import normalize_ws
+
+FILTERS = ("well_formed", "round_trip", "answerable", "length", "duplicate")
+_INTERROGATIVE = re.compile(
+    r"(?i)^(who|whom|whose|what|when|where|why|how|which|is|are|was|were|do|does|did|can|could|has|have|had|will|"
+    r"would|should|in|on|at|for|from|by|with|to|of|during|after|before|according|name)\b"
+)
+
+
+@dataclass
+class Rejection:
+    """One rejected (question, answer): which filter, why, and the evidence for it (`detail`)."""
+
+    filter: str
+    reason: str
+    question: str
+    answer: str = ""
+    detail: str = ""
+
+    def to_record(self, chunk_id: str, teacher: str) -> dict[str, Any]:
+        return {"chunk_id": chunk_id, "filter": self.filter, "reason": self.reason, "question": self.question,
+                "answer": self.answer, "detail": self.detail, "teacher": teacher}
+
+
+def well_formed(question: str, chunk_text: str, answer: str = "", copy_threshold: float = 0.8) -> str | None:
+    """Why the question is not a well-formed question about the chunk, or None.
+
+    Rejects: no question at all, too short, not interrogative, a copy of a sentence of the chunk (character ratio
+    above `copy_threshold`), and a question that contains its own answer ("When was X founded in 1990?")."""
+    q = normalize_ws(question)
+    if not q:
+        return "no question in the teacher's output"
+    if not q.endswith("?"):
+        return "not a question"
+    words = q.rstrip("?").split()
+    if len(words) < 3:
+        return "question too short"
+    nq = normalise(q)
+    for s in split_sentences(chunk_text) or []:
+        ns = normalise(s.text)
+        if len(words) >= 6 and nq in ns:
+            return "question copies the chunk"
+        if SequenceMatcher(None, nq, ns, autojunk=False).ratio() > copy_threshold:
+            return "question copies the chunk"
+    if not _INTERROGATIVE.match(q):
+        return "not a question"
+    na = normalise(answer)
+    if na and len(na) >= 3 and f" {na} " in f" {nq} ":
+        return "question gives its answer away"
+    return None
+
+
+def length_problem(question: str, answer: str, cot: str, max_question_words: int, max_answer_words: int,
+                   max_cot_words: int) -> str | None:
+    """The length budget: a long question is several questions, a long answer is not a short answer, and a long
+    chain of thought costs training tokens without teaching more."""
+    if len(question.split()) > max_question_words:
+        return f"question over {max_question_words} words"
+    if not answer.strip():
+        return "empty answer"
+    if len(answer.split()) > max_answer_words:
+        return f"answer over {max_answer_words} words"
+    if len(cot.split()) > max_cot_words:
+        return f"chain of thought over {max_cot_words} words"
+    return None
+
+
+class RoundTrip:
+    """Round-trip consistency through the workspace's own search: the question must retrieve its source chunk in
+    the top `k`. Hits are cached per question, so a retried chunk costs no second search."""
+
+    def __init__(self, searcher: Any, k: int = 5, mode: str = "hybrid"):
+        self.searcher = searcher
+        self.k = k
+        self.mode = mode
+        self._cache: dict[str, list[str]] = {}
+
+    def ranked(self, question: str) -> list[str]:
+        if question not in self._cache:
+            hits = self.searcher.search(question, k=self.k, mode=self.mode)
+            self._cache[question] = [h.chunk_id for h in hits]
+        return self._cache[question]
+
+    def problem(self, question: str, chunk_id: str) -> str | None:
+        ranked = self.ranked(question)
+        if chunk_id in ranked:
+            return None
+        return f"source chunk not in the retriever's top {self.k}"
+
+    def rank(self, question: str, chunk_id: str) -> int | None:
+        ranked = self.ranked(question)
+        return ranked.index(chunk_id) + 1 if chunk_id in ranked else None
+
+
+def near_duplicates(vectors: np.ndarray, threshold: float) -> list[int | None]:
+    """For each row (in order), the index of an earlier *kept* row whose cosine similarity is at least
+    `threshold`, or None when the row is kept. Greedy in order, so the first phrasing of a question wins and the
+    result is the same however the rows were produced. Rows must be L2-normalised (MiniLM's are)."""
+    kept: list[int] = []
+    out: list[int | None] = []
+    for i in range(len(vectors)):
+        if kept:
+            sims = vectors[kept] @ vectors[i]
+            j = int(np.argmax(sims))
+            if float(sims[j]) >= threshold:
+                out.append(kept[j])
+                continue
+        kept.append(i)
+        out.append(None)
+    return out
+
+
+def open_private(path: Path) -> None:
+    """Create `path` (if missing) readable by its owner only: rejected questions and answers are users' data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def rejected_path(out: Path) -> Path:
+    """The side file of an output: `raft.jsonl` -> `rejected.jsonl`, `other.jsonl` -> `other.rejected.jsonl`."""
+    return out.with_name("rejected.jsonl" if out.name == "raft.jsonl" else f"{out.stem}.rejected.jsonl")
+
+
+def counts_of(rejections: Sequence[Rejection]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rejections:
+        out[f"rejected: {r.filter}"] = out.get(f"rejected: {r.filter}", 0) + 1
+    return out
