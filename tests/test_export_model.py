@@ -156,3 +156,37 @@ def test_ollama_export_gguf_answers_as_transformers(adapter_run, tmp_path):
     want = [g.text for g in reference.generate(prompts, config, batch_size=1)]
     same = sum(a == b for a, b in zip(got, want, strict=True))
     assert same >= len(prompts) - 1, list(zip(got, want, strict=True))
+
+
+needs_converter = pytest.mark.skipif(
+    not converter_dir or not Path(converter_dir, "convert_hf_to_gguf.py").is_file()
+    or importlib.util.find_spec("gguf") is None or importlib.util.find_spec("sentencepiece") is None,
+    reason="needs LLAMA_CPP_DIR=<llama.cpp checkout> with convert_hf_to_gguf.py, and pip install gguf sentencepiece",
+)
+
+
+@pytest.mark.slow
+@needs_converter
+def test_gguf_export_holds_the_merged_weights_and_the_chat_template(adapter_run, tmp_path):
+    """Without llama-cpp-python: the GGUF llama.cpp's converter wrote is read back with the `gguf` package."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    result = export_model(adapter_run, "gguf", tmp_path / "gguf", quant="q8_0")
+    assert result.gguf and result.gguf.endswith("demo-q8_0.gguf") and (tmp_path / "gguf" / "README.md").is_file()
+    reader = GGUFReader(result.gguf)
+    fields = reader.fields
+    text = lambda f: bytes(fields[f].parts[fields[f].data[0]]).decode()  # noqa: E731
+    assert text("general.architecture") == "llama" and "<|im_start|>" in text("tokenizer.chat_template")
+    from gguf.quants import dequantize
+
+    from ragtune.llm.transformers_backend import load_model
+    from ragtune.train.export_model import read_run, resolve_base
+
+    model, _ = load_model(resolve_base(read_run(adapter_run), None), str(adapter_run), "cpu", "float32",
+                          merge_adapter=True)  # what the export merged (cached in this process)
+    want = model.model.layers[0].self_attn.v_proj.weight.detach().numpy()  # v is not permuted for RoPE
+    v = next(t for t in reader.tensors if t.name == "blk.0.attn_v.weight")
+    assert v.tensor_type.name == "Q8_0"
+    got = dequantize(v.data, v.tensor_type).reshape(want.shape)
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()  # 8-bit blocks: within 2% of the range
