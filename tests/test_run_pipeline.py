@@ -82,6 +82,11 @@ def test_the_demo_and_own_docs_examples_validate():
     assert demo.compare.limit == 48 and len(demo.compare.systems) == 3
     own = load_config(root / "own_docs" / "ragtune.yaml")
     assert own.synth is not None and own.synth.method == "raft" and (own.synth.teacher or "").startswith("openai:")
+    assert own.retriever is not None and own.retriever.trainer_config().tau == 0.01
+    # the trainers' own settings are checked too (they are read only when a retriever section exists)
+    bad = {**MINIMAL, "synth": {"method": "raft"}, "retriever": {"method": "lsr", "lsr": {"topk": 3}}}
+    message = _error(bad)
+    assert "topk" in message and "top_k" in message
 
 
 def test_state_records_interrupted_and_finished_stages(tmp_path):
@@ -98,12 +103,28 @@ def test_state_records_interrupted_and_finished_stages(tmp_path):
     assert not RunState(tmp_path).unchanged("synth", "k1")
 
 
+def test_only_and_from_select_and_force_stages():
+    from ragtune.run.pipeline import select_stages
+    from ragtune.run.stages import StageError
+
+    cfg = parse_config({**MINIMAL, "synth": {"method": "raft"}, "train": {},
+                        "compare": {"data": {"format": "raft", "path": "r.jsonl"},
+                                    "systems": [{"name": "t", "adapter": "trained"}]}})
+    assert select_stages(cfg) == (["ingest", "synth", "train", "compare"], set())
+    assert select_stages(cfg, from_stage="train") == (["ingest", "synth", "train", "compare"], {"train", "compare"})
+    assert select_stages(cfg, only=["synth", "compare"], from_stage="compare") == (["synth", "compare"], {"compare"})
+    with pytest.raises(StageError, match="not configured"):
+        select_stages(cfg, only=["retriever"])
+    with pytest.raises(StageError, match="unknown stage"):
+        select_stages(cfg, from_stage="report")
+
+
 # ---- end to end --------------------------------------------------------------------------------------------------
 
 
 def _tiny_config(tmp_path: Path) -> Path:
-    """Six HotpotQA questions (2 held out) for synth and compare, three small documents indexed, 2 training steps,
-    2 eval questions of at most 12 new tokens."""
+    """Six HotpotQA questions (2 held out) for synth and compare, three small documents indexed, 1 training step,
+    2 eval questions of at most 8 new tokens."""
     questions = json.loads(HOTPOT_MINI.read_text(encoding="utf-8"))
     held_out = [q for q in questions if is_eval_id(q["_id"])][:2]
     train = [q for q in questions if not is_eval_id(q["_id"])][:4]
@@ -121,10 +142,10 @@ def _tiny_config(tmp_path: Path) -> Path:
         "synth": {"method": "from-qa", "data": {"format": "hotpotqa", "path": "tiny.json"},
                   "from_qa": {"cot": "evidence-short", "distractors": 1, "p_oracle": 1.0, "distractor_source": "own"},
                   "export": [{"format": "openai-chat", "out": "chat.jsonl", "min_examples": 1}]},
-        "train": {"name": "tiny", "max_steps": 2, "batch_size": 1, "grad_accum": 1, "max_length": 768,
+        "train": {"name": "tiny", "max_steps": 1, "batch_size": 1, "grad_accum": 1, "max_length": 768,
                   "lora": {"r": 4, "dropout": 0.0}},
         "compare": {"data": {"format": "hotpotqa", "path": "tiny.json"}, "limit": 2, "title": "tiny",
-                    "defaults": {"setting": "oracle", "distractors": 1, "max_new_tokens": 12},
+                    "defaults": {"setting": "oracle", "distractors": 1, "max_new_tokens": 8},
                     "systems": [{"name": "base", "prompt": "short"},
                                 {"name": "tuned", "prompt": "cot", "adapter": "trained"}]},
     }
@@ -168,7 +189,7 @@ def test_run_skips_unchanged_stages_and_reruns_from_a_changed_one(tmp_path):
 
     # one more training step: ingest, search and synth are skipped, train and compare (its input) run again
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    data["train"]["max_steps"] = 3
+    data["train"]["max_steps"] = 2
     config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     third, _ = _run(config)
     for stage in ("ingest", "search", "synth"):
@@ -177,7 +198,3 @@ def test_run_skips_unchanged_stages_and_reruns_from_a_changed_one(tmp_path):
     assert "compare: running (new outputs of train)" in third and "compare: done" in third
     steps = json.loads((ws / "run_state.json").read_text(encoding="utf-8"))["stages"]
     assert all(record["status"] == "done" for record in steps.values())
-
-    # --from forces a stage and those after it, even when unchanged
-    fourth, _ = _run(config, "--from", "compare")
-    assert "train: unchanged" in fourth and "compare: running (forced)" in fourth

@@ -24,8 +24,6 @@ from ragtune.config import IngestConfig
 from ragtune.synth.from_qa import FromQAConfig
 from ragtune.synth.raft import RaftConfig
 from ragtune.train.config import LoraSettings, SFTRunConfig
-from ragtune.train.retriever.contrastive import ContrastiveConfig
-from ragtune.train.retriever.lsr import LSRConfig
 
 STAGES = ("ingest", "search", "synth", "train", "retriever", "compare")
 TRAINED = "trained"  # `adapter: trained` / `retriever: trained` in a system: what this run trained
@@ -175,9 +173,31 @@ class RetrieverSection(_Strict):
 
     method: Literal["lsr", "contrastive"] = Field("lsr", description="lsr: RA-DIT LM-supervised retrieval (query "
                                                   "tower; index untouched) | contrastive.")
-    lsr: LSRConfig = Field(default_factory=LSRConfig, description="Settings of lsr.")
-    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig, description="Settings of contrastive.")
+    # The trainers' own models (LSRConfig, ContrastiveConfig) live beside torch; they are checked when this section
+    # is present, so a config without a retriever never pays torch's import (seconds) just to be read.
+    lsr: dict[str, Any] = Field(default_factory=dict, description="Settings of lsr: the fields of LSRConfig "
+                                "(top_k, tau, temperature, epochs, lr, batch_size, lm, lm_batch_size, limit, seed).")
+    contrastive: dict[str, Any] = Field(default_factory=dict, description="Settings of contrastive: the fields of "
+                                        "ContrastiveConfig (tower, negatives, depth, epochs, lr, batch_size, ...).")
     out: Path | None = Field(None, description="Output folder (default WORKSPACE/train/retriever-METHOD).")
+
+    @model_validator(mode="after")
+    def _trainer_settings(self) -> RetrieverSection:
+        self.trainer_config()
+        return self
+
+    def trainer_config(self) -> Any:
+        """The chosen method's LSRConfig / ContrastiveConfig (unknown keys are errors here too)."""
+        if self.method == "lsr":
+            from ragtune.train.retriever.lsr import LSRConfig as model
+        else:
+            from ragtune.train.retriever.contrastive import ContrastiveConfig as model  # type: ignore[assignment]
+        values = self.lsr if self.method == "lsr" else self.contrastive
+        unknown = sorted(set(values) - set(model.model_fields))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} in retriever.{self.method}; allowed: "
+                             f"{', '.join(model.model_fields)}")
+        return model.model_validate(values)
 
 
 class CompareSection(_Strict):

@@ -268,11 +268,11 @@ def run_retriever(cfg: RunConfig, ctx: Context) -> Outcome:
         if r.method == "lsr":
             from ragtune.train.retriever.lsr import train_lsr
 
-            result = train_lsr(ctx.workspace, data, r.lsr, out=out, progress=True)
+            result = train_lsr(ctx.workspace, data, r.trainer_config(), out=out, progress=True)
         else:
             from ragtune.train.retriever.contrastive import train_contrastive
 
-            result = train_contrastive(ctx.workspace, data, r.contrastive, out=out, progress=True)
+            result = train_contrastive(ctx.workspace, data, r.trainer_config(), out=out, progress=True)
     except (FileNotFoundError, ValueError, ValidationError, ModelNotFoundError) as exc:
         raise StageError(f"retriever: {exc}") from None
     before, after = result.before or {}, result.after or {}
