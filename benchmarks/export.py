@@ -93,7 +93,7 @@ def main() -> int:
 
         gguf = Path(exports["gguf-f16"]["gguf"])
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent)  # the HF tokenizer the export put next to the GGUF
         folder = work / "gguf-reloaded"
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:

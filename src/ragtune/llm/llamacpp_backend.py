@@ -78,7 +78,9 @@ def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_d
         weights = bundled_smollm2_gguf()
         model = GGUFModel(ref, weights, weights.parent, weights.name)
     elif path.suffix == ".gguf" and path.is_file():
-        model = GGUFModel(ref, path.resolve(), path.resolve().parent, path.name)
+        folder = path.resolve().parent  # `ragtune export-model` puts the HF tokenizer next to the GGUF: use it
+        own = (folder / "tokenizer_config.json").exists()
+        model = GGUFModel(ref, path.resolve(), folder, None if own else path.name)
     else:
         hf_dir = Path(resolve_generator(ref).path)
         if not hf_dir.is_dir():
@@ -102,6 +104,14 @@ def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_d
     tokenizer_dir = adapter_path if (adapter_path / "tokenizer_config.json").exists() else model.tokenizer_dir
     tokenizer_gguf = None if tokenizer_dir == adapter_path else model.tokenizer_gguf
     return GGUFModel(model.reference, model.gguf, tokenizer_dir, tokenizer_gguf, lora)
+
+
+def _gguf_chat_template(path: Path) -> str | None:
+    """The chat template stored in a GGUF's metadata (transformers' GGUF tokenizer reader does not always keep it)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("tokenizer.chat_template")
+    return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
 
 
 def _threads() -> int:
@@ -160,6 +170,8 @@ class LlamaCppLLM(LLM):
         self.merged = False
         extra = {"gguf_file": self.model.tokenizer_gguf} if self.model.tokenizer_gguf else {}
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(self.model.tokenizer_dir), **extra)
+        if self.tokenizer.chat_template is None and self.model.tokenizer_gguf:
+            self.tokenizer.chat_template = _gguf_chat_template(self.model.tokenizer_dir / self.model.tokenizer_gguf)
         n_ctx = int(max_length or 4096)
         threads = n_threads or _threads()
         key = (f"{self.model.gguf}|{self.model.lora or ''}|{lora_scale}", str(n_gpu_layers), n_ctx, threads)
