@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -117,6 +118,9 @@ def main() -> int:
     else:
         doc["gguf_agreement"] = None
         doc["gguf_agreement_missing"] = "llama.cpp's converter was not found (--llama-cpp / LLAMA_CPP_DIR)"
+    shutil.rmtree(work, ignore_errors=True)  # ~1.5 GB of exports
+    for entry in exports.values():
+        entry.pop("path", None), entry.pop("gguf", None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({k: doc.get(k) for k in ("gguf_agreement", "gguf_reload_agreement")}), file=sys.stderr)
