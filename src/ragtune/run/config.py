@@ -108,7 +108,14 @@ class QAData(_Strict):
     format: Literal["hotpotqa", "squad", "nq", "jsonl", "raft"] = Field(
         ..., description="hotpotqa | squad | nq | jsonl | raft (compare only: a `ragtune synth` RAFT file, its "
         "held-out split: questions about your own documents)")
-    path: Path = Field(..., description="The file (relative: to this file's folder).")
+    path: Path | None = Field(None, description="The file (relative: to this file's folder). Required except for "
+                              "raft, whose default is the run's own WORKSPACE/synth/raft.jsonl.")
+
+    @model_validator(mode="after")
+    def _path_given(self) -> QAData:
+        if self.path is None and self.format != "raft":
+            raise ValueError(f"format {self.format} needs a path")
+        return self
 
 
 class SearchSection(_Strict):

@@ -56,6 +56,10 @@ def _dump(model: Any) -> dict[str, Any]:
 
 
 def _data_path(cfg: RunConfig, data: Any) -> Path:
+    if data.path is None:  # format raft: this run's own synthesized data
+        from ragtune.train.sft import default_data_path
+
+        return default_data_path(cfg.workspace_dir)
     path = cfg.resolve(data.path)
     if not path.exists():
         raise StageError(f"data file not found: {path}")
@@ -123,7 +127,7 @@ def run_search(cfg: RunConfig, ctx: Context) -> Outcome:
     items = [it for it in load_dataset(section.data.format, _data_path(cfg, section.data), split="all")
              if it.gold_docs]
     if not items:
-        raise StageError(f"search: no question with gold documents in {section.data.path}")
+        raise StageError(f"search: no question with gold documents in {_data_path(cfg, section.data)}")
     ctx.say(f"search: gold-document retrieval on {len(items)} questions (titles of the top hits)")
     ctx.say(f"  {'mode':8} {'recall@2':>9} {'recall@5':>9} {'all-gold@10':>12} {'MRR':>7}")
     for mode in section.modes:

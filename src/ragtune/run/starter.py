@@ -59,7 +59,7 @@ train:
 
 # Before / after on the held-out questions of the synthesized data. `adapter: trained` is the adapter trained above.
 compare:
-  data: {format: raft, path: ragtune-workspace/synth/raft.jsonl}
+  data: {format: raft}            # the synthesized questions (WORKSPACE/synth/raft.jsonl), held-out split
   limit: 40
   title: "RAFT on my documents: before / after"
   defaults: {setting: oracle, distractors: 2, max_new_tokens: 160, dtype: auto}
