@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from ragtune.synth.grounding import normalise, split_sentences
+from ragtune.synth.records import Group
+from ragtune.synth.store import GroupFile, iter_groups
 from ragtune.synth.validate import normalize_ws
 
 FILTERS = ("well_formed", "round_trip", "answerable", "length", "duplicate")
@@ -158,3 +160,69 @@ def counts_of(rejections: Sequence[Rejection]) -> dict[str, int]:
     for r in rejections:
         out[f"rejected: {r.filter}"] = out.get(f"rejected: {r.filter}", 0) + 1
     return out
+
+
+def dedup_group_file(out: Path, chunk_order: Sequence[str], rejected_file: GroupFile, searcher: Any,
+                     threshold: float, teacher: str) -> int:
+    """Near-duplicates across the corpus, once every chunk is done. Remove questions whose MiniLM embedding is
+    within `threshold` of an earlier kept question, earlier in the corpus's chunk order (not the file's: a wave
+    retried after a failure must not change the result). The output file is rewritten atomically with the counts
+    moved from `answers_valid` to `dropped: near-duplicate`; the removed examples go to the rejected file first, so
+    a kill anywhere loses nothing and a rerun is a no-op (greedy dedup of a deduplicated set keeps everything)."""
+    groups = list(iter_groups(out))
+    order = {cid: i for i, cid in enumerate(chunk_order)}
+    ranked = sorted(range(len(groups)), key=lambda i: (order.get(groups[i]["group_id"], len(order)), i))
+    flat = [(gi, ei) for gi in ranked for ei in range(len(groups[gi].get("examples", [])))]
+    if len(flat) < 2:
+        return 0
+    if searcher is not None:
+        embedder = searcher.embedder
+    else:
+        from ragtune.index.embedding import Embedder
+
+        embedder = Embedder()
+    vectors = embedder.encode([groups[gi]["examples"][ei]["question"] for gi, ei in flat])
+    dup_of = near_duplicates(vectors, threshold)
+    drop: dict[int, dict[int, dict[str, Any]]] = {}
+    for i, ((gi, ei), j) in enumerate(zip(flat, dup_of, strict=True)):
+        if j is None:
+            continue
+        twin = groups[flat[j][0]]["examples"][flat[j][1]]
+        example = groups[gi]["examples"][ei]
+        sim = float(vectors[i] @ vectors[j])
+        drop.setdefault(gi, {})[ei] = Rejection(
+            "duplicate", "near-duplicate", example["question"], example["answer"],
+            detail=f"cosine {sim:.3f} to {twin['question']!r} ({twin['group_id']})",
+        ).to_record(groups[gi]["group_id"], teacher)
+    if not drop:
+        return 0
+    for gi, removed in drop.items():
+        gid = f"duplicates:{groups[gi]['group_id']}"
+        if gid not in rejected_file.done:
+            rejected_file.append(Group(group_id=gid, examples=list(removed.values())))
+    lines = []
+    for gi, g in enumerate(groups):
+        removed = drop.get(gi, {})
+        if removed:
+            n = len(removed)
+            g = dict(g)
+            g["examples"] = [e for ei, e in enumerate(g["examples"]) if ei not in removed]
+            counts = dict(g.get("counts", {}))
+            counts["examples"] = counts.get("examples", 0) - n
+            counts["answers_valid"] = counts.get("answers_valid", 0) - n
+            counts["dropped: near-duplicate"] = counts.get("dropped: near-duplicate", 0) + n
+            counts["rejected: duplicate"] = counts.get("rejected: duplicate", 0) + n
+            for ei in removed:
+                method = groups[gi]["examples"][ei].get("metadata", {}).get("grounding")
+                if method and counts.get(f"grounding: {method}"):
+                    counts[f"grounding: {method}"] -= 1
+            g["counts"] = counts
+        lines.append(Group.model_validate(g).model_dump_json() + "\n")
+    tmp = out.with_name(out.name + ".dedup.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, out.stat().st_mode & 0o777)
+    os.replace(tmp, out)
+    return sum(len(v) for v in drop.values())

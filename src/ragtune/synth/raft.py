@@ -29,6 +29,8 @@ from ragtune.records import Chunk
 from ragtune.splits import split_of
 from ragtune.synth import filters, grounding, prompts, teacher_prompts
 from ragtune.synth.distractors import DistractorPool, Exclusion, HardNegativeMiner, assemble, pick_distractors
+from ragtune.synth.quality import TeacherClock, write_quality_report
+from ragtune.synth.quality import report_paths as report_paths  # re-exported: callers find the report through raft
 from ragtune.synth.records import ContextDoc, Group, RaftExample
 from ragtune.synth.store import GroupFile
 from ragtune.synth.validate import CotCheck, check_cot, parse_questions
@@ -373,7 +375,8 @@ def synthesize_raft(
             run_waves(eligible, lambda c: c.chunk_id, config.concurrency, batch_sensitive, make_groups,
                       store_file, summary, bar, task)
         if summary.groups_failed == 0 and config.dedup_threshold < 1.0:
-            _dedup_pass(out, eligible, rejected_file, searcher, config, teacher.name)
+            filters.dedup_group_file(out, [c.chunk_id for c in eligible], rejected_file, searcher,
+                                     config.dedup_threshold, teacher.name)
     clock.save()
     _CLOCK = None
     final = GroupFile(out)  # re-read: the dedup pass may have rewritten the file
@@ -536,37 +539,6 @@ def _ground_answer(work: _ChunkWork, config: RaftConfig, question: str, answer: 
     return _finish(work, config, question, g.answer, cot, g.quotes, g.method, round_trip)
 
 
-class TeacherClock:
-    """Teacher wall time and tokens, summed over resumed runs in a sidecar (`<out>.teacher.json`): they vary with
-    how a run was cut into waves, so they stay out of the group file, which must be byte-identical after a resume."""
-
-    def __init__(self, out: Path, fresh: bool, teacher: LLM | None = None):
-        import json
-
-        self.path = out.with_name(out.name + ".teacher.json")
-        self.teacher = teacher
-        self.seconds = 0.0
-        self.before = {"completion_tokens": 0, "prompt_tokens": 0, "requests": 0}
-        if not fresh and self.path.exists():
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-            self.seconds = float(saved.get("teacher_seconds", 0.0))
-            self.before = {k: int(saved.get(k, 0)) for k in self.before}
-        self._start = dict(teacher.usage.to_dict()) if teacher is not None else {}
-
-    def add(self, seconds: float) -> None:
-        self.seconds += seconds
-
-    def totals(self) -> dict[str, Any]:
-        now = self.teacher.usage.to_dict() if self.teacher is not None else {}
-        spent = {k: v + int(now.get(k, 0)) - int(self._start.get(k, 0)) for k, v in self.before.items()}
-        return {"teacher_seconds": round(self.seconds, 3), **spent}
-
-    def save(self) -> None:
-        from ragtune.workspace import write_json_atomic
-
-        write_json_atomic(self.path, self.totals())
-
-
 _CLOCK: TeacherClock | None = None  # the running synthesis' clock (one run per process at a time)
 
 
@@ -617,7 +589,11 @@ def _instruct_questions(works: list[_ChunkWork], teacher: LLM, config: RaftConfi
     questions: list[list[str]] = [[] for _ in works]
 
     def take(i: int, text: str) -> None:
-        for q in parse_questions(text, n * 2):
+        parsed = parse_questions(text, n * 2)
+        if not parsed:  # the whole output is one rejected candidate, so the report still adds up
+            works[i].stats["candidates"] += 1
+            works[i].reject("well_formed", "no question in the teacher's output", "", detail=text[:300])
+        for q in parsed:
             if len(questions[i]) == n:
                 break
             if works[i].question_ok(q, config, round_trip):
@@ -762,184 +738,3 @@ def _run_wave(
         w.stats["chunks"] = 1
         groups.append(Group(group_id=c.chunk_id, examples=examples, counts=dict(w.stats)))
     return groups, {w.chunk.chunk_id: w.rejections for w in works}
-
-
-# ---- near-duplicates across the corpus, once every chunk is done -------------------------------------------------
-
-
-def _dedup_pass(out: Path, eligible: Sequence[Chunk], rejected_file: GroupFile, searcher: Any, config: RaftConfig,
-                teacher: str) -> int:
-    """Remove questions whose MiniLM embedding is within `dedup_threshold` of an earlier kept question, earlier in
-    the corpus's chunk order (not the file's: a wave retried after a failure must not change the result). The
-    output file is rewritten atomically with the counts moved from `answers_valid` to `dropped: near-duplicate`;
-    the removed examples go to the rejected file first, so a kill anywhere loses nothing and a rerun is a no-op
-    (greedy dedup of an already deduplicated set keeps everything)."""
-    import os
-
-    from ragtune.synth.store import iter_groups
-
-    groups = list(iter_groups(out))
-    order = {c.chunk_id: i for i, c in enumerate(eligible)}
-    ranked = sorted(range(len(groups)), key=lambda i: (order.get(groups[i]["group_id"], len(order)), i))
-    flat = [(gi, ei) for gi in ranked for ei in range(len(groups[gi].get("examples", [])))]
-    if len(flat) < 2:
-        return 0
-    if searcher is not None:
-        embedder = searcher.embedder
-    else:
-        from ragtune.index.embedding import Embedder
-
-        embedder = Embedder()
-    vectors = embedder.encode([groups[gi]["examples"][ei]["question"] for gi, ei in flat])
-    dup_of = filters.near_duplicates(vectors, config.dedup_threshold)
-    drop: dict[int, dict[int, dict[str, Any]]] = {}
-    for i, ((gi, ei), j) in enumerate(zip(flat, dup_of, strict=True)):
-        if j is None:
-            continue
-        twin = groups[flat[j][0]]["examples"][flat[j][1]]
-        example = groups[gi]["examples"][ei]
-        sim = float(vectors[i] @ vectors[j])
-        drop.setdefault(gi, {})[ei] = filters.Rejection(
-            "duplicate", "near-duplicate", example["question"], example["answer"],
-            detail=f"cosine {sim:.3f} to {twin['question']!r} ({twin['group_id']})",
-        ).to_record(groups[gi]["group_id"], teacher)
-    if not drop:
-        return 0
-    for gi, removed in drop.items():
-        gid = f"duplicates:{groups[gi]['group_id']}"
-        if gid not in rejected_file.done:
-            rejected_file.append(Group(group_id=gid, examples=list(removed.values())))
-    lines = []
-    for gi, g in enumerate(groups):
-        removed = drop.get(gi, {})
-        if removed:
-            n = len(removed)
-            g = dict(g)
-            g["examples"] = [e for ei, e in enumerate(g["examples"]) if ei not in removed]
-            counts = dict(g.get("counts", {}))
-            counts["examples"] = counts.get("examples", 0) - n
-            counts["answers_valid"] = counts.get("answers_valid", 0) - n
-            counts["dropped: near-duplicate"] = counts.get("dropped: near-duplicate", 0) + n
-            counts["rejected: duplicate"] = counts.get("rejected: duplicate", 0) + n
-            for ei in removed:
-                method = groups[gi]["examples"][ei].get("metadata", {}).get("grounding")
-                if method and counts.get(f"grounding: {method}"):
-                    counts[f"grounding: {method}"] -= 1
-            g["counts"] = counts
-        lines.append(Group.model_validate(g).model_dump_json() + "\n")
-    tmp = out.with_name(out.name + ".dedup.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(lines))
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, out.stat().st_mode & 0o777)
-    os.replace(tmp, out)
-    return sum(len(v) for v in drop.values())
-
-
-# ---- the quality report ----------------------------------------------------------------------------------------------
-
-
-def report_paths(out: Path) -> tuple[Path, Path]:
-    """`raft.jsonl` -> quality_report.json / .md beside it; another name gets its own prefix."""
-    stem = "quality_report" if out.name == "raft.jsonl" else f"{out.stem}.quality_report"
-    return out.with_name(stem + ".json"), out.with_name(stem + ".md")
-
-
-def quality_report(out: Path, summary: SynthSummary | None = None, chunks: int | None = None, style: str = "",
-                   teacher: str = "") -> dict[str, Any]:
-    """Kept / rejected per filter (with one example of each), questions per chunk, teacher time and tokens, computed
-    from the files themselves, so the numbers add up: candidates == kept + sum of rejections."""
-    from ragtune.synth.store import iter_groups
-
-    groups = list(iter_groups(out))
-    counts: Counter = Counter()
-    for g in groups:
-        counts.update(g.get("counts", {}))
-    rejected_file = filters.rejected_path(out)
-    rejections: dict[str, list[dict[str, Any]]] = {}
-    for g in iter_groups(rejected_file):
-        for r in g.get("examples", []):
-            rejections.setdefault(r["filter"], []).append(r)
-    kept = [e for g in groups for e in g.get("examples", [])]
-    per_chunk = Counter(len(g.get("examples", [])) for g in groups if not g["group_id"].startswith("duplicates:"))
-    n_chunks = chunks if chunks is not None else len(groups)
-    candidates = int(counts.get("candidates", 0))
-    by_filter = {}
-    for name in filters.FILTERS:
-        rows = rejections.get(name, [])
-        n = int(counts.get(f"rejected: {name}", 0))
-        reasons = Counter(r["reason"] for r in rows)
-        by_filter[name] = {
-            "rejected": n,
-            "rate": round(n / candidates, 4) if candidates else 0.0,
-            "reasons": dict(reasons.most_common()),
-            "example": {k: rows[0][k] for k in ("question", "answer", "reason", "detail")} if rows else None,
-        }
-    example = None
-    if kept:
-        e = kept[0]
-        example = {"question": e["question"], "answer": e["answer"], "quotes": e["quotes"],
-                   "grounding": e.get("metadata", {}).get("grounding")}
-    spent = TeacherClock(out, fresh=False).totals()
-    report = {
-        "output": str(out),
-        "rejected_file": str(rejected_file),
-        "teacher": teacher,
-        "prompt_style": style,
-        "fuzzy_backend": grounding.fuzzy_backend(),
-        "chunks": n_chunks,
-        "candidates": candidates,
-        "kept": len(kept),
-        "rejected": sum(f["rejected"] for f in by_filter.values()),
-        "yield_per_chunk": round(len(kept) / n_chunks, 3) if n_chunks else 0.0,
-        "filters": by_filter,
-        "grounding": {k.split(": ", 1)[1]: int(v) for k, v in sorted(counts.items()) if k.startswith("grounding: ")},
-        "answers_shortened": int(counts.get("answers_shortened", 0)),
-        "questions_per_chunk": {str(k): v for k, v in sorted(per_chunk.items())},
-        "teacher_seconds": round(spent["teacher_seconds"], 1),
-        "teacher_requests": spent["requests"],
-        "teacher_completion_tokens": spent["completion_tokens"],
-        "teacher_prompt_tokens": spent["prompt_tokens"],
-        "example_kept": example,
-        "seconds": round(summary.seconds, 1) if summary else None,
-    }
-    return report
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# RAFT quality report: {Path(report['output']).name}",
-        "",
-        f"Teacher `{report['teacher']}` ({report['prompt_style']} prompts), {report['chunks']} chunks: "
-        f"{report['candidates']} candidate questions, **{report['kept']} kept** ({report['yield_per_chunk']} per "
-        f"chunk), {report['rejected']} rejected. Teacher time {report['teacher_seconds']} s, "
-        f"{report['teacher_completion_tokens']} completion tokens.",
-        "",
-        "| filter | rejected | rate | example |",
-        "|---|---|---|---|",
-    ]
-    for name, f in report["filters"].items():
-        ex = f["example"]
-        shown = f"{ex['question'] or '(none)'} — {ex['reason']}" if ex else ""
-        lines.append(f"| {name} | {f['rejected']} | {100 * f['rate']:.0f}% | {shown.replace('|', '/')} |")
-    lines += ["", f"Grounding of kept answers: {report['grounding']}; questions per chunk: "
-              f"{report['questions_per_chunk']}."]
-    if report["example_kept"]:
-        ex = report["example_kept"]
-        lines += ["", f"Kept example: **{ex['question']}** → {ex['answer']} (quote: \"{ex['quotes'][0]}\")"]
-    lines += ["", f"Rejected examples with reasons: `{report['rejected_file']}`."]
-    return "\n".join(lines) + "\n"
-
-
-def write_quality_report(out: Path, summary: SynthSummary | None = None, chunks: Sequence[Chunk] | None = None,
-                         style: str = "", teacher: str = "") -> dict[str, Any]:
-    from ragtune.workspace import write_json_atomic
-
-    report = quality_report(out, summary, len(chunks) if chunks is not None else None, style, teacher)
-    json_path, md_path = report_paths(out)
-    write_json_atomic(json_path, report)
-    md_path.write_text(_markdown(report), encoding="utf-8")
-    for path in (json_path, md_path):  # it quotes users' questions and answers
-        path.chmod(0o600)
-    return report
