@@ -190,3 +190,13 @@ def test_gguf_export_holds_the_merged_weights_and_the_chat_template(adapter_run,
     assert v.tensor_type.name == "Q8_0"
     got = dequantize(v.data, v.tensor_type).reshape(want.shape)
     assert np.abs(got - want).max() < 0.02 * np.abs(want).max()  # 8-bit blocks: within 2% of the range
+
+
+def test_export_model_command_reports_errors_cleanly(tmp_path):
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    result = CliRunner().invoke(app, ["export-model", "--adapter", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not a LoRA adapter folder" in result.output
+    assert "--format" in CliRunner().invoke(app, ["export-model", "--help"]).output
