@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from ragtune.run.config import RunConfig
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -77,6 +81,7 @@ def run_command(
     # plain lines (no bar): each stage draws its own progress between them
     with Reporter("ragtune run", total=len(stages), unit="stages", log_file=ws / "run.log", tty=False) as bar:
         bar.note(f"ragtune run {config} · workspace {ws} · stages {', '.join(stages)}")
+        bar.note(_models_line(cfg))
         try:
             summary = run_pipeline(cfg, bar.note, only or (), from_stage, force, after_stage=lambda s: bar.advance())
         except KeyboardInterrupt:
@@ -87,6 +92,22 @@ def run_command(
             raise typer.Exit(1) from None
         skipped = f", {len(summary.skipped)} skipped ({', '.join(summary.skipped)})" if summary.skipped else ""
         bar.note(f"ragtune run: {len(summary.ran)} stages ran{skipped} in {time.perf_counter() - started:.1f}s")
+
+
+def _models_line(cfg: RunConfig) -> str:
+    """Which generator and embedder the run uses, and where their files are (what `ragtune models` shows)."""
+    from ragtune import models as m
+
+    parts = []
+    for role, resolve in (("generator", lambda: m.resolve_generator(cfg.train.model if cfg.train else None,
+                                                                      convert=False)),
+                          ("embedder", lambda: m.resolve_embedder(cfg.ingest.embedder))):
+        try:
+            r = resolve()
+            parts.append(f"{role} {r.reference} ({r.source}: {r.path})")
+        except m.ModelNotFoundError as exc:
+            parts.append(f"{role}: {exc}")
+    return "models: " + " · ".join(parts)
 
 
 def register(app: typer.Typer) -> None:
