@@ -344,7 +344,7 @@ def main() -> None:
     retrieved = None
     if not args.skip_retrieved:
         from ragtune.index.ingest import ingest
-        from ragtune.index.search import Searcher
+        from ragtune.retrieve.search import Searcher
 
         ids = {it.id for it in items}
         pool = [q for q in json.loads(args.data.read_text(encoding="utf-8")) if q["_id"] in ids]

@@ -45,12 +45,12 @@ from ragtune.corpus.loaders import load_paths  # noqa: E402
 from ragtune.index.embedding import Embedder  # noqa: E402
 from ragtune.index.fusion import reciprocal_rank_fusion  # noqa: E402
 from ragtune.index.ingest import ingest  # noqa: E402
+from ragtune.index.levels import SENTENCES, SUMMARIES, build_level  # noqa: E402
 from ragtune.index.lexical import LexicalIndex  # noqa: E402
-from ragtune.index.search import Searcher  # noqa: E402
 from ragtune.index.settings import IndexSettings, index_text  # noqa: E402
 from ragtune.index.store import ChunkStore  # noqa: E402
 from ragtune.records import Chunk  # noqa: E402
-from ragtune.retrieve.levels import SENTENCES, SUMMARIES, build_level  # noqa: E402
+from ragtune.retrieve.search import Searcher  # noqa: E402
 from ragtune.workspace import Workspace  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

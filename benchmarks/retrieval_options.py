@@ -18,8 +18,8 @@ from typing import Any
 
 from ragtune.config import SearchConfig
 from ragtune.index.embedding import Embedder
-from ragtune.index.search import Searcher
 from ragtune.retrieve.llm_rerank import load_retrieval_llm
+from ragtune.retrieve.search import Searcher
 from ragtune.retrieve.transforms import QueryTransformer
 
 CHEAP: dict[str, dict[str, Any]] = {

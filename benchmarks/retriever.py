@@ -39,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from ragtune.config import SearchConfig  # noqa: E402
 from ragtune.index.ingest import ingest  # noqa: E402
-from ragtune.index.search import Searcher  # noqa: E402
+from ragtune.retrieve.search import Searcher  # noqa: E402
 
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1_subset.json"
 

@@ -42,9 +42,9 @@ def baseline_app(workspace: str, max_tokens: int):
     from fastapi import FastAPI
 
     from ragtune.eval.datasets import EvalDoc
-    from ragtune.index.search import Searcher
     from ragtune.llm import GenerationConfig, load_llm
     from ragtune.prompts import build_messages
+    from ragtune.retrieve.search import Searcher
 
     llm, searcher = load_llm(None), Searcher(workspace)
     searcher.search("warm up", k=5, filters={"tenant": "bench"})

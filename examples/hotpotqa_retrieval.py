@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.index.search import Searcher
+from ragtune.retrieve.search import Searcher
 
 HERE = Path(__file__).resolve().parent
 

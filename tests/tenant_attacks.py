@@ -50,8 +50,8 @@ def build_attack_workspace(root: Path, embedder) -> AttackWorkspace:
     """acme's records claim globex (and every reserved field); globex's claim acme; untagged records claim both."""
     from ragtune.config import IngestConfig
     from ragtune.index.ingest import ingest
+    from ragtune.index.levels import build_level
     from ragtune.index.store import ChunkStore
-    from ragtune.retrieve.levels import build_level
 
     ws = root / "ws"
     globex_txt = root / "globex" / "whale.txt"
@@ -161,7 +161,7 @@ LEVELS = ("sentences", "summaries")
 def search_attacks(aw: AttackWorkspace, embedder, report: Report) -> None:
     """Every hostile filter x mode x search option x level, in process on the real store, scoped as serve scopes."""
     from ragtune.config import SearchConfig
-    from ragtune.index.search import Searcher
+    from ragtune.retrieve.search import Searcher
 
     searchers = {name: Searcher(aw.ws, SearchConfig(candidates=20, link_hits=3, **cfg), embedder=embedder)
                  for name, cfg in SEARCH_CONFIGS.items()}

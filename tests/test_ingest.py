@@ -16,8 +16,8 @@ from conftest import HOTPOT_MINI, RAFT_SAMPLE_DOCS, needs_shared
 
 from ragtune.config import IngestConfig
 from ragtune.index.ingest import ingest
-from ragtune.index.search import Searcher
 from ragtune.index.store import ChunkStore
+from ragtune.retrieve.search import Searcher
 
 RAGTUNE = [sys.executable, "-m", "ragtune"]
 

@@ -9,9 +9,9 @@ import pytest
 
 from ragtune.config import IngestConfig, SearchConfig
 from ragtune.index.ingest import ingest
-from ragtune.index.search import Searcher
-from ragtune.retrieve.levels import SENTENCES, build_level, lead_summary, sentence_rows
+from ragtune.index.levels import SENTENCES, build_level, lead_summary, sentence_rows
 from ragtune.retrieve.routing import route, route_by_rules
+from ragtune.retrieve.search import Searcher
 
 VOLCANO = [
     "Mount Arvel is a dormant volcano in the north of the island.",

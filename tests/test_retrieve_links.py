@@ -10,8 +10,8 @@ import pytest
 
 from ragtune.config import IngestConfig, SearchConfig
 from ragtune.index.ingest import ingest
-from ragtune.index.search import Searcher
 from ragtune.retrieve.links import TitleLinks, title_keys
+from ragtune.retrieve.search import Searcher
 
 QUESTION = "When was the teacher of Orvina Falk born?"
 TENANT_A = [

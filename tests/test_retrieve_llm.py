@@ -9,11 +9,11 @@ import pytest
 
 from ragtune.config import IngestConfig, SearchConfig
 from ragtune.index.ingest import ingest
-from ragtune.index.search import Searcher
 from ragtune.llm.base import LLM
 from ragtune.records import Hit
 from ragtune.retrieve.llm_rerank import LLMReranker, make_reranker, relevance_messages, yes_probabilities
 from ragtune.retrieve.pipeline import transform_cache_path
+from ragtune.retrieve.search import Searcher
 from ragtune.retrieve.transforms import QueryTransformer, parse_generation
 
 DOCS = {

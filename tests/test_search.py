@@ -12,7 +12,8 @@ from conftest import HOTPOT_MINI
 from ragtune.config import IngestConfig, SearchConfig
 from ragtune.index.fusion import reciprocal_rank_fusion
 from ragtune.index.ingest import ingest
-from ragtune.index.search import Searcher, parse_filters
+from ragtune.index.search import parse_filters
+from ragtune.retrieve.search import Searcher
 
 # Measured on the 100 evaluation-split questions by sorted _id (1,064 chunks), default settings:
 # recall@5 bm25 0.710, dense 0.780, hybrid 0.785. Thresholds sit a few points below, so a regression fails.

@@ -183,7 +183,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(blog_ws, teacher_serv
 
 
 def test_hard_negatives_are_deterministic_and_never_the_oracle(blog_ws, tmp_path, embedder):
-    from ragtune.index.search import Searcher
+    from ragtune.retrieve.search import Searcher
 
     searcher = Searcher(blog_ws, embedder=embedder)
     config = RaftConfig(limit=6, seed=3, hard_negatives=True, p_oracle=0.5)

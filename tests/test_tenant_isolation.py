@@ -34,8 +34,8 @@ def aw(tmp_path_factory, embedder):
 def test_the_workspace_is_hostile(aw):
     """The premise: records that claim another tenant were ingested under their real one, untagged chunks exist, and
     an unscoped (operator) search does find every group's words, so a scoped search that finds none is isolation."""
-    from ragtune.index.search import Searcher
     from ragtune.index.store import ChunkStore
+    from ragtune.retrieve.search import Searcher
 
     rows = ChunkStore(aw.ws).scan(["tenant", "metadata", "tags"]).to_pylist()
     claims = [r for r in rows if r["tenant"] == "acme" and json.loads(r["metadata"]).get("tenant") == "globex"]
@@ -60,7 +60,7 @@ def test_store_and_every_search_option_leak_nothing(aw, embedder):
 def test_metadata_filters_narrow_inside_the_tenant(aw, embedder):
     """A user filter on a non-reserved key reads the metadata namespace; `meta.KEY` names a record's own field even
     when it is called `tenant`; a reserved key reads the typed column. None of them can leave the tenant."""
-    from ragtune.index.search import Searcher
+    from ragtune.retrieve.search import Searcher
 
     s = Searcher(aw.ws, embedder=embedder)
     q = "vault code budget"
@@ -95,8 +95,8 @@ def test_an_index_written_before_the_namespace_does_not_leak(tmp_path, embedder)
 
     from ragtune.config import IngestConfig
     from ragtune.index.ingest import ingest
-    from ragtune.index.search import Searcher
     from ragtune.index.store import ChunkStore, schema
+    from ragtune.retrieve.search import Searcher
 
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -207,7 +207,7 @@ def small_index(tmp_path_factory, raft_ws) -> Path:
 
 def test_radit_rows_one_per_retrieved_chunk(small_index):
     """RA-DIT LM-ft: each of the top-k chunks is its own 'Background:' instance with the gold answer as target."""
-    from ragtune.index.search import Searcher
+    from ragtune.retrieve.search import Searcher
     from ragtune.train.data import load_raft, radit_rows
 
     examples = load_raft(small_index / "synth" / "raft.jsonl")

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from ragtune.config import SearchConfig
 from ragtune.index.retriever import RetrieverError, load_spec
-from ragtune.index.search import Searcher
 from ragtune.index.settings import IndexSettings
 from ragtune.index.store import ChunkStore
+from ragtune.retrieve.search import Searcher
 from ragtune.train.retriever.data import RetrieverDataError, load_questions
 from ragtune.train.retriever.losses import LSRLoss, frozen_index_nce, lsr_kl
 from ragtune.workspace import Workspace

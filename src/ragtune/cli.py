@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.retrieve import options as opt
+from ragtune.retrieve import cli as opt
 from ragtune.workspace import DEFAULT_WORKSPACE
 
 app = typer.Typer(
@@ -233,7 +233,8 @@ def search(
 ) -> None:
     """Search the indexed chunks, optionally with query transforms, small-to-big, routing and a reranker."""
     from ragtune.config import SearchConfig
-    from ragtune.index.search import MODES, Searcher, parse_filters
+    from ragtune.index.search import MODES, parse_filters
+    from ragtune.retrieve.search import Searcher
 
     if mode not in MODES:
         fail(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")

@@ -45,7 +45,7 @@ class IngestConfig(BaseModel):
     version: str | None = None
     prune: bool = True
     device: str | None = None
-    # Derived levels of the index (`ragtune.retrieve.levels`): sentences for small-to-big retrieval, and one summary
+    # Derived levels of the index (`ragtune.index.levels`): sentences for small-to-big retrieval, and one summary
     # per document ("extractive": its lead sentences, fast; or any `load_llm` reference, slow on a CPU).
     sentences: bool = False
     summaries: bool = False

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ragtune.progress import Reporter
-from ragtune.retrieve import options as opt
+from ragtune.retrieve import cli as opt
 from ragtune.workspace import DEFAULT_WORKSPACE, Workspace
 
 console = Console(stderr=True)

@@ -20,7 +20,7 @@ The BM25 index is rebuilt from the table at the end, and lazily by search if a r
 
 The key of a document with no tenant and no version is the key earlier releases wrote, and a row with that older key
 counts as unchanged when its tenant and version columns match: upgrading re-embeds nothing. Keys carry the tenant
-because the derived levels (`ragtune.retrieve.levels`) follow the key alone: a moved document's sentences and
+because the derived levels (`ragtune.index.levels`) follow the key alone: a moved document's sentences and
 summary must move with it.
 The manifest keeps `extra.roots`, the folders ingested into this workspace (a file argument's folder), accumulated
 across runs (reset by `--rebuild`), so serve shows a source relative to its root (`ragtune.serve.scope`).
@@ -399,8 +399,8 @@ def ingest(
     summary.stage_seconds["lexical"] = time.perf_counter() - t_lexical
     summary.stage_seconds["embed"] = summary.embed_seconds
     for level, wanted in (("sentences", config.sentences), ("summaries", config.summaries)):
-        if wanted:  # derived levels for small-to-big retrieval and routing (ragtune.retrieve.levels)
-            from ragtune.retrieve.levels import build_level
+        if wanted:  # derived levels for small-to-big retrieval and routing (ragtune.index.levels)
+            from ragtune.index.levels import build_level
 
             built = build_level(ws, level, config.summary_model, embedder=embedder)
             summary.levels[level] = built.rows_total

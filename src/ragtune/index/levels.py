@@ -1,7 +1,8 @@
 """Derived levels of the index: one row per sentence (small-to-big retrieval) and one summary per document.
 
-Each level is its own LanceDB table in the workspace, with the chunk table's schema (so the same `Searcher` does
-dense / BM25 / hybrid search and metadata filters on it) and rows derived from the chunk table:
+They belong to the index (ingest builds them, `ragtune.retrieve` searches them). Each level is its own LanceDB
+table in the workspace, with the chunk table's schema (so the same first stage, `IndexSearcher`, does dense / BM25 /
+hybrid search and metadata filters on it) and rows derived from the chunk table:
 - `sentences`: chunk id `<parent chunk id>#s<ordinal>`; `start` / `end` are offsets in the document, `ordinal`
   (metadata) counts sentences through the whole document, so a window of N sentences crosses chunk borders;
 - `summaries`: chunk id `<doc id>#summary`; extractive (the document's lead sentences: instant, and the lead of an
@@ -90,10 +91,9 @@ def lead_summary(chunks: list[Chunk], words: int = LEAD_WORDS) -> str:
 
 
 def llm_summaries(model: str, docs: list[list[Chunk]], batch_size: int = 8) -> list[str]:
-    from ragtune.llm import GenerationConfig
-    from ragtune.retrieve.llm_rerank import load_retrieval_llm
+    from ragtune.llm import GenerationConfig, load_llm
 
-    llm = load_retrieval_llm(model)
+    llm = load_llm(model or None)  # "" means the bundled generator, as for every retrieval-stage model
     conversations = [[{"role": "user", "content": "Summarise this document in one or two sentences. Reply with the "
                        f"summary only.\n\nTitle: {d[0].title}\n\n" + " ".join(c.text for c in d)[:2000]}]
                      for d in docs]

@@ -1,4 +1,4 @@
-"""Search a workspace: dense, lexical (BM25) or hybrid (reciprocal rank fusion of both).
+"""The first stage of search over a workspace: dense, lexical (BM25) or hybrid (reciprocal rank fusion of both).
 
 The LanceDB table is the store of record. For dense search the Searcher keeps the vectors in memory as one float32
 matrix and scores exactly with a single matrix-vector product: benchmarks/retrieval.py measured LanceDB's own
@@ -7,8 +7,9 @@ product matches FAISS. `dense_backend="lancedb"` (or more than `memory_limit` ch
 
 With `SearchConfig.retriever` the queries are embedded by a trained retriever's query encoder (see
 `ragtune.index.retriever`). Everything around this first stage (query transforms, small-to-big, routing, a
-cross-encoder or LLM reranker) lives in `ragtune.retrieve` and runs from `search` when `SearchConfig` asks for it.
-A Searcher may serve a derived level of the index (`level="sentences"` / `"summaries"`, see `ragtune.retrieve.levels`).
+cross-encoder or LLM reranker) is the next stage's: the public search, `ragtune.retrieve.search.Searcher`, is an
+`IndexSearcher` whose `search` runs those stages as `SearchConfig` asks. An IndexSearcher may serve a derived level
+of the index (`level="sentences"` / `"summaries"`, see `ragtune.index.levels`).
 
 Metadata filters are applied inside each leg before its top-k (a row mask over the catalog; LanceDB prefilter on the
 other backend), so a filtered search returns k hits whenever k chunks match, not whatever survived a post-filter.
@@ -20,9 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,9 +36,6 @@ from ragtune.index.settings import IndexSettings, index_text
 from ragtune.index.store import ChunkStore, filter_mask
 from ragtune.records import Hit
 from ragtune.workspace import Workspace
-
-if TYPE_CHECKING:
-    from ragtune.llm import LLM
 
 MODES = ("hybrid", "dense", "bm25")
 
@@ -69,14 +66,13 @@ def build_lexical(store: ChunkStore, settings: IndexSettings, catalog: pa.Table 
     return LexicalIndex.build(texts)
 
 
-class Searcher:
-    """Holds the embedder, the catalog and the BM25 index of one workspace; reloads them when the table changes."""
+class IndexSearcher:
+    """Holds the embedder, the catalog and the BM25 index of one workspace level; reloads them when the table changes.
+
+    The first stage only (`first_stage`, `dense`, `bm25`, `hit`): search through `ragtune.retrieve.search.Searcher`."""
 
     def __init__(self, workspace: Workspace | str | os.PathLike[str], config: SearchConfig | None = None,
-                 embedder: Embedder | None = None, level: str = "chunks",
-                 llm_for: Callable[[str | None], LLM] | None = None):
-        """`llm_for(ref)`: the LLM for a stage's model reference (transform_model, route_model, `llm:REF` reranker).
-        Default: `load_llm`. A server passes one that hands back the generator it already holds."""
+                 embedder: Embedder | None = None, level: str = "chunks"):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.config = config or SearchConfig()
         settings = IndexSettings.load(self.workspace)
@@ -90,8 +86,6 @@ class Searcher:
         self.store = ChunkStore(self.workspace, level)
         self._embedder = embedder
         self._query_embedder: Embedder | None = None
-        self._pipeline = None
-        self.llm_for = llm_for
         if self.config.retriever:  # fail at construction, not at the first query, when it does not fit the index
             self._query_path: str | None = query_encoder_path(self.config.retriever, settings.embedder)
         else:
@@ -242,27 +236,6 @@ class Searcher:
             return []
         return [(self._ids[row], score) for row, score in self._lexical.search(query, k, mask)]
 
-    @property
-    def pipeline(self):
-        """The stages `SearchConfig` adds around the first stage (`ragtune.retrieve.pipeline`), built on first use."""
-        if self._pipeline is None:
-            from ragtune.retrieve.pipeline import RetrievalPipeline
-
-            self._pipeline = RetrievalPipeline(self)
-        return self._pipeline
-
-    def search(self, query: str, k: int | None = None, mode: str | None = None,
-               filters: dict[str, str] | None = None) -> list[Hit]:
-        """The top-k hits for `query`. Scores: cosine (dense), BM25 (bm25), the fused RRF score (hybrid), or the
-        reranker's score. Query transforms, small-to-big, routing and reranking run as `SearchConfig` says."""
-        k = k or self.config.k
-        mode = mode or self.config.mode
-        if mode not in MODES:
-            raise ValueError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not query.strip():
-            raise ValueError("empty query")
-        return self.pipeline.search(query, k, mode, filters)
-
     def first_stage(self, query: str, k: int, mode: str, filters: dict[str, str] | None = None,
                     dense_query: str | None = None) -> list[tuple[str, float]]:
         """(chunk_id, score) of this level's top k by one mode; `dense_query` (HyDE) is embedded instead of `query`."""
@@ -294,3 +267,14 @@ class Searcher:
             end=row["end"],
             metadata=json.loads(row["metadata"]) if row["metadata"] else {},
         )
+
+
+def __getattr__(name: str) -> Any:
+    """Transitional: `ragtune.index.search.Searcher` was the public search before it moved up to `ragtune.retrieve`
+    (which runs transforms and rerankers, so the index cannot import it). Kept only until eval/runner.py and
+    synth/raft.py import `ragtune.retrieve.search.Searcher`; the import-linter contract names this one exception."""
+    if name == "Searcher":
+        from ragtune.retrieve.search import Searcher
+
+        return Searcher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

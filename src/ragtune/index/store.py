@@ -138,7 +138,7 @@ class ChunkStore:
 
     def __init__(self, workspace: Workspace | str | os.PathLike[str], table: str = TABLE):
         """`table` names a level of the index: "chunks" (what ingest writes), or a derived level such as the
-        sentences or document summaries of `ragtune.retrieve.levels`, which share the schema and the embedder."""
+        sentences or document summaries of `ragtune.index.levels`, which share the schema and the embedder."""
         import lancedb
 
         self.name = table

@@ -1,5 +1,5 @@
 """The order of the retrieval stages for one query: route, transform, first stage per variant, fuse, small-to-big,
-rerank. `Searcher.search` runs this; with every option off it is exactly the plain first stage.
+rerank. `ragtune.retrieve.search.Searcher.search` runs this; with every option off it is exactly the plain first stage.
 
 The last query's decisions (route and reason, the variants searched, the level) are kept in `last_trace`, which the
 CLI prints with `--explain`.
@@ -7,36 +7,38 @@ CLI prints with `--explain`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ragtune.index.fusion import reciprocal_rank_fusion
+from ragtune.index.levels import SENTENCES, SUMMARIES, has_level, parent_chunk_id
+from ragtune.index.search import IndexSearcher
+from ragtune.llm import LLM
 from ragtune.records import Hit
 from ragtune.retrieve.cache import TransformCache
-from ragtune.retrieve.levels import SENTENCES, SUMMARIES, has_level, parent_chunk_id
 from ragtune.retrieve.links import TitleLinks
 from ragtune.retrieve.llm_rerank import RerankStage, load_retrieval_llm, make_reranker
 from ragtune.retrieve.routing import Route, route
 from ragtune.retrieve.small_to_big import DocumentOrder, expand_windows, to_parents
 from ragtune.retrieve.transforms import QueryTransformer, Variant
 
-if TYPE_CHECKING:
-    from ragtune.index.search import Searcher
-
 SENTENCES_PER_HIT = 4  # sentence hits fetched per result wanted: several sentences of one parent collapse to one
 
 
-def transform_cache_path(searcher: Searcher):
+def transform_cache_path(searcher: IndexSearcher):
     return searcher.workspace.root / "cache" / "query_transforms.sqlite"
 
 
 class RetrievalPipeline:
     """Everything `SearchConfig` adds around the first stage, loaded lazily (an option left off costs nothing)."""
 
-    def __init__(self, searcher: Searcher):
+    def __init__(self, searcher: IndexSearcher, llm_for: Callable[[str | None], LLM] | None = None):
+        """`searcher`: the chunk level's first stage; `llm_for`: who supplies the LLM of a transform / route / rerank
+        (default `load_retrieval_llm`)."""
         self.searcher = searcher
         self.config = searcher.config
-        self.llm_for = searcher.llm_for or load_retrieval_llm  # who supplies the LLM of a transform / route / rerank
-        self._levels: dict[str, Searcher] = {}
+        self.llm_for = llm_for or load_retrieval_llm
+        self._levels: dict[str, IndexSearcher] = {}
         self._orders: dict[tuple[str, int], DocumentOrder] = {}
         self._links: tuple[int, TitleLinks] | None = None
         self._transformer: QueryTransformer | None = None
@@ -66,7 +68,7 @@ class RetrievalPipeline:
                                            llm_for=self.llm_for)
         return self._reranker
 
-    def level(self, name: str) -> Searcher:
+    def level(self, name: str) -> IndexSearcher:
         if name == "chunks":
             return self.searcher
         if name not in self._levels:
@@ -75,10 +77,8 @@ class RetrievalPipeline:
                 raise FileNotFoundError(
                     f"the workspace {self.searcher.workspace.root} has no {name} level: run `ragtune ingest PATH "
                     f"--workspace {self.searcher.workspace.root} {flag}` first")
-            from ragtune.index.search import Searcher
-
-            self._levels[name] = Searcher(self.searcher.workspace, self.config, embedder=self.searcher.embedder,
-                                          level=name)
+            self._levels[name] = IndexSearcher(self.searcher.workspace, self.config, embedder=self.searcher.embedder,
+                                               level=name)
         return self._levels[name]
 
     def order(self, name: str) -> DocumentOrder:
@@ -96,8 +96,8 @@ class RetrievalPipeline:
             self._links = (version, TitleLinks(self.searcher.catalog))
         return self._links[1]
 
-    def linked(self, searcher: Searcher, query: str, ranked: list[tuple[str, float]], filters: dict[str, str] | None
-               ) -> list[dict[str, Any]]:
+    def linked(self, searcher: IndexSearcher, query: str, ranked: list[tuple[str, float]],
+               filters: dict[str, str] | None) -> list[dict[str, Any]]:
         """For each of the top `link_hits` hits: the documents its text names by title (its parent chunk's text on
         the sentence level), each as its chunk of this level most similar to the query, inside the filters, best
         `link_docs` first. A linked document's other chunks are left to the first stage: one entry point each."""
@@ -122,7 +122,7 @@ class RetrievalPipeline:
                  "score": round(best[d][1], 4)} for d in kept]})
         return out
 
-    def _linking_hit(self, searcher: Searcher, cid: str, filters: dict[str, str] | None) -> Hit:
+    def _linking_hit(self, searcher: IndexSearcher, cid: str, filters: dict[str, str] | None) -> Hit:
         """The text whose title mentions are followed for a hit: its parent chunk's on the sentence level (when that
         chunk passes the filters, as it always should), else the hit's own."""
         if searcher.level_name == SENTENCES:
@@ -131,7 +131,7 @@ class RetrievalPipeline:
                 return self.searcher.hit(parent)
         return searcher.hit(cid)
 
-    def link_hop(self, searcher: Searcher, query: str, ranked: list[tuple[str, float]],
+    def link_hop(self, searcher: IndexSearcher, query: str, ranked: list[tuple[str, float]],
                  filters: dict[str, str] | None) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
         """Merge the linked documents into `ranked` (the first stage, or the hop's fusion): by RRF of the ranking
         and the linked chunks ordered by similarity to the query ("rrf"), or each hit's linked chunks placed right
@@ -162,7 +162,7 @@ class RetrievalPipeline:
             self._has_summaries = has_level(self.searcher.workspace, SUMMARIES)
         return route(query, self.config.route, self._route_llm, summaries_available=self._has_summaries)
 
-    def second_hop(self, searcher: Searcher, query: str, depth: int, mode: str, filters: dict[str, str] | None
+    def second_hop(self, searcher: IndexSearcher, query: str, depth: int, mode: str, filters: dict[str, str] | None
                    ) -> tuple[list[tuple[str, float]], str]:
         """Search again with the query plus the top hit's text (its parent chunk's, on the sentence level), and fuse
         the two rankings. A multi-hop question names its first document; the second one is usually named *in* the

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from ragtune.index.levels import parent_chunk_id
 from ragtune.index.store import filter_mask
 from ragtune.records import Hit
-from ragtune.retrieve.levels import parent_chunk_id
 
 
 class DocumentOrder:

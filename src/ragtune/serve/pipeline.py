@@ -22,12 +22,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.config import SearchConfig
-from ragtune.index.search import Searcher
 from ragtune.index.store import filter_mask
 from ragtune.llm.base import LLM, GenerationConfig, Message
 from ragtune.llm.server import Batcher
 from ragtune.prompts import PromptStyle, build_messages, system_prompt_for
 from ragtune.records import Hit
+from ragtune.retrieve.search import Searcher
 from ragtune.retrieve.semantic_cache import SemanticCache
 from ragtune.serve.feedback import FeedbackStore, new_id
 from ragtune.serve.guardrails import InjectionPolicy, Limits, find_injection, strip_control_tokens

@@ -410,7 +410,7 @@ def synthesize_from_qa(
         pool = DistractorPool(sorted(seen.values(), key=lambda d: d.doc_id))
     if source == "index":
         if searcher is None:
-            from ragtune.index.search import Searcher
+            from ragtune.retrieve.search import Searcher
 
             searcher = Searcher(ws)
         miner = HardNegativeMiner(searcher)

@@ -64,7 +64,7 @@ def build_pairs(
     miner = None
     if mine:
         if searcher is None:
-            from ragtune.index.search import Searcher
+            from ragtune.retrieve.search import Searcher
 
             searcher = Searcher(ws)
         miner = HardNegativeMiner(searcher, mode=config.mode, depth=config.depth)

@@ -41,7 +41,7 @@ def build_rows(workspace: str | Path, data_path: Path, config: SFTRunConfig) -> 
     """The training rows for the configured data mode, mixed with instruction data when asked."""
     examples = train_data.load_raft(data_path, split=config.split, limit=config.limit)
     if config.data_mode == "radit":
-        from ragtune.index.search import Searcher
+        from ragtune.retrieve.search import Searcher
 
         searcher = Searcher(workspace)
 

@@ -25,8 +25,8 @@ from pydantic import BaseModel, Field
 from ragtune.index.embedding import Embedder
 from ragtune.index.reembed import reembed_index
 from ragtune.index.retriever import RetrieverSpec
-from ragtune.index.search import Searcher
 from ragtune.models import resolve_embedder
+from ragtune.retrieve.search import Searcher
 from ragtune.train.retriever.common import TrainResult, peak_rss_mb, quiet_trainer, retrieval_scores, training_args
 from ragtune.train.retriever.data import IndexChunks, Resolved, RetrieverDataError, load_questions, mine_negatives
 from ragtune.train.retriever.lsr import before_after, prepare, write_manifest

@@ -23,9 +23,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ragtune.index.retriever import RetrieverSpec
-from ragtune.index.search import Searcher
 from ragtune.models import resolve_embedder
 from ragtune.prompts import background_turn, with_title
+from ragtune.retrieve.search import Searcher
 from ragtune.train.retriever.common import TrainResult, peak_rss_mb, quiet_trainer, retrieval_scores, training_args
 from ragtune.train.retriever.data import IndexChunks, Resolved, RetrieverDataError, load_questions
 from ragtune.train.retriever.progress import StepCallback, bar

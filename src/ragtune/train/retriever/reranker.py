@@ -26,8 +26,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from ragtune.index.search import Searcher
 from ragtune.models import resolve_embedder
+from ragtune.retrieve.search import Searcher
 from ragtune.train.retriever.common import TrainResult, peak_rss_mb, quiet_trainer, training_args
 from ragtune.train.retriever.data import IndexChunks, Resolved, RetrieverDataError, mine_negatives
 from ragtune.train.retriever.lsr import prepare, write_manifest
