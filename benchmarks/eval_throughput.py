@@ -1,12 +1,15 @@
 """Evaluation throughput by engine: questions / minute, tokens / s and F1 of each way to generate, same questions.
 
-    python benchmarks/eval_throughput.py            # 32 HotpotQA eval questions (the shared dev subset), 2 repeats
-    python benchmarks/eval_throughput.py --quick    # the 14 eval questions of examples/hotpotqa_mini, 1 repeat
+    python benchmarks/eval_throughput.py            # 100 HotpotQA eval questions (the shared dev subset)
+    python benchmarks/eval_throughput.py --quick    # 16 eval questions of examples/hotpotqa_mini, 4 engines
     python benchmarks/eval_throughput.py --batching # the older study: batch 1 vs length-sorted batches (eval.json)
 
 What is measured is what `ragtune eval` / `compare` do in the demo's setting: `ragtune.eval.runner.evaluate` over
 HotpotQA eval-split questions, oracle documents + 2 distractors, the `cot` prompt, 160 new tokens, greedy. Engines:
-- `tf-fp32-b8`: transformers fp32, length-sorted batches of 8: today's default on CPU, the baseline;
+- `tf-fp32-b8`: transformers fp32 with MKL's sgemm everywhere, length-sorted batches of 8: what eval ran before, the
+  baseline;
+- `tf-fp32fast-b8`: fp32 whose prompt passes use oneDNN's fp32-grade bf16 math mode (ragtune's fp32 default now on
+  CPUs with native bf16); `tf-mixed-b{8,16}`: bf16 linear weights inside fp32 activations (`--dtype mixed-bf16`);
 - `tf-bf16-b{8,16,32}`: transformers bf16 (native on CPUs with AVX512-BF16 / AMX), and larger batches;
 - `tf-bf16-eager-b8`, `tf-bf16-static-b8`: eager attention instead of SDPA; a static KV cache;
 - `ct2-fp32-b8`, `ct2-int8-b8`, ...: CTranslate2 on the same weights, converted once (`pip install ctranslate2`);
@@ -14,8 +17,9 @@ HotpotQA eval-split questions, oracle documents + 2 distractors, the `cot` promp
   `lora-merged-*` (`merge_and_unload` at load time) vs `ct2-lora-*` (merged, then converted). `--adapter` takes a real
   adapter; without one a synthetic r=16 all-linear adapter (small random B) stands in: it measures speed and whether
   merging changes answers, not what training buys.
-Every repeat runs all engines, in reversed order on odd repeats (A B C, C B A), so a change in the load of this shared
-machine hits all of them alike; medians are reported, with the load average before and after. F1 (x100) is the
+The questions are cut into blocks of 16 and every block runs all engines, in reversed order on every other block
+(A B C, C B A), so a change in the load of this shared machine hits all of them alike; medians over repeats are
+reported, with the load average before and after. F1 (x100) is the
 demo's token F1 of the extracted answer; `same_as_baseline` counts answers identical to the baseline's text.
 `best_speedup` is the fastest base-model engine whose F1 is within 1 point of the baseline's, over `tf-fp32-b8`.
 """
@@ -42,10 +46,12 @@ SHARED = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v
 if not SHARED.exists():
     SHARED = Path("/work/shared/data/hotpotqa/hotpot_dev_distractor_v1_subset.json")
 BASELINE = "tf-fp32-b8"
-QUICK_ENGINES = "tf-fp32-b8,tf-bf16-b8,ct2-fp32-b8,ct2-int8-b8"
-DEFAULT_ENGINES = (
-    "tf-fp32-b8,tf-bf16-b8,tf-bf16-b16,tf-bf16-b32,tf-bf16-eager-b8,ct2-fp32-b8,ct2-fp32-b16,ct2-int8-b8,"
-    "lora-unmerged-fp32-b8,lora-merged-fp32-b8,lora-unmerged-bf16-b8,lora-merged-bf16-b8,ct2-lora-fp32-b8"
+QUICK_ENGINES = "tf-fp32-b8,tf-fp32fast-b8,tf-mixed-b8,tf-bf16-b8"
+DEFAULT_ENGINES = "tf-fp32-b8,tf-fp32fast-b8,tf-mixed-b8,tf-mixed-b16,tf-bf16-b8,ct2-fp32-b8,ct2-int8-b8"
+# the older, longer list (LoRA merged / unmerged, eager attention, bigger batches): pass it with --engines
+ALL_ENGINES = (
+    DEFAULT_ENGINES + ",tf-bf16-b16,tf-bf16-b32,tf-bf16-eager-b8,ct2-fp32-b16,lora-unmerged-fp32-b8,"
+    "lora-merged-fp32-b8,lora-merged-mixed-b8,lora-unmerged-bf16-b8,lora-merged-bf16-b8,ct2-lora-fp32-b8"
 )
 
 
@@ -69,6 +75,15 @@ def synthetic_adapter(base_path: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# engine-name dtype -> (load_llm dtype, fast_prefill): `fp32` is plain fp32 (MKL sgemm everywhere, what eval ran
+# before), `fp32fast` adds oneDNN's fp32-grade bf16 math mode to prompt passes, `mixed` is bf16 linear weights inside
+# fp32 activations (ragtune.llm.cpu_precision)
+DTYPES: dict[str, tuple[str, bool]] = {
+    "fp32": ("float32", False), "fp32fast": ("float32", True), "mixed": ("mixed-bf16", False),
+    "bf16": ("bfloat16", False),
+}
+
+
 def engine_loader(name: str, adapter: str | None) -> tuple[Callable[[], Any], int, str]:
     """(load the LLM, batch size, system: base | tuned) for an engine name such as `tf-bf16-b16`."""
     from ragtune.llm import load_llm
@@ -81,10 +96,11 @@ def engine_loader(name: str, adapter: str | None) -> tuple[Callable[[], Any], in
         return (lambda: load_llm(engine="ct2", adapter=adapter if tuned else None, compute_type=compute)), batch, (
             "tuned" if tuned else "base")
     if parts[0] == "lora":
-        merged, dtype = parts[1] == "merged", {"fp32": "float32", "bf16": "bfloat16"}[parts[2]]
-        return (lambda: load_llm(adapter=adapter, dtype=dtype, merge_adapter=merged)), batch, "tuned"
-    dtype = {"fp32": "float32", "bf16": "bfloat16"}[parts[1]]
-    kw: dict[str, Any] = {"dtype": dtype}
+        merged, (dtype, fast) = parts[1] == "merged", DTYPES[parts[2]]
+        return (lambda: load_llm(adapter=adapter, dtype=dtype, merge_adapter=merged, fast_prefill=fast)), batch, (
+            "tuned")
+    dtype, fast = DTYPES[parts[1]]
+    kw: dict[str, Any] = {"dtype": dtype, "fast_prefill": fast}
     if "eager" in parts:
         kw["attn_implementation"] = "eager"
     if "static" in parts:
@@ -181,15 +197,30 @@ def engines_main(args: argparse.Namespace) -> int:
             del loaded[name]
     runs: dict[str, list[dict]] = {name: [] for name in loaded}
     loads: list[float] = []
+    # Engines alternate block by block (A B C on one block of questions, C B A on the next), so a change in the load
+    # of this shared machine during the run hits every engine alike; F1 and EM are over all questions.
+    blocks = [items[i : i + args.block] for i in range(0, len(items), args.block)]
     for r in range(args.repeats):
-        order = list(loaded) if r % 2 == 0 else list(reversed(loaded))
-        for name in order:
-            llm, batch, _ = loaded[name]
-            loads.append(os.getloadavg()[0])
-            res = run_once(items, llm, batch, args.max_new_tokens, args.distractors)
-            runs[name].append(res)
-            print(f"  repeat {r + 1} {name:24s} {res['seconds']:7.1f}s  {60 * len(items) / res['seconds']:6.2f} q/min"
-                  f"  F1 {100 * res['f1']:5.1f}  load {loads[-1]:.1f}", flush=True)
+        totals: dict[str, dict] = {name: {"seconds": 0.0, "f1": 0.0, "em": 0.0, "completion_tokens": 0,
+                                          "prompt_tokens": 0, "generations": []} for name in loaded}
+        for b, block in enumerate(blocks):
+            order = list(loaded) if (r * len(blocks) + b) % 2 == 0 else list(reversed(loaded))
+            for name in order:
+                llm, batch, _ = loaded[name]
+                loads.append(os.getloadavg()[0])
+                res = run_once(block, llm, batch, args.max_new_tokens, args.distractors)
+                t = totals[name]
+                t["seconds"] += res["seconds"]
+                t["f1"] += res["f1"] * len(block) / len(items)
+                t["em"] += res["em"] * len(block) / len(items)
+                t["completion_tokens"] += res["completion_tokens"]
+                t["prompt_tokens"] += res["prompt_tokens"]
+                t["generations"].extend(res["generations"])
+                print(f"  repeat {r + 1} block {b + 1}/{len(blocks)} {name:22s} {res['seconds']:7.1f}s "
+                      f"{60 * len(block) / res['seconds']:6.2f} q/min  F1 {100 * res['f1']:5.1f}  load {loads[-1]:.1f}",
+                      flush=True)
+        for name in loaded:
+            runs[name].append(totals[name])
     results: dict[str, dict] = {}
     base = summarise(BASELINE, runs[BASELINE], len(items), None, "base", loaded[BASELINE][0])
     base.update(speedup_vs_baseline=1.0, f1_delta_vs_baseline=0.0, same_as_baseline=f"{len(items)}/{len(items)}")
@@ -263,6 +294,7 @@ def main() -> int:
     parser.add_argument("--questions", type=int, default=None)
     parser.add_argument("--distractors", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--block", type=int, default=16, help="questions per block; engines alternate per block")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--engines", default=None, help=f"comma list (default: {DEFAULT_ENGINES})")
     parser.add_argument("--adapter", default=None, help="a LoRA adapter folder for the tuned-system engines")
@@ -272,8 +304,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.batching:
         return batching_main(sys.argv[1:])
-    args.questions = args.questions or (16 if args.quick else 32)
-    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.questions = args.questions or (16 if args.quick else 100)
+    args.repeats = args.repeats or 1
     args.out = args.out or ROOT / "benchmarks" / "results" / (
         "eval_throughput_quick.json" if args.quick else "eval_throughput.json")
     return engines_main(args)

@@ -38,7 +38,8 @@ _OPENAI_KEYS = {
     "price_out",
     "extra_body",
 }
-_LOCAL_KEYS = {"device", "dtype", "max_length", "merge_adapter", "attn_implementation", "generate_options"}
+_LOCAL_KEYS = {"device", "dtype", "max_length", "merge_adapter", "attn_implementation", "generate_options",
+               "fast_prefill"}
 _CT2_KEYS = {"device", "dtype", "max_length", "compute_type"}
 _LLAMACPP_KEYS = {"max_length", "n_threads", "n_gpu_layers", "lora_scale", "llama_cpp_dir", "seed"}
 _VLLM_KEYS = {"dtype", "max_length", "adapters", "gpu_memory_utilization", "tensor_parallel_size", "seed"}

@@ -14,10 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText
+from ragtune.llm.cpu_precision import fast_fp32_prefill, mixed_bf16
+from ragtune.llm.hardware import cpu_has_fast_bf16
+from ragtune.llm.kv_cache import cache_kwarg, growing_cache
 
 log = logging.getLogger("ragtune.llm")
 
-_CACHE: dict[tuple[str, str | None, str, str, bool, str], tuple[Any, Any]] = {}
+_CACHE: dict[tuple[str, str | None, str, str, bool, str, bool], tuple[Any, Any]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -33,8 +36,10 @@ def _pick_device(device: str | None) -> str:
 
 _DTYPES = {
     "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16",
+    "float16": "float16", "fp16": "float16", "mixed-bf16": "mixed-bf16", "mixed": "mixed-bf16",
 }
+# bf16 weights and matmuls inside fp32 activations (ragtune.llm.cpu_precision): loads in fp32, then converts
+MIXED = "mixed-bf16"
 
 
 def resolve_dtype(dtype: str | None, device: str | None = None) -> str:
@@ -55,8 +60,6 @@ def resolve_dtype(dtype: str | None, device: str | None = None) -> str:
 
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         if dtype == "auto":
-            from ragtune.llm.hardware import cpu_has_fast_bf16
-
             return "bfloat16" if cpu_has_fast_bf16() else "float32"
         return "float32"
     try:
@@ -68,7 +71,8 @@ def resolve_dtype(dtype: str | None, device: str | None = None) -> str:
 def _pick_dtype(dtype: str | None, device: str) -> Any:
     import torch
 
-    return getattr(torch, resolve_dtype(dtype, device))
+    name = resolve_dtype(dtype, device)
+    return torch.float32 if name == MIXED else getattr(torch, name)
 
 
 def load_model(
@@ -78,6 +82,7 @@ def load_model(
     dtype: str | None = None,
     merge_adapter: bool = False,
     attn_implementation: str | None = None,
+    fast_prefill: bool | None = None,
 ):
     """(model, tokenizer) for a resolved folder or hub id, optionally with a LoRA adapter, cached per process.
 
@@ -86,11 +91,17 @@ def load_model(
     about a third more time per token). The merge runs in fp32 and the merged weights are cast once to `dtype`, so a
     bf16 model is not rounded twice. Training and adapter hot-swap keep the unmerged `PeftModel` (the default).
     `attn_implementation` ("sdpa" / "eager") is passed to `from_pretrained`; None is transformers' default (sdpa).
+    dtype `mixed-bf16` loads fp32 and then gives every linear layer bf16 weights inside fp32 activations;
+    `fast_prefill` (default: on for fp32 on a CPU with native bf16) runs prompt passes in oneDNN's fp32-grade bf16
+    math mode (see ragtune.llm.cpu_precision for both and their measured effect on answers).
     """
     device = _pick_device(device)
+    resolved = resolve_dtype(dtype, device)
     torch_dtype = _pick_dtype(dtype, device)
     merge = bool(adapter) and merge_adapter
-    key = (path, adapter, device, str(torch_dtype), merge, attn_implementation or "")
+    if fast_prefill is None:
+        fast_prefill = resolved == "float32" and device == "cpu" and cpu_has_fast_bf16()
+    key = (path, adapter, device, resolved, merge, attn_implementation or "", bool(fast_prefill))
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
@@ -120,6 +131,10 @@ def load_model(
                 model = model.merge_and_unload().to(torch_dtype)
         model = model.to(device)
         model.eval()
+        if resolved == MIXED:
+            mixed_bf16(model)
+        elif fast_prefill:
+            fast_fp32_prefill(model)
         _CACHE[key] = (model, tokenizer)
         return model, tokenizer
 
@@ -237,14 +252,16 @@ class TransformersLLM(LLM):
         merge_adapter: bool = False,
         attn_implementation: str | None = None,
         generate_options: dict[str, Any] | None = None,
+        fast_prefill: bool | None = None,
     ):
         """`merge_adapter` folds a LoRA into the weights for inference (see `load_model`); `generate_options` are
         extra `model.generate` keyword arguments (e.g. `cache_implementation="static"`), for benchmarks."""
         self.path = path
         self.adapter = adapter
         self.merged = bool(adapter) and merge_adapter
-        self.model, self.tokenizer = load_model(path, adapter, device, dtype, merge_adapter, attn_implementation)
-        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self.model, self.tokenizer = load_model(path, adapter, device, dtype, merge_adapter, attn_implementation,
+                                                fast_prefill)
+        self.dtype = resolve_dtype(dtype, str(next(self.model.parameters()).device))
         self.generate_options = dict(generate_options or {})
         self.device = next(self.model.parameters()).device
         self.name = name or path
@@ -323,6 +340,11 @@ class TransformersLLM(LLM):
                 from transformers import StoppingCriteriaList
 
                 kwargs["stopping_criteria"] = StoppingCriteriaList([_cancel_criteria(batch, cancelled)])
+            own_cache = {"cache_implementation", "cache", "past_key_values"} & set(kwargs)
+            if not own_cache and self.device.type == "cpu":
+                cache = growing_cache(self.model)  # appends in place instead of copying the cache every step
+                if cache is not None:
+                    kwargs[cache_kwarg()] = cache
             t0 = time.perf_counter()
             with self._lock, torch.inference_mode():
                 if config.seed is not None:
