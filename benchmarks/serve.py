@@ -41,7 +41,6 @@ def baseline_app(workspace: str, max_tokens: int):
     """The hand-written wrapper: retrieve, prompt, generate, one request at a time."""
     from fastapi import FastAPI
 
-    from ragtune.eval.datasets import EvalDoc
     from ragtune.llm import GenerationConfig, load_llm
     from ragtune.prompts import build_messages
     from ragtune.retrieve.search import Searcher
@@ -60,7 +59,7 @@ def baseline_app(workspace: str, max_tokens: int):
         question = body["messages"][-1]["content"]
         with lock:
             hits = searcher.search(question, k=5, filters={"tenant": "bench"})
-        messages = build_messages(question, [EvalDoc(doc_id=h.chunk_id, title=h.title, text=h.text) for h in hits])
+        messages = build_messages(question, hits)
         gen = llm.generate([messages], GenerationConfig(max_new_tokens=body.get("max_tokens") or max_tokens))[0]
         return {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": "baseline",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},

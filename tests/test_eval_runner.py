@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ragtune.eval.datasets import EvalDoc, QAItem
+from ragtune.eval.datasets import QAItem
 from ragtune.eval.runner import (
     EvalSettings,
     evaluate,
@@ -18,7 +18,7 @@ from ragtune.eval.runner import (
 )
 from ragtune.llm.base import LLM, Generation, GenerationConfig
 from ragtune.prompts import build_messages, render_documents
-from ragtune.records import Hit
+from ragtune.records import ContextDoc, Hit
 
 
 class ScriptedLLM(LLM):
@@ -43,8 +43,8 @@ class ScriptedLLM(LLM):
         return [0.0 for _ in requests]
 
 
-def _doc(name: str, words: int = 5) -> EvalDoc:
-    return EvalDoc(doc_id=name, title=name, text=f"{name} " + " ".join(["filler"] * words))
+def _doc(name: str, words: int = 5) -> ContextDoc:
+    return ContextDoc(doc_id=name, title=name, text=f"{name} " + " ".join(["filler"] * words))
 
 
 def _items() -> list[QAItem]:
@@ -106,7 +106,7 @@ def test_parse_distractors():
 
 
 def test_prompts_render_raft_documents():
-    docs = [EvalDoc(doc_id="1", title="Paris", text="The capital.")]
+    docs = [ContextDoc(doc_id="1", title="Paris", text="The capital.")]
     assert render_documents(docs) == "<DOCUMENT>Paris\nThe capital.</DOCUMENT>"
     # a text that already starts with its title is not prefixed twice (the synthesis stage's rule)
     assert render_documents([_doc("a", 1)]) == "<DOCUMENT>a filler</DOCUMENT>"

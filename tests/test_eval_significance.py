@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from ragtune import metrics as m
-from ragtune.eval.datasets import EvalDoc, QAItem
+from ragtune.eval.datasets import QAItem
 from ragtune.eval.report import SystemReport, base_systems, paired_comparisons, write_report
 from ragtune.eval.runner import EvalSettings, evaluate
 from ragtune.llm.base import LLM, Generation, GenerationConfig
+from ragtune.records import ContextDoc
 
 HOTPOT_MINI = Path(__file__).resolve().parents[1] / "examples" / "hotpotqa_mini" / "hotpotqa_mini.json"
 
@@ -192,9 +193,9 @@ class ScriptedLoopingLLM(LLM):
 def _items() -> list[QAItem]:
     return [
         QAItem(id="q1", question="Where is Paris?", answers=["France"],
-               gold_docs=[EvalDoc(doc_id="g1", title="Paris", text="Paris is in France.")]),
+               gold_docs=[ContextDoc(doc_id="g1", title="Paris", text="Paris is in France.")]),
         QAItem(id="q2", question="Who wrote Hamlet?", answers=["Shakespeare"],
-               gold_docs=[EvalDoc(doc_id="g2", title="Hamlet", text="Hamlet is by Shakespeare.")]),
+               gold_docs=[ContextDoc(doc_id="g2", title="Hamlet", text="Hamlet is by Shakespeare.")]),
     ]
 
 

@@ -18,7 +18,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 def _raft_file(ws: Path) -> None:
-    from ragtune.synth.records import ContextDoc, Group, RaftExample
+    from ragtune.records import ContextDoc
+    from ragtune.synth.records import Group, RaftExample
     from ragtune.synth.store import GroupFile
 
     with GroupFile(ws / "synth" / "raft.jsonl") as f:

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from ragtune.records import ContextDoc
 from ragtune.splits import split_of
 from ragtune.synth.distractors import DistractorPool, Exclusion, assemble, pick_distractors
 from ragtune.synth.export import ExportError, export
 from ragtune.synth.from_qa import FromQAConfig, evidence_cot, sentence_at, synthesize_from_qa
 from ragtune.synth.pairs import PairsConfig, build_pairs
 from ragtune.synth.preferences import answer_f1, distractor_citation, judge
-from ragtune.synth.records import ContextDoc, Group, PreferenceExample, RaftExample
+from ragtune.synth.records import Group, PreferenceExample, RaftExample
 from ragtune.synth.store import GroupFile, read_pairs, read_raft
 from ragtune.synth.validate import check_cot, normalize_ws, parse_questions, question_problem
 

@@ -47,6 +47,21 @@ class Chunk(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class ContextDoc(BaseModel):
+    """One document shown to a model inside a prompt: a RAFT example's oracle or distractor, an evaluation question's
+    gold or distractor document. Rendered by `ragtune.prompts` as its title line, then its text.
+
+    `doc_id` names what is shown: the chunk id where the text is an indexed chunk (RAFT synthesis), else the id the
+    corpus loaders give the document (evaluation sets), so retrieval can be scored against the index either way.
+    `is_oracle` marks a RAFT oracle; evaluation keeps gold and distractors in separate lists instead.
+    """
+
+    doc_id: str
+    text: str
+    title: str = ""
+    is_oracle: bool = False
+
+
 class Hit(BaseModel):
     """A ranked search result. `score` is the score of the mode that produced it (cosine, BM25 or fused RRF)."""
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from ragtune.corpus.qa_corpora import hotpotqa_doc_id, hotpotqa_paragraph_text
 from ragtune.hashing import short_id
 from ragtune.jsonl import open_text, read_jsonl
+from ragtune.records import ContextDoc
 from ragtune.splits import split_of
 
 FORMATS = ("hotpotqa", "squad", "nq", "jsonl", "raft")
@@ -31,12 +32,7 @@ class DatasetError(ValueError):
     """Bad evaluation input (missing file, unknown format, unreadable records); the message says which."""
 
 
-class EvalDoc(BaseModel):
-    """A document that can be shown to the generator; `doc_id` matches the id the corpus loaders assign."""
-
-    doc_id: str
-    title: str = ""
-    text: str
+EvalDoc = ContextDoc  # the former name, kept while eval/runner.py imports it: documents are `records.ContextDoc`
 
 
 class QAItem(BaseModel):
@@ -50,8 +46,8 @@ class QAItem(BaseModel):
     id: str
     question: str
     answers: list[str] = Field(default_factory=list)
-    gold_docs: list[EvalDoc] = Field(default_factory=list)
-    distractor_docs: list[EvalDoc] = Field(default_factory=list)
+    gold_docs: list[ContextDoc] = Field(default_factory=list)
+    distractor_docs: list[ContextDoc] = Field(default_factory=list)
     supporting_facts: list[str] = Field(default_factory=list)
     answerable: bool = True
     dataset: str = ""
@@ -104,13 +100,13 @@ def load_hotpotqa(path: Path) -> list[QAItem]:
     for example in data:
         gold_titles = {title for title, _ in example.get("supporting_facts", [])}
         paragraphs = {title: sentences for title, sentences in example.get("context", [])}
-        gold: list[EvalDoc] = []
-        distractors: list[EvalDoc] = []
+        gold: list[ContextDoc] = []
+        distractors: list[ContextDoc] = []
         for title, sentences in example.get("context", []):
             text = hotpotqa_paragraph_text(sentences)
             if not text:
                 continue
-            doc = EvalDoc(doc_id=hotpotqa_doc_id(title, text), title=title, text=text)
+            doc = ContextDoc(doc_id=hotpotqa_doc_id(title, text), title=title, text=text)
             (gold if title in gold_titles else distractors).append(doc)
         facts = []
         for title, idx in example.get("supporting_facts", []):
@@ -143,7 +139,7 @@ def load_squad(path: Path) -> list[QAItem]:
         docs = []
         for paragraph in article.get("paragraphs", []):
             text = str(paragraph.get("context", "")).strip()
-            docs.append(EvalDoc(doc_id=short_id("squad", title, text), title=title, text=text))
+            docs.append(ContextDoc(doc_id=short_id("squad", title, text), title=title, text=text))
         for i, paragraph in enumerate(article.get("paragraphs", [])):
             others = [d for j, d in enumerate(docs) if j != i and d.text != docs[i].text]
             for qa in paragraph.get("qas", []):
@@ -173,13 +169,13 @@ def load_nq(path: Path) -> list[QAItem]:
         question = str(record.get("question", "")).strip()
         if not question:
             raise DatasetError(f"{path}:{lineno}: record has no 'question'")
-        gold: list[EvalDoc] = []
-        distractors: list[EvalDoc] = []
+        gold: list[ContextDoc] = []
+        distractors: list[ContextDoc] = []
         for ctx in record.get("ctxs", []):
             title, text = str(ctx.get("title", "")), str(ctx.get("text", "")).strip()
             if not text:
                 continue
-            doc = EvalDoc(doc_id=short_id("nq", title, text), title=title, text=text)
+            doc = ContextDoc(doc_id=short_id("nq", title, text), title=title, text=text)
             (gold if ctx.get("isgold") else distractors).append(doc)
         items.append(
             QAItem(
@@ -202,7 +198,7 @@ _ORACLE_KEYS = ("oracle", "oracles", "gold", "gold_documents", "oracle_documents
 _DOC_KEYS = ("context", "documents", "docs", "contexts", "ctxs", "passages")
 
 
-def _as_doc(value: Any, dataset: str) -> tuple[EvalDoc, bool | None] | None:
+def _as_doc(value: Any, dataset: str) -> tuple[ContextDoc, bool | None] | None:
     """A document from a string or a {id?, title, text|content, isgold|is_oracle|...} object, with its gold flag.
 
     Ids follow the synthesis reader (`id` field, else a hash of title and text; a bare string hashes its text) so
@@ -210,7 +206,7 @@ def _as_doc(value: Any, dataset: str) -> tuple[EvalDoc, bool | None] | None:
     """
     if isinstance(value, str):
         text = value.strip()
-        return (EvalDoc(doc_id=short_id(dataset, text), text=text), None) if text else None
+        return (ContextDoc(doc_id=short_id(dataset, text), text=text), None) if text else None
     if not isinstance(value, dict):
         return None
     title = str(value.get("title") or "")
@@ -220,10 +216,10 @@ def _as_doc(value: Any, dataset: str) -> tuple[EvalDoc, bool | None] | None:
     flags = [value.get(k) for k in ("isgold", "is_gold", "is_oracle", "oracle", "gold") if k in value]
     is_gold = bool(any(flags)) if flags else None
     doc_id = str(value.get("doc_id") or value.get("id") or short_id(dataset, title, text))
-    return EvalDoc(doc_id=doc_id, title=title, text=text), is_gold
+    return ContextDoc(doc_id=doc_id, title=title, text=text), is_gold
 
 
-def _docs_from(value: Any, dataset: str) -> list[tuple[EvalDoc, bool | None]]:
+def _docs_from(value: Any, dataset: str) -> list[tuple[ContextDoc, bool | None]]:
     if value is None:
         return []
     if isinstance(value, dict) and "sentences" in value:  # gorilla RAFT: {"title": [[...]], "sentences": [[...]]}
@@ -255,7 +251,7 @@ def _item_from_record(record: dict[str, Any], dataset: str, where: str) -> QAIte
         answers_value = answers_value.get("text", [])
     answers = _dedupe_strings(answers_value if isinstance(answers_value, list) else [answers_value or ""])
 
-    gold: list[EvalDoc] = [d for d, _ in _docs_from(_first(record, _ORACLE_KEYS), dataset)]
+    gold: list[ContextDoc] = [d for d, _ in _docs_from(_first(record, _ORACLE_KEYS), dataset)]
     context = _docs_from(_first(record, _DOC_KEYS), dataset)
     flagged = any(flag is not None for _, flag in context)
     if not gold and not flagged:
@@ -286,7 +282,7 @@ def _item_from_record(record: dict[str, Any], dataset: str, where: str) -> QAIte
     )
 
 
-def _unique(docs: list[EvalDoc]) -> list[EvalDoc]:
+def _unique(docs: list[ContextDoc]) -> list[ContextDoc]:
     seen: set[str] = set()
     out = []
     for d in docs:

@@ -4,8 +4,9 @@ Outputs live under WORKSPACE/synth/ as group files (one JSONL line per finished 
 `read_raft`, `read_pairs`, `read_preferences`.
 """
 
+from ragtune.records import ContextDoc
 from ragtune.splits import split_of
-from ragtune.synth.records import ContextDoc, PairExample, PreferenceExample, RaftExample
+from ragtune.synth.records import PairExample, PreferenceExample, RaftExample
 from ragtune.synth.store import read_pairs, read_preferences, read_raft
 
 __all__ = [

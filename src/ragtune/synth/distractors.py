@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from ragtune.synth.records import ContextDoc
+from ragtune.records import ContextDoc
 from ragtune.synth.validate import normalize_ws
 
 

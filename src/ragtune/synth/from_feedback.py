@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.prompts import ANSWER_TAG
+from ragtune.records import ContextDoc
 from ragtune.splits import split_of
 from ragtune.synth.export import _write_jsonl
 from ragtune.synth.from_qa import evidence_cot_short, sentence_with
-from ragtune.synth.records import ContextDoc, Group, PairExample, RaftExample
+from ragtune.synth.records import Group, PairExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
 from ragtune.workspace import Manifest, Workspace
 

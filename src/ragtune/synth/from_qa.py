@@ -23,6 +23,7 @@ from ragtune.hashing import short_id
 from ragtune.jsonl import open_text, read_jsonl
 from ragtune.llm.base import LLM, GenerationConfig
 from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, shown_text
+from ragtune.records import ContextDoc
 from ragtune.splits import keep, split_of
 from ragtune.synth import prompts
 from ragtune.synth.distractors import DistractorPool, Exclusion, HardNegativeMiner, assemble, pick_distractors
@@ -36,7 +37,7 @@ from ragtune.synth.raft import (
     run_waves,
     write_final_manifest,
 )
-from ragtune.synth.records import ContextDoc, Group, RaftExample
+from ragtune.synth.records import Group, RaftExample
 from ragtune.synth.store import GroupFile
 from ragtune.synth.validate import CotCheck, check_cot, normalize_ws
 from ragtune.workspace import Manifest, Workspace

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ragtune.records import ContextDoc
 from ragtune.synth.distractors import Exclusion, HardNegativeMiner
 from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft
-from ragtune.synth.records import ContextDoc, Group, PairExample, RaftExample
+from ragtune.synth.records import Group, PairExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
 from ragtune.workspace import Workspace
 

@@ -21,7 +21,8 @@ from ragtune.prompts import (
     with_title,
 )
 from ragtune.prompts import shown_text as shown_text  # re-exported: synth/raft.py reads it as `prompts.shown_text`
-from ragtune.synth.records import ContextDoc, RaftExample
+from ragtune.records import ContextDoc
+from ragtune.synth.records import RaftExample
 
 QUESTION_SYSTEM = (
     "You write questions for a reading test. Each question must be answerable from the text alone, "

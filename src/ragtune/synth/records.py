@@ -1,7 +1,8 @@
 """Records the synthesis stage writes and the training / evaluation stages read.
 
 Kept beside the builders (not in `ragtune.records`) because only synth produces them; later stages import them from
-here. All are pydantic, so a JSONL line is `Model.model_validate_json(line)` away.
+here. The document shown inside an example, `ContextDoc`, is the foundation's (`ragtune.records`), re-exported here.
+All are pydantic, so a JSONL line is `Model.model_validate_json(line)` away.
 """
 
 from __future__ import annotations
@@ -10,14 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-
-class ContextDoc(BaseModel):
-    """One document shown to the student: the oracle or a distractor. `doc_id` is a chunk id where one exists."""
-
-    doc_id: str
-    text: str
-    title: str = ""
-    is_oracle: bool = False
+from ragtune.records import ContextDoc
 
 
 class RaftExample(BaseModel):
