@@ -225,3 +225,23 @@ def test_cli_against_an_openai_compatible_server(mini_ws, model_server, tmp_path
     for e in read_raft(out):
         oracle = next(d for d in [*e.documents, *e.dropped_oracles] if d.is_oracle)
         assert all(q in normalize_ws(shown_text(oracle)) for q in e.quotes)
+
+
+class _WholeSentenceTeacher(FakeTeacher):
+    """A fake teacher (rule-based) with the small model's habit of answering with the whole sentence."""
+
+    def _qa(self, request: str) -> str:
+        sentence = request.split("\nSentence: ", 1)[1].split("\nWrite one question", 1)[0]
+        return f"Question: What does this paragraph say about {sentence.split()[0]}?\nAnswer: {sentence}"
+
+
+def test_length_budget_rejects_whole_sentence_answers(mini_ws, tmp_path, searcher):
+    out = tmp_path / "raft.jsonl"
+    config = RaftConfig(limit=4, questions_per_chunk=2, round_trip_k=0, dedup_threshold=1.0, seed=5)
+    synthesize_raft(mini_ws, _WholeSentenceTeacher(name="fake-whole"), config, out=out, searcher=searcher)
+    rejected = [r for g in iter_groups(filters.rejected_path(out)) for r in g["examples"]]
+    lengths = [r for r in rejected if r["filter"] == "length"]
+    assert lengths and {r["reason"] for r in lengths} <= {"answer is a whole sentence", "answer over 12 words"}
+    for e in read_raft(out):  # whatever was kept was shortened within the budget, never the sentence itself
+        assert len(e.answer.split()) <= config.max_answer_words
+        assert all(normalize_ws(e.answer).rstrip(".") != q.rstrip(".") for q in e.quotes)

@@ -158,9 +158,21 @@ def locate(answer: str, sentences: Sequence[Sentence], threshold: float = 85.0) 
             found.append(Located(s, "normalised", 100.0))
         elif norm and len(norm) >= 4:
             score = partial_ratio(norm, normalise(text))
-            if score >= threshold:
+            if score >= threshold and _words_match(norm, normalise(text)):
                 found.append(Located(s, "fuzzy", score))
     return sorted(found, key=lambda x: (_TIERS[x.method], -x.score))
+
+
+def _words_match(answer: str, sentence: str, ratio: float = 0.8) -> bool:
+    """Every content word of the (normalised) answer is in the sentence, or a near spelling of one of its words:
+    a character-level partial match alone accepts "Mladic on April 19, 2014" for "... on April 19, 2014"."""
+    words = set(sentence.split())
+    for w in answer.split():
+        if w in STOPWORDS or w in words:
+            continue
+        if not any(SequenceMatcher(None, w, x, autojunk=False).ratio() >= ratio for x in words):
+            return False
+    return True
 
 
 def question_overlap(question: str, sentence: str) -> float:

@@ -514,6 +514,10 @@ def _finish(work: _ChunkWork, config: RaftConfig, question: str, answer: str, co
         return None
     problem = filters.length_problem(question, answer, cot, config.max_question_words, config.max_answer_words,
                                      config.max_cot_words)
+    if problem is None and len(answer.split()) > config.short_answer_words and any(
+        grounding.normalise(answer) == grounding.normalise(q) for q in quotes
+    ):
+        problem = "answer is a whole sentence"
     if problem:
         work.reject("length", problem, question, answer, answered=True)
         return None
