@@ -2,7 +2,7 @@
 student trained on labelled data (`synth from-qa`) of the same size.
 
     python benchmarks/raft_teacher.py            # 300 chunks, 2 questions each, 100 steps, 48 eval questions
-    python benchmarks/raft_teacher.py --quick    # 40 records' paragraphs, 16 chunks, 20 steps, 8 questions (<10 min)
+    python benchmarks/raft_teacher.py --quick    # 40 records' paragraphs, 12 chunks, 12 steps, 6 questions (<10 min)
 
 1. Documents: the paragraphs of the HotpotQA subset's train-split records (split by `int(sha1(_id), 16) % 5`),
    written as plain {title, text} JSONL — no question, no answer, no supporting fact — and ingested. Paragraphs whose
@@ -129,25 +129,26 @@ def evaluate_all(items, ks, systems: dict[str, Any], args: argparse.Namespace) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="16 chunks, 20 steps, 8 eval questions")
+    p.add_argument("--quick", action="store_true", help="12 chunks, 12 steps, 6 eval questions, 128 CoT tokens: "
+                   "every stage, small; the numbers mean nothing at this size")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--workspace", type=Path, default=None, help="default ragtune-workspace/bench-raft-teacher[-quick]")
     p.add_argument("--chunks", type=int, default=None, help="documents the teacher writes questions for "
-                   "(default 300; quick 16)")
+                   "(default 300; quick 12)")
     p.add_argument("--records", type=int, default=None, help="train records whose paragraphs are the documents "
                    "(default all, ~9,000 paragraphs, ~7 min to embed; quick 40)")
     p.add_argument("--questions-per-chunk", type=int, default=2)
     p.add_argument("--question-tokens", type=int, default=48)
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps per student (default 100; quick 20)")
-    p.add_argument("--questions", type=int, default=None, help="eval questions (default 48; quick 8)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps per student (default 100; quick 12)")
+    p.add_argument("--questions", type=int, default=None, help="eval questions (default 48; quick 6)")
     p.add_argument("--ks", default="0,3,6")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--max-length", type=int, default=768)
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--short-tokens", type=int, default=32)
-    p.add_argument("--cot-tokens", type=int, default=160)
+    p.add_argument("--cot-tokens", type=int, default=None, help="default 160; quick 128")
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--eval-dtype", default=None)
     p.add_argument("--fresh", action="store_true", help="synthesise again instead of resuming the teacher's file")
@@ -156,9 +157,10 @@ def main() -> None:
     quick = args.quick
     args.workspace = args.workspace or ROOT / "ragtune-workspace" / ("bench-raft-teacher-quick" if quick
                                                                       else "bench-raft-teacher")
-    chunks = args.chunks or (16 if quick else 300)
-    args.steps = args.steps or (20 if quick else 100)
-    questions = args.questions or (8 if quick else 48)
+    chunks = args.chunks or (12 if quick else 300)
+    args.steps = args.steps or (12 if quick else 100)
+    questions = args.questions or (6 if quick else 48)
+    args.cot_tokens = args.cot_tokens or (128 if quick else 160)
     ks = [int(k) for k in args.ks.split(",")]
     if not args.data.exists():
         sys.exit(f"{args.data} not found: the benchmark reads HotpotQA from ../shared/data")
