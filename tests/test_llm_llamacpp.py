@@ -4,13 +4,15 @@ log-likelihoods that agree with transformers' (the same weights de-quantised), w
 from __future__ import annotations
 
 import importlib.util
+import os
+from pathlib import Path
 
 import pytest
 
 from ragtune.llm import GenerationConfig, load_llm
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -26,6 +28,7 @@ def llm():
     return load_llm(engine="llamacpp", max_length=2048)
 
 
+@needs_llama_cpp
 def test_greedy_answers_are_deterministic_and_mostly_those_of_transformers(llm):
     config = GenerationConfig(max_new_tokens=24)
     first = [g.text for g in llm.generate(PROMPTS, config)]
@@ -37,6 +40,7 @@ def test_greedy_answers_are_deterministic_and_mostly_those_of_transformers(llm):
     assert gen.prompt_tokens > 10 and 0 < gen.completion_tokens <= 24 and gen.finish_reason in ("stop", "length")
 
 
+@needs_llama_cpp
 def test_stop_strings_cut_the_answer_and_max_tokens_bounds_it(llm):
     whole = llm.generate(PROMPTS[:1], GenerationConfig(max_new_tokens=24))[0].text
     word = whole.split()[2]
@@ -46,6 +50,7 @@ def test_stop_strings_cut_the_answer_and_max_tokens_bounds_it(llm):
     assert short.completion_tokens == 3 and short.finish_reason == "length"
 
 
+@needs_llama_cpp
 def test_streamed_pieces_concatenate_to_the_answer_and_cancel_stops_it(llm):
     pieces: dict[int, list[str]] = {0: [], 1: []}
     outs = llm.generate_stream(PROMPTS[:2], lambda i, p: pieces[i].append(p), GenerationConfig(max_new_tokens=24))
@@ -57,6 +62,7 @@ def test_streamed_pieces_concatenate_to_the_answer_and_cancel_stops_it(llm):
     assert stopped.finish_reason == "cancelled" and stopped.completion_tokens < 64
 
 
+@needs_llama_cpp
 def test_loglikelihood_agrees_with_transformers_and_ranks_the_right_answer(llm):
     question = PROMPTS[2]
     requests = [(question, "Berlin"), (question, "Paris"), (question, "The capital of Germany is Berlin.")]
@@ -68,3 +74,43 @@ def test_loglikelihood_agrees_with_transformers_and_ranks_the_right_answer(llm):
     yes_no = llm.choice_logprobs([question], ["yes", "no"])[0]
     assert len(yes_no) == 2 and all(x < 0 for x in yes_no)
     assert llm.capabilities.loglikelihood and llm.capabilities.streaming and llm.capabilities.cancel
+
+
+converter_dir = os.environ.get("LLAMA_CPP_DIR", "")
+
+
+def test_the_bundled_model_is_its_gguf_file_and_a_peft_adapter_is_converted_once(tmp_path, monkeypatch):
+    """What the engine would load, resolved without llama-cpp-python: the bundled GGUF itself (no conversion), and a
+    PEFT adapter converted once by llama.cpp's convert_lora_to_gguf.py (when LLAMA_CPP_DIR points at llama.cpp)."""
+    from ragtune.llm.llamacpp_backend import resolve_gguf
+    from ragtune.models import bundled_smollm2_gguf, cache_dir, resolve_generator
+
+    base = resolve_generator().path
+    (tmp_path / "models").mkdir()
+    os.symlink(base, tmp_path / "models" / Path(base).name)  # the converted bundled folder, not converted again
+    monkeypatch.setenv("RAGTUNE_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path
+    model = resolve_gguf(None)
+    assert model.gguf == bundled_smollm2_gguf() and model.tokenizer_gguf == model.gguf.name and model.lora is None
+    with pytest.raises(FileNotFoundError, match="neither a GGUF LoRA file nor a PEFT adapter"):
+        resolve_gguf(None, str(tmp_path))
+    if not converter_dir or not Path(converter_dir, "convert_lora_to_gguf.py").is_file():
+        pytest.skip("set LLAMA_CPP_DIR to a llama.cpp checkout to convert a PEFT adapter")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    peft.save_pretrained(tmp_path / "adapter")
+    tuned = resolve_gguf(None, str(tmp_path / "adapter"))
+    assert tuned.gguf == model.gguf and tuned.lora is not None and tuned.lora.parent == tmp_path / "gguf"
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(tuned.lora))
+    kind = reader.fields["general.type"]
+    assert bytes(kind.parts[kind.data[0]]).decode() == "adapter"
+    assert {t.name for t in reader.tensors} >= {"blk.0.attn_q.weight.lora_a", "blk.0.attn_v.weight.lora_b"}
+    stamp = tuned.lora.stat().st_mtime_ns
+    assert resolve_gguf(None, str(tmp_path / "adapter")).lora == tuned.lora and tuned.lora.stat().st_mtime_ns == stamp
