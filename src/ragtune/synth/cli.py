@@ -125,7 +125,7 @@ def raft_cmd(
                                           help="0-100 partial ratio for fuzzy answer alignment"),
     round_trip_k: int = typer.Option(5, "--round-trip-k", min=0, help="keep a question only when the retriever "
                                      "finds its chunk in the top k (0: off)"),
-    dedup_threshold: float = typer.Option(0.9, "--dedup-threshold", help="MiniLM cosine at which a question "
+    dedup_threshold: float = typer.Option(0.9, "--dedup-threshold", min=0.0, help="MiniLM cosine at which a question "
                                           "duplicates an earlier one (1 or more: off)"),
     max_answer_words: int = typer.Option(12, "--max-answer-words", min=1, help="length budget of an answer"),
     adapter: str = typer.Option(None, "--adapter", help="LoRA adapter for a local teacher"),

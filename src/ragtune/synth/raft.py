@@ -521,8 +521,10 @@ def _finish(work: _ChunkWork, config: RaftConfig, question: str, answer: str, co
     if problem:
         work.reject("length", problem, question, answer, answered=True)
         return None
-    assert grounding.verbatim(quotes, prompts.shown_text(ContextDoc(doc_id="", text=work.chunk.text,
-                                                                   title=work.chunk.title)))
+    if not grounding.verbatim(quotes, prompts.shown_text(ContextDoc(doc_id="", text=work.chunk.text,
+                                                                   title=work.chunk.title))):
+        work.reject("answerable", "quote not in chunk", question, answer, answered=True)  # the invariant, kept
+        return None
     work.stats["answers_valid"] += 1
     work.stats[f"grounding: {method}"] += 1
     rank = round_trip.rank(question, work.chunk.chunk_id) if round_trip is not None else None
