@@ -53,15 +53,18 @@ def test_fast_prefill_switches_kernels_by_pass_and_keeps_logits(models):
     assert fast_fp32_prefill(fast)
     ids = torch.randint(100, 20000, (2, 80), generator=torch.Generator().manual_seed(2))
     matmul = torch.backends.mkldnn.matmul
+    seen: list[str] = []
+    probe = fast.model.layers[0].register_forward_pre_hook(lambda *a: seen.append(matmul.fp32_precision))
     try:
         with torch.inference_mode():
             ref = fp32(ids).logits  # the plain model has no hook: default kernels
             matmul.fp32_precision = "ieee"
             got = fast(input_ids=ids).logits
-            assert matmul.fp32_precision == "bf16"  # a prompt pass switched the math mode on
             fast(input_ids=ids[:, :1])
-            assert matmul.fp32_precision == "ieee"  # a one-token decoding step switched it back
+        assert seen == ["bf16", "ieee"]  # a prompt pass ran in the bf16 math mode, a one-token step did not
+        assert matmul.fp32_precision == "ieee"  # and the process-wide switch was restored after each pass
     finally:
+        probe.remove()
         matmul.fp32_precision = "ieee"
     assert (got - ref).abs().max().item() < 5e-2  # fp32-grade: bf16 products would move logits by whole units
 

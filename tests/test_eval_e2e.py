@@ -117,7 +117,7 @@ def test_eval_dtype_runs_the_model_in_it_and_keeps_its_answers_apart(app, tmp_pa
     bf16 = _json_out(CliRunner().invoke(app, [*base, "--dtype", "bfloat16"]))
     assert Path(bf16["run_dir"]) != Path(fp32["run_dir"]) and bf16["run_dir"].endswith("-bfloat16")
     loaded = [key[3] for key in transformers_backend._CACHE]
-    assert "torch.bfloat16" in loaded and "torch.float32" in loaded
+    assert "bfloat16" in loaded and "float32" in loaded
     record = json.loads((Path(bf16["run_dir"]) / "predictions.jsonl").read_text().splitlines()[0])
     first = json.loads((Path(fp32["run_dir"]) / "predictions.jsonl").read_text().splitlines()[0])
     assert record["signature"] != first["signature"]

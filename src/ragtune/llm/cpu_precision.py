@@ -33,22 +33,29 @@ def has_onednn_bf16_math() -> bool:
 def fast_fp32_prefill(model: Any) -> bool:
     """Run `model`'s multi-token forward passes (prompt prefill, log-likelihood scoring) in oneDNN's bf16 math mode
     and its one-token decoding steps in the default fp32 kernels. Returns False (and changes nothing) where the torch
-    build lacks the switch. The switch is process-wide; it is set on every forward pass, so another model sharing the
-    process sees fp32-grade matmuls either way."""
+    build lacks the switch. The switch is process-wide: it is set for the length of each forward pass and restored
+    after it (also when the pass raises), so another model in the process keeps its own kernels."""
     if not has_onednn_bf16_math():
         return False
     import torch
 
-    matmul = torch.backends.mkldnn.matmul
+    matmul: Any = getattr(torch.backends.mkldnn, "matmul")  # noqa: B009 - absent from torch's type stubs
+    saved: list[str] = []
 
     def pick_kernels(module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             ids = kwargs.get("inputs_embeds")
         many = ids is not None and ids.dim() >= 2 and ids.shape[1] > 1
+        saved.append(matmul.fp32_precision)
         matmul.fp32_precision = "bf16" if many else "ieee"
 
+    def restore(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if saved:  # the process-wide switch goes back to what it was, so other models see their own setting
+            matmul.fp32_precision = saved.pop()
+
     model.register_forward_pre_hook(pick_kernels, with_kwargs=True)
+    model.register_forward_hook(restore, with_kwargs=True, always_call=True)
     return True
 
 

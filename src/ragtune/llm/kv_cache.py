@@ -32,12 +32,11 @@ def _growing_layer_class() -> type:
 
         def _buffers_hold_cache(self, batch: int, heads: int) -> bool:
             """False when crop / batch selection replaced the views, or the shapes changed: reallocate then."""
-            kbuf = self._kbuf
-            return (
-                kbuf is not None and self.keys is not None and self.keys.numel() > 0
-                and kbuf.shape[0] == batch and kbuf.shape[1] == heads
-                and self.keys.data_ptr() == kbuf.data_ptr() and self.values.data_ptr() == self._vbuf.data_ptr()
-            )
+            kbuf, vbuf, keys, values = self._kbuf, self._vbuf, self.keys, self.values
+            if kbuf is None or vbuf is None or keys is None or values is None or keys.numel() == 0:
+                return False
+            return (kbuf.shape[0] == batch and kbuf.shape[1] == heads
+                    and keys.data_ptr() == kbuf.data_ptr() and values.data_ptr() == vbuf.data_ptr())
 
         def update(
             self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -47,20 +46,20 @@ def _growing_layer_class() -> type:
             batch, heads, new, _ = key_states.shape
             have = self.get_seq_length()
             total = have + new
-            fits = self._buffers_hold_cache(batch, heads) and self._kbuf.shape[-2] >= total
-            if not fits:
+            kbuf, vbuf = self._kbuf, self._vbuf
+            if kbuf is None or vbuf is None or not self._buffers_hold_cache(batch, heads) or kbuf.shape[-2] < total:
                 capacity = max(total + RESERVE_TOKENS, 2 * have)
                 kbuf = key_states.new_empty((batch, heads, capacity, key_states.shape[-1]))
                 vbuf = value_states.new_empty((batch, heads, capacity, value_states.shape[-1]))
-                if have:
+                if have and self.keys is not None and self.values is not None:
                     kbuf[:, :, :have].copy_(self.keys)
                     vbuf[:, :, :have].copy_(self.values)
                 self._kbuf, self._vbuf = kbuf, vbuf
-            self._kbuf[:, :, have:total].copy_(key_states)
-            self._vbuf[:, :, have:total].copy_(value_states)
-            self.keys = self._kbuf[:, :, :total]
-            self.values = self._vbuf[:, :, :total]
-            return self.keys, self.values
+            kbuf[:, :, have:total].copy_(key_states)
+            vbuf[:, :, have:total].copy_(value_states)
+            keys, values = kbuf[:, :, :total], vbuf[:, :, :total]
+            self.keys, self.values = keys, values
+            return keys, values
 
     return GrowingLayer
 

@@ -302,10 +302,11 @@ def loss_history(state: Any, seen: list[dict[str, float]]) -> list[dict[str, flo
     by_step: dict[int, dict[str, float]] = {}
     for logged in getattr(state, "log_history", None) or []:
         if "loss" in logged and "step" in logged:
-            entry = {"step": int(logged["step"]), "loss": float(logged["loss"])}
+            step = int(logged["step"])
+            entry = {"step": float(step), "loss": float(logged["loss"])}
             if "learning_rate" in logged:
                 entry["learning_rate"] = float(logged["learning_rate"])
-            by_step[entry["step"]] = entry
+            by_step[step] = entry
     for entry in seen:
         by_step[int(entry["step"])] = {**by_step.get(int(entry["step"]), {}), **entry}
     return [by_step[step] for step in sorted(by_step)]
