@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ragtune.eval import metrics
-from ragtune.eval.datasets import EvalDoc, QAItem
-from ragtune.eval.prompts import PROMPT_STYLES, PromptStyle, build_messages
+from ragtune import metrics
+from ragtune.eval.datasets import QAItem
 from ragtune.hashing import file_hash, short_id
 from ragtune.llm.base import LLM, GenerationConfig, Message
+from ragtune.prompts import PROMPT_STYLES, PromptStyle, build_messages
+from ragtune.records import ContextDoc
 from ragtune.workspace import Manifest, Workspace, write_json_atomic
 
 Setting = Literal["closed-book", "oracle", "retrieved"]
@@ -93,7 +94,7 @@ def _rng(seed: int, item_id: str, purpose: str) -> random.Random:
     return random.Random(int(short_id(str(seed), item_id, purpose), 16))
 
 
-def distractor_pool(items: Sequence[QAItem]) -> list[EvalDoc]:
+def distractor_pool(items: Sequence[QAItem]) -> list[ContextDoc]:
     """Every document of the question set, for data sets whose questions have fewer own distractors than K."""
     seen: set[str] = set()
     pool = []
@@ -105,7 +106,7 @@ def distractor_pool(items: Sequence[QAItem]) -> list[EvalDoc]:
     return pool
 
 
-def oracle_documents(item: QAItem, k: int, seed: int = 0, pool: Sequence[EvalDoc] = ()) -> list[EvalDoc]:
+def oracle_documents(item: QAItem, k: int, seed: int = 0, pool: Sequence[ContextDoc] = ()) -> list[ContextDoc]:
     """The gold documents plus `k` distractors, shuffled.
 
     Distractors come from the question's own non-gold documents first (HotpotQA: the eight other paragraphs), then
@@ -132,7 +133,7 @@ def oracle_documents(item: QAItem, k: int, seed: int = 0, pool: Sequence[EvalDoc
     return shown
 
 
-def _is_gold(doc_id: str, text: str, gold: Sequence[EvalDoc]) -> bool:
+def _is_gold(doc_id: str, text: str, gold: Sequence[ContextDoc]) -> bool:
     # An index built from other files gives other doc ids; a chunk that lies inside a gold document still counts.
     if any(doc_id == g.doc_id for g in gold):
         return True
@@ -140,10 +141,10 @@ def _is_gold(doc_id: str, text: str, gold: Sequence[EvalDoc]) -> bool:
     return len(key) > 20 and any(key in " ".join(g.text.split()) for g in gold)
 
 
-def retrieved_documents(item: QAItem, searcher: Any, k: int, mode: str) -> tuple[list[EvalDoc], dict[str, float]]:
+def retrieved_documents(item: QAItem, searcher: Any, k: int, mode: str) -> tuple[list[ContextDoc], dict[str, float]]:
     """Top-k hits as documents, and recall@k / MRR / nDCG@k against the item's gold documents."""
     hits = searcher.search(item.question, k=k, mode=mode)
-    docs = [EvalDoc(doc_id=h.doc_id, title=h.title, text=h.text) for h in hits]
+    docs = [ContextDoc(doc_id=h.doc_id, title=h.title, text=h.text) for h in hits]
     if not item.gold_docs:
         return docs, {}
     # Map each hit to a gold id when it is one, so chunks of one gold document count once.
@@ -198,7 +199,7 @@ def _seed_everything(seed: int) -> None:
 # One run
 
 
-def _score_record(item: QAItem, shown: list[EvalDoc], generation: str) -> dict[str, Any]:
+def _score_record(item: QAItem, shown: list[ContextDoc], generation: str) -> dict[str, Any]:
     prediction = metrics.extract_answer(generation)
     gold_texts = [d.text for d in item.gold_docs]
     shown_texts = [d.text for d in shown]
@@ -262,7 +263,7 @@ def evaluate(
     searcher: Any = None,
     system: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
-    pool: Sequence[EvalDoc] | None = None,
+    pool: Sequence[ContextDoc] | None = None,
     sort_by_length: bool = True,
 ) -> RunResult:
     """Generate answers for `items` under `settings` and score them.
@@ -287,13 +288,13 @@ def evaluate(
         pool = distractor_pool(items)
 
     # Build every prompt first: retrieval and distractor draws are cheap next to generation.
-    todo: list[tuple[QAItem, list[EvalDoc], dict[str, float], list[Message]]] = []
+    todo: list[tuple[QAItem, list[ContextDoc], dict[str, float], list[Message]]] = []
     for item in items:
         if item.id in done:
             continue
         retrieval: dict[str, float] = {}
         if settings.setting == "closed-book":
-            shown: list[EvalDoc] = []
+            shown: list[ContextDoc] = []
         elif settings.setting == "oracle":
             shown = oracle_documents(item, settings.distractors, settings.seed, pool or ())
         else:
@@ -628,7 +629,7 @@ def open_searcher(workspace: Workspace, ingest_path: str | Path | None = None, d
             raise ValueError("--ingest indexes HotpotQA, SQuAD or NQ files; ingest other corpora with `ragtune ingest`")
         ingest([ingest_path], workspace)
     from ragtune.config import SearchConfig
-    from ragtune.index.search import Searcher
+    from ragtune.retrieve.search import Searcher
 
     return Searcher(workspace, SearchConfig.model_validate(search or {}))
 
