@@ -69,6 +69,8 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+	# imports go one way (foundation <- corpus <- index <- retrieve <- synth <- train <- eval <- serve <- cli, run)
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(WORKSPACE) .pytest_cache
