@@ -245,3 +245,18 @@ def test_length_budget_rejects_whole_sentence_answers(mini_ws, tmp_path, searche
     for e in read_raft(out):  # whatever was kept was shortened within the budget, never the sentence itself
         assert len(e.answer.split()) <= config.max_answer_words
         assert all(normalize_ws(e.answer).rstrip(".") != q.rstrip(".") for q in e.quotes)
+
+
+def test_without_an_index_round_trip_is_off_and_said_so(mini_ws, tmp_path):
+    """A library caller passing chunks to a workspace without an index: nothing to search, so the report says
+    round trip was off instead of failing (or pretending it ran)."""
+    from ragtune.index.store import ChunkStore
+
+    chunks = ChunkStore(mini_ws).read_chunks()
+    out = tmp_path / "raft.jsonl"
+    summary = synthesize_raft(tmp_path / "bare", FakeTeacher(), RaftConfig(limit=3, dedup_threshold=1.0),
+                              chunks=chunks, out=out)
+    report = json.loads(report_paths(out)[0].read_text())
+    assert summary.examples_total > 0 and report["notes"]["round_trip"] == "off: no index in the workspace"
+    assert report["filters"]["round_trip"]["rejected"] == 0
+    assert "round_trip off: no index" in report_paths(out)[1].read_text()

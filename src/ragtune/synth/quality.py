@@ -130,6 +130,8 @@ def _markdown(report: dict[str, Any]) -> str:
         ex = f["example"]
         shown = f"{ex['question'] or '(none)'} — {ex['reason']}" if ex else ""
         lines.append(f"| {name} | {f['rejected']} | {100 * f['rate']:.0f}% | {shown.replace('|', '/')} |")
+    if report.get("notes"):
+        lines += ["", "Filters: " + "; ".join(f"{k} {v}" for k, v in report["notes"].items()) + "."]
     lines += ["", f"Grounding of kept answers: {report['grounding']}; questions per chunk: "
               f"{report['questions_per_chunk']}."]
     if report["example_kept"]:
@@ -140,10 +142,12 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def write_quality_report(out: Path, summary: Any = None, chunks: Sequence[Any] | None = None,
-                         style: str = "", teacher: str = "") -> dict[str, Any]:
+                         style: str = "", teacher: str = "", notes: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write the report beside `out`; `notes` says how filters ran (e.g. round trip off without an index)."""
     from ragtune.workspace import write_json_atomic
 
     report = quality_report(out, summary, len(chunks) if chunks is not None else None, style, teacher)
+    report["notes"] = notes or {}
     json_path, md_path = report_paths(out)
     write_json_atomic(json_path, report)
     md_path.write_text(_markdown(report), encoding="utf-8")

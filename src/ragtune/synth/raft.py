@@ -278,24 +278,29 @@ def _teacher_docs(oracle: ContextDoc, documents: list[ContextDoc], k: int) -> li
     return sorted(docs, key=lambda d: short_id("teacher-order", d.doc_id))
 
 
-def _round_trip(ws: Workspace, config: RaftConfig, searcher: Any) -> tuple[Any, filters.RoundTrip | None]:
-    """The searcher (built once, shared with hard-negative mining and dedup) and the round-trip filter, when on."""
-    if config.round_trip_k <= 0 and not config.hard_negatives and config.dedup_threshold >= 1.0:
-        return searcher, None
+def _round_trip(ws: Workspace, config: RaftConfig, searcher: Any) -> tuple[Any, filters.RoundTrip | None, str]:
+    """The searcher (built once, shared with hard-negative mining and dedup), the round-trip filter when on, and
+    what it did, for the report. Without an index (a library caller passing `chunks`) round trip is off, said so
+    in the manifest and the report; hard negatives cannot do without one."""
+    wanted = config.round_trip_k > 0
+    if not wanted and not config.hard_negatives and config.dedup_threshold >= 1.0:
+        return searcher, None, "off"
     if searcher is None:
         from ragtune.index.search import Searcher
 
         try:
             searcher = Searcher(ws)
         except FileNotFoundError:
-            if config.hard_negatives or config.round_trip_k > 0:
+            if config.hard_negatives:
                 raise SynthConfigError(
-                    f"No index in workspace {ws.root}: round-trip filtering and hard negatives search it; run "
-                    f"`ragtune ingest PATH --workspace {ws.root}` or pass --round-trip-k 0."
+                    f"No index in workspace {ws.root}: hard negatives are mined from it; run "
+                    f"`ragtune ingest PATH --workspace {ws.root}`."
                 ) from None
-            return None, None
-    return searcher, (filters.RoundTrip(searcher, config.round_trip_k, config.search_mode)
-                      if config.round_trip_k > 0 else None)
+            return None, None, "off: no index in the workspace" if wanted else "off"
+    if not wanted:
+        return searcher, None, "off"
+    return searcher, filters.RoundTrip(searcher, config.round_trip_k, config.search_mode), (
+        f"top {config.round_trip_k} ({config.search_mode})")
 
 
 def synthesize_raft(
@@ -339,14 +344,14 @@ def synthesize_raft(
     check_resume(ws, STAGE, out, fingerprint, overwrite)
     pool_docs, spans = chunk_docs(all_chunks)
     pool = DistractorPool(pool_docs, spans)
-    searcher, round_trip = _round_trip(ws, config, searcher)
+    searcher, round_trip, round_trip_note = _round_trip(ws, config, searcher)
     miner = HardNegativeMiner(searcher, mode=config.search_mode) if config.hard_negatives else None
 
     manifest = Manifest(
         stage=STAGE,
         config=asdict(config) | {"teacher": teacher.name, "prompt_style_used": style},
         inputs={"chunks": short_id(*sorted(c.chunk_id for c in eligible))},
-        extra={"fingerprint": fingerprint, "out": str(out), "status": "running"},
+        extra={"fingerprint": fingerprint, "out": str(out), "status": "running", "round_trip": round_trip_note},
     )
     ws.write_manifest(manifest)
     summary = SynthSummary(out=out, groups_total=len(eligible))
@@ -386,7 +391,7 @@ def synthesize_raft(
     summary.usage = teacher.usage.to_dict()
     summary.seconds = time.perf_counter() - started
     write_final_manifest(ws, manifest, summary, {"chunks": len(eligible)})
-    write_quality_report(out, summary, eligible, style, teacher.name)
+    write_quality_report(out, summary, eligible, style, teacher.name, {"round_trip": round_trip_note})
     return summary
 
 
