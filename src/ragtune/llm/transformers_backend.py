@@ -47,9 +47,12 @@ def resolve_dtype(dtype: str | None, device: str | None = None) -> str:
 
     - `None`: the exact default, fp32 on CPU (log-likelihood scoring for RA-DIT and LLM rerankers wants it; bf16
       rounding moves a log-prob sum by more than the 0.01 temperature tolerates), bf16/fp16 on CUDA;
-    - `"auto"`: the fastest at equal answer quality: bf16 on a CPU with native bf16 (AVX512-BF16 / AMX: 1.7x faster
-      generation than fp32 on this project's EPYC, F1 unchanged on HotpotQA, see benchmarks/eval_throughput.py),
-      fp32 on a CPU that would emulate bf16 (slower than fp32), bf16/fp16 on CUDA.
+    - `"auto"`: the fastest at equal answer quality: bf16 on a CPU with native bf16 (AVX512-BF16 / AMX: 2.69x the
+      generation speed of fp32 as eval ran it before on this project's EPYC, F1 -0.47 on 100 HotpotQA questions,
+      see benchmarks/eval_throughput.py), fp32 on a CPU that would emulate bf16 (slower than fp32), bf16/fp16 on
+      CUDA;
+    - `"mixed-bf16"` (`"mixed"`): bf16 linear weights inside fp32 activations (1.95x, F1 -0.1, 65/100 answers as
+      fp32's), see ragtune.llm.cpu_precision.
     Evaluation and serving use `auto`; answers differ slightly from fp32's, so callers that cache answers key them
     by this resolved name, never by the word "auto".
     """
