@@ -109,7 +109,7 @@ def plan_search(cfg: RunConfig) -> Plan:
 
 
 def run_search(cfg: RunConfig, ctx: Context) -> Outcome:
-    from ragtune.index.search import Searcher
+    from ragtune.retrieve.search import Searcher
 
     section = cfg.search
     assert section is not None
