@@ -39,7 +39,7 @@ demo: setup
 	$(VENV)/bin/ragtune ingest examples/hotpotqa_mini/hotpotqa_mini.json --workspace $(DEMO_WS)
 	$(VENV)/bin/ragtune search "Were Scott Derrickson and Ed Wood of the same nationality?" --workspace $(DEMO_WS) -k 3
 	$(VENV)/bin/python examples/hotpotqa_retrieval.py --workspace $(DEMO_WS)
-	# RAFT training data from the labelled train split (252 of 300 questions), no teacher needed: gold evidence
+	# RAFT training data from the labelled train split (253 of 300 questions), no teacher needed: gold evidence
 	# quoted as chain of thought, the oracle paragraphs plus one distractor.
 	$(VENV)/bin/ragtune synth from-qa hotpotqa $(DEMO_DATA) --workspace $(DEMO_WS) \
 		--cot evidence-short --distractors 1 --p-oracle 1.0
