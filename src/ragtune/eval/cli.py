@@ -248,7 +248,7 @@ def _engine(engine: str | None) -> str | None:
 def _read_systems(path: Path) -> list[Any]:
     import yaml
 
-    from ragtune.eval.runner import SystemSpec
+    from ragtune.eval.runner import system_specs
 
     if not path.is_file():
         _fail(f"systems file not found: {path}")
@@ -262,23 +262,10 @@ def _read_systems(path: Path) -> list[Any]:
         raw = raw.get("systems")
     if not isinstance(raw, list) or not raw:
         _fail(f"{path}: expected a list of systems (or a mapping with 'systems:' and optional 'defaults:')")
-    specs = []
-    for i, entry in enumerate(raw, start=1):
-        if not isinstance(entry, dict):
-            _fail(f"{path}: system #{i} is not a mapping")
-        data = {**defaults, **entry}
-        data.setdefault("name", f"system{i}")
-        try:
-            spec = SystemSpec.from_dict(data)
-            spec.settings(1)
-            spec.ks()
-        except (TypeError, ValueError) as exc:
-            _fail(f"{path}: system {data['name']!r}: {exc}")
-        specs.append(spec)
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        _fail(f"{path}: system names must be unique (got {', '.join(names)})")
-    return specs
+    try:
+        return system_specs(raw, defaults)
+    except ValueError as exc:
+        _fail(f"{path}: {exc}")
 
 
 def compare_command(

@@ -642,6 +642,29 @@ def adapter_fingerprint(adapter: str | None) -> str:
     return file_hash(weights) if weights.exists() else ""
 
 
+def system_specs(entries: Sequence[Any], defaults: dict[str, Any] | None = None) -> list[SystemSpec]:
+    """The systems of a `compare` YAML (its `systems:` list, each entry over `defaults:`), validated: every entry a
+    mapping, every field known and in range, names unique. Raises ValueError naming the system at fault; the CLI and
+    `ragtune run` prefix it with where the list came from."""
+    specs = []
+    for i, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise ValueError(f"system #{i} is not a mapping")
+        data = {**(defaults or {}), **entry}
+        data.setdefault("name", f"system{i}")
+        try:
+            spec = SystemSpec.from_dict(data)
+            spec.settings(1)
+            spec.ks()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"system {data['name']!r}: {exc}") from None
+        specs.append(spec)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"system names must be unique (got {', '.join(names)})")
+    return specs
+
+
 def run_system(
     spec: SystemSpec,
     items: Sequence[QAItem],

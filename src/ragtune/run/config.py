@@ -223,21 +223,9 @@ class CompareSection(_Strict):
 
     @model_validator(mode="after")
     def _systems_valid(self) -> CompareSection:
-        from ragtune.eval.runner import SystemSpec
+        from ragtune.eval.runner import system_specs
 
-        names = []
-        for i, entry in enumerate(self.systems, start=1):
-            data = {**self.defaults, **entry}
-            data.setdefault("name", f"system{i}")
-            try:
-                spec = SystemSpec.from_dict(data)
-                spec.settings(1)
-                spec.ks()
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"system {data['name']!r}: {exc}") from None
-            names.append(spec.name)
-        if len(set(names)) != len(names):
-            raise ValueError(f"system names must be unique (got {', '.join(names)})")
+        system_specs(self.systems, self.defaults)  # raises ValueError naming the system at fault
         return self
 
 
