@@ -142,3 +142,20 @@ class LLM(ABC):
 
     def chat(self, messages: list[Message], config: GenerationConfig | None = None) -> str:
         return self.generate([messages], config)[0].text
+
+
+class ChatTemplatePrompts:
+    """Prompts rendered and tokenised by the model's own Hugging Face tokenizer and chat template, for engines that
+    run their own kernels on token ids (CTranslate2, llama.cpp): they then see exactly the tokens transformers sees.
+    Needs `self.tokenizer` and `self.max_length`."""
+
+    tokenizer: Any
+    max_length: int
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt string for a conversation, with the model's chat template and the assistant turn opened."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _encode(self, messages: list[Message], room: int) -> list[int]:
+        ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        return ids[-max(16, self.max_length - room):]  # keep the end: the question and the opened assistant turn

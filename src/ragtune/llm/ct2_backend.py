@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ragtune.llm.base import LLM, Generation, GenerationConfig, Message
+from ragtune.llm.base import LLM, ChatTemplatePrompts, Generation, GenerationConfig, Message
 
 _GENERATORS: dict[tuple[str, str, int], Any] = {}
 _LOCK = threading.Lock()
@@ -78,7 +78,7 @@ def _threads() -> int:
     return max(1, int(value)) if value and value.isdigit() else max(1, os.cpu_count() or 1)
 
 
-class CTranslate2LLM(LLM):
+class CTranslate2LLM(ChatTemplatePrompts, LLM):
     """A chat model run by CTranslate2. `path` is the Hugging Face folder (resolve it with `ragtune.models`).
 
     `compute_type`: "float32" gives the transformers fp32 answers; "int8" (weights stored int8) is faster and smaller
@@ -127,13 +127,6 @@ class CTranslate2LLM(LLM):
         self._lock = threading.Lock()
         vocab = self.tokenizer.get_vocab()  # the chat turn's end token ends an answer, as in the transformers backend
         self._end = sorted({t for t in (self.tokenizer.eos_token, "<|im_end|>") if t and t in vocab})
-
-    def render(self, messages: list[Message]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-    def _encode(self, messages: list[Message], room: int) -> list[int]:
-        ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
-        return ids[-max(16, self.max_length - room):]  # keep the end: the question and the opened assistant turn
 
     def generate(
         self, conversations: list[list[Message]], config: GenerationConfig | None = None, batch_size: int = 8

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText
+from ragtune.llm.base import LLM, ChatTemplatePrompts, Generation, GenerationConfig, Message, OnText
 from ragtune.llm.capabilities import ENGINE_CAPABILITIES
 
 INSTALL_HINT = ("the llamacpp engine needs llama-cpp-python: `pip install llama-cpp-python` (or ragtune with its "
@@ -136,7 +136,7 @@ def _truncate_and_hold(text: str, stop: list[str], final: bool) -> tuple[str, bo
     return (text.strip() if final or stopped else _held_back(text.lstrip(), stop)), stopped
 
 
-class LlamaCppLLM(LLM):
+class LlamaCppLLM(ChatTemplatePrompts, LLM):
     """A chat model run by llama.cpp. Build it with `load_llm(ref, adapter, engine="llamacpp")`."""
 
     engine = "llamacpp"
@@ -191,13 +191,6 @@ class LlamaCppLLM(LLM):
         ends = {vocab[t] for t in (self.tokenizer.eos_token, "<|im_end|>", "<|eot_id|>") if t and t in vocab}
         self._eos = ends | {int(llama.token_eos())}
         self._lock = threading.Lock()  # one context: one sequence at a time
-
-    def render(self, messages: list[Message]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-    def _encode(self, messages: list[Message], room: int) -> list[int]:
-        ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
-        return ids[-max(16, self.max_length - room):]  # keep the end: the question and the opened assistant turn
 
     def generate(
         self, conversations: list[list[Message]], config: GenerationConfig | None = None, batch_size: int = 8,
