@@ -118,20 +118,44 @@ def load_model_for_training(model_ref: str | None, settings: RunSettings) -> tup
     return model, load_tokenizer(path), path
 
 
-def lora_config(settings: RunSettings):
-    """PEFT's LoraConfig from ragtune's settings; None for full fine-tuning."""
+def lora_config(settings: RunSettings, model: Any = None):
+    """PEFT's LoraConfig from ragtune's settings; None for full fine-tuning. `model` is needed only when
+    `--lora-layers` picks layers (to count them and to name the linear modules "all-linear" stands for)."""
     if settings.method == "full":
         return None
     from peft import LoraConfig
 
+    from ragtune.train.config import parse_layers
+
     lora = settings.lora
+    targets = lora.modules()
+    layers = None
+    if lora.layers.strip().lower() != "all":
+        if model is None:
+            raise TrainConfigError("--lora-layers needs the model to count its layers")
+        layers = parse_layers(lora.layers, int(model.config.num_hidden_layers))
+        if targets == "all-linear":
+            targets = decoder_linear_names(model)  # PEFT takes layers_to_transform only with named modules
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha or 2 * lora.r,
         lora_dropout=lora.dropout,
-        target_modules=lora.modules(),
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
+
+
+def decoder_linear_names(model: Any) -> list[str]:
+    """The short names of every linear layer inside the decoder blocks (q_proj, ..., down_proj): what PEFT's
+    "all-linear" adapts, spelled out."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"}
+    if not names:
+        raise TrainConfigError("--lora-layers: no linear layers found inside the model's decoder layers")
+    return sorted(names)
 
 
 # ---- TRL arguments ---------------------------------------------------------------------------------------------------

@@ -18,6 +18,33 @@ class TrainConfigError(ValueError):
     """A setting or an input the trainer cannot use; the message says how to fix it."""
 
 
+def parse_layers(text: str, num_layers: int | None) -> list[int] | None:
+    """The decoder-layer indices of `--lora-layers` ("all" -> None, "top:N", "A-B"). With `num_layers` None only the
+    syntax is checked (the model is not loaded yet), and the list is None."""
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    try:
+        if text.startswith("top:"):
+            count = int(text[4:])
+            if count < 1:
+                raise ValueError
+            if num_layers is None:
+                return None
+            if count > num_layers:
+                raise TrainConfigError(f"--lora-layers {text}: the model has only {num_layers} layers")
+            return list(range(num_layers - count, num_layers))
+        first, _, last = text.partition("-")
+        low, high = int(first), int(last)
+        if low < 0 or high < low:
+            raise ValueError
+    except ValueError:
+        raise TrainConfigError(f"--lora-layers must be all, top:N or A-B (0-based, inclusive), got {text!r}") from None
+    if num_layers is not None and high >= num_layers:
+        raise TrainConfigError(f"--lora-layers {text}: the model's layers are 0-{num_layers - 1}")
+    return None if num_layers is None else list(range(low, high + 1))
+
+
 @dataclass
 class LoraSettings:
     """The LoRA adapter's shape. `alpha` defaults to 2 x rank (the common choice; scale = alpha / r = 2)."""
@@ -26,6 +53,9 @@ class LoraSettings:
     alpha: int | None = None
     dropout: float = 0.05
     target_modules: str = "all-linear"  # or a comma-separated list: q_proj,v_proj
+    # Which decoder layers carry adapters: "all", "top:N" (the last N) or "A-B" (0-based, inclusive). Backpropagation
+    # stops at the lowest adapted layer, so adapting the top half of SmolLM2's 30 layers makes a CPU step ~1.5x faster.
+    layers: str = "all"
 
     def check(self) -> None:
         if self.r < 1:
@@ -34,6 +64,7 @@ class LoraSettings:
             raise TrainConfigError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules.strip():
             raise TrainConfigError("--target-modules must name modules, or be all-linear")
+        parse_layers(self.layers, None)
 
     def modules(self) -> str | list[str]:
         names = [m.strip() for m in self.target_modules.split(",") if m.strip()]

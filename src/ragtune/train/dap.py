@@ -69,7 +69,7 @@ def train_dap(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora_config(config),
+        peft_config=lora_config(config, net),
         callbacks=[progress],
     )
     quiet_trainer(trainer)

@@ -59,7 +59,7 @@ def train_dpo(
 
     net, tokenizer, base_path = load_model_for_training(model, config)
     ref_model = None
-    peft_config = lora_config(config)
+    peft_config = lora_config(config, net)
     if config.adapter:
         if config.method == "full":
             raise TrainConfigError("--adapter continues a LoRA adapter; it cannot be combined with --method full")

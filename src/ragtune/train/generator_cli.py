@@ -52,10 +52,10 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _lora(r: int, alpha: int | None, dropout: float, target_modules: str):
+def _lora(r: int, alpha: int | None, dropout: float, target_modules: str, layers: str = "all"):
     from ragtune.train.config import LoraSettings
 
-    return LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
+    return LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, layers=layers)
 
 
 def _run(fn, *args: Any, **kwargs: Any):
@@ -115,6 +115,10 @@ def sft_command(
     lora_alpha: int = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank)."),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
     target_modules: str = typer.Option("all-linear", "--target-modules", help="all-linear, or e.g. q_proj,v_proj."),
+    lora_layers: str = typer.Option(
+        "all", "--lora-layers", help="Decoder layers that get adapters: all, top:N (the last N) or A-B (0-based). "
+        "The backward pass stops at the lowest adapted layer: top:15 of SmolLM2's 30 is ~1.5x faster on a CPU.",
+    ),
     epochs: float = EpochsOption,
     max_steps: int = MaxStepsOption,
     max_minutes: float = MaxMinutesOption,
@@ -150,7 +154,7 @@ def sft_command(
     from ragtune.train.sft import train_sft
 
     config = SFTRunConfig(
-        method=method, lora=_lora(lora_r, lora_alpha, lora_dropout, target_modules), epochs=epochs,
+        method=method, lora=_lora(lora_r, lora_alpha, lora_dropout, target_modules, lora_layers), epochs=epochs,
         max_steps=max_steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
         micro_batch=micro_batch, max_length=max_length,
         bf16=bf16, save_steps=save_steps, seed=seed, merge=merge, data_mode=data_mode, packing=packing,

@@ -122,7 +122,7 @@ def build_sft_trainer(
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(config),
+        peft_config=lora_config(config, net),
         callbacks=[progress],
     )
     quiet_trainer(trainer)
