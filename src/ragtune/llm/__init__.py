@@ -41,7 +41,7 @@ _OPENAI_KEYS = {
 _LOCAL_KEYS = {"device", "dtype", "max_length", "merge_adapter", "attn_implementation", "generate_options",
                "fast_prefill"}
 _CT2_KEYS = {"device", "dtype", "max_length", "compute_type"}
-_LLAMACPP_KEYS = {"max_length", "n_threads", "n_gpu_layers", "lora_scale", "llama_cpp_dir", "seed"}
+_LLAMACPP_KEYS = {"max_length", "n_threads", "n_gpu_layers", "lora_scale", "llama_cpp_dir", "seed", "gguf_quant"}
 _VLLM_KEYS = {"dtype", "max_length", "adapters", "gpu_memory_utilization", "tensor_parallel_size", "seed"}
 
 

