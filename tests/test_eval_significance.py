@@ -47,6 +47,18 @@ def test_a_clear_shift_excludes_zero_and_the_interval_holds_it():
     assert m.paired_bootstrap(base, tuned, resamples=5000, seed=3) == (diff, low, high)  # seeded
 
 
+def test_ratio_interval_holds_a_known_doubling_and_is_seeded():
+    rng = np.random.default_rng(4)
+    base = rng.uniform(0, 40, size=100)
+    tuned = 2.0 * base + rng.normal(0, 6, size=100)
+    ratio, low, high = m.ratio_bootstrap(base, tuned, resamples=4000, seed=1)
+    assert ratio == pytest.approx(float(tuned.mean() / base.mean()))
+    assert low < ratio < high and low < 2.0 < high and low > 1.5
+    assert m.ratio_bootstrap(base, tuned, resamples=4000, seed=1) == (ratio, low, high)
+    with pytest.raises(ValueError):
+        m.ratio_bootstrap([0.0, 0.0], [1.0, 1.0])
+
+
 def test_noise_only_includes_zero():
     rng = np.random.default_rng(2)
     base = rng.uniform(0, 1, size=60)
