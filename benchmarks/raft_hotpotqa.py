@@ -361,7 +361,7 @@ def main() -> None:
             "per_k": per_k,
             "retrieved": retrieved,
             "training": training,
-            "throughput": throughput,
+            "throughput": throughput if throughput is not None else previous_throughput,
             "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"minutes": minutes},
             "seconds": round(time.perf_counter() - started, 1),
         }
@@ -371,6 +371,10 @@ def main() -> None:
         results.write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         return summary
 
+    # --skip-throughput keeps the trainer-vs-TRL table of an earlier run (`--only-throughput` measures it alone)
+    previous_throughput = None
+    if results.exists():
+        previous_throughput = json.loads(results.read_text(encoding="utf-8")).get("throughput")
     per_k = evaluate_systems(items, ks, base, tuned, adapter, args, after_k=lambda done: write(done, None))
     summary = write(per_k, None)
     retrieved = None
