@@ -206,7 +206,7 @@ def test_cli_against_an_openai_compatible_server(mini_ws, model_server, tmp_path
     is asked for explicitly; both keep only verbatim quotes, write the report and print its table."""
     import typer
 
-    from ragtune.synth.cli import register
+    from ragtune.cli.synth import register
 
     app = typer.Typer()
     register(app)

@@ -117,7 +117,7 @@ def _synth_cmd(ws: Path, url: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "ragtune.synth.cli",
+        "ragtune",
         "synth",
         "raft",
         "--workspace",
@@ -252,7 +252,7 @@ def test_pairs_and_preferences_on_blog(blog_ws, tmp_path):
 def _app():
     import typer
 
-    from ragtune.synth.cli import register
+    from ragtune.cli.synth import register
 
     app = typer.Typer()
     register(app)

@@ -1,5 +1,5 @@
 """The search options shared by every command that searches (`ragtune search`, `ragtune eval --setting retrieved`),
-as `SearchConfig` fields. The command-line declarations of these options are `ragtune.retrieve.cli`'s: a library
+as `SearchConfig` fields. The command-line declarations of these options are in `ragtune.cli.options`: a library
 module does not import typer."""
 
 from __future__ import annotations

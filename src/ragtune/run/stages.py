@@ -348,7 +348,7 @@ def run_compare(cfg: RunConfig, ctx: Context) -> Outcome:
     import typer
     import yaml
 
-    from ragtune.eval.cli import compare_command
+    from ragtune.cli.evaluate import compare_command
     from ragtune.eval.runner import slug
 
     c = cfg.compare

@@ -1,6 +1,6 @@
 """`ragtune init` and `ragtune run`: the whole chain from one YAML file.
 
-Registered on the main app by `ragtune.cli` through `register(app)`, like every stage's commands.
+`ragtune.run` is the library (config, stages, state); this module only parses, calls it and prints.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.markup import escape
+
+from ragtune.cli.common import console
+from ragtune.cli.options import workspace_option
 
 if TYPE_CHECKING:
     from ragtune.run.config import RunConfig
-
-console = Console(stderr=True, soft_wrap=True)
 
 CONFIG_NAME = "ragtune.yaml"
 
@@ -47,7 +47,7 @@ def run_command(
     from_stage: str = typer.Option(None, "--from", help="Re-run this stage and every stage after it, even if "
                                    "unchanged."),
     force: bool = typer.Option(False, "--force", help="Re-run every selected stage, even if unchanged."),
-    workspace: Path = typer.Option(None, "--workspace", "-w", help="Override workspace.path of the file."),
+    workspace: Path = workspace_option(None, help="Override workspace.path of the file.", envvar=None),
     check: bool = typer.Option(False, "--check", help="Validate the file and list the stages; run nothing."),
 ) -> None:
     """Run the chain a ragtune.yaml describes: ingest -> search -> synth -> train -> retriever -> compare/report.

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True, soft_wrap=True)
+from ragtune.cli.common import console
+from ragtune.cli.options import json_option, workspace_option
 
 
 def export_model_command(
@@ -23,11 +23,11 @@ def export_model_command(
     llama_cpp: Path = typer.Option(None, "--llama-cpp", help="A llama.cpp checkout holding convert_hf_to_gguf.py "
                                    "(default: $LLAMA_CPP_DIR, else an installed llama-cpp-python's sources).",
                                    envvar="LLAMA_CPP_DIR"),
-    workspace: Path = typer.Option(None, "--workspace", "-w", help="Workspace searched for a report.json for the "
-                                   "model card (default: the one holding the adapter)."),
+    workspace: Path = workspace_option(None, help="Workspace searched for a report.json for the model card "
+                                       "(default: the one holding the adapter).", envvar=None),
     report: Path = typer.Option(None, "--report", help="A `ragtune compare` report.json to quote in the model card."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
+    as_json: bool = json_option("Print what was written as JSON on stdout."),
 ) -> None:
     """Export a tuned generator: merged safetensors folder with a model card, GGUF (llama.cpp), or an Ollama model."""
     from ragtune.llm.gguf import ConverterNotFoundError
@@ -49,4 +49,5 @@ def export_model_command(
 
 
 def register(app: typer.Typer) -> None:
+    """Add `export-model` to the main app."""
     app.command("export-model")(export_model_command)

@@ -1,7 +1,6 @@
 """`ragtune synth ...` and `ragtune export`: thin typer commands over the builders in this package.
 
-`register(app)` adds them to the main app; `python -m ragtune.synth.cli` runs them on their own (used by the tests'
-kill -9 resume check, and handy before the main CLI wires them in).
+`register(app)` adds them to the main app (`ragtune.cli`).
 """
 
 from __future__ import annotations
@@ -9,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from ragtune.cli.common import console
+from ragtune.cli.common import out as out_console
+from ragtune.cli.options import workspace_option
 from ragtune.synth.raft import SynthSummary
-
-console = Console(stderr=True)
-out_console = Console()
 
 synth_app = typer.Typer(
     help="Build training data: RAFT examples, retriever pairs, DPO preferences.",
@@ -22,7 +20,8 @@ synth_app = typer.Typer(
     add_completion=False,
 )
 
-WORKSPACE_HELP = "workspace folder (holds the index and synth/ outputs)"
+# required here, and not read from $RAGTUNE_WORKSPACE: synthesis writes into the workspace of an existing index
+SynthWorkspaceOption = workspace_option(..., help="workspace folder (holds the index and synth/ outputs)", envvar=None)
 
 
 def _teacher(
@@ -92,7 +91,7 @@ def _print_summary(title: str, s: SynthSummary) -> None:
 
 @synth_app.command("raft")
 def raft_cmd(
-    workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
+    workspace: Path = SynthWorkspaceOption,
     teacher: str = typer.Option(
         None, "--teacher", "-t", help="teacher model: bundled name, folder, .gguf, hub id, or openai:MODEL"
     ),
@@ -213,7 +212,7 @@ def _print_quality(out: Path) -> None:
 def from_qa_cmd(
     fmt: str = typer.Argument(..., metavar="FORMAT", help="hotpotqa | squad | nq | jsonl"),
     path: Path = typer.Argument(..., help="the labelled data set file"),
-    workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
+    workspace: Path = SynthWorkspaceOption,
     cot: str = typer.Option("evidence", "--cot", help="'evidence': quote gold evidence "
                              "(no teacher); 'evidence-short': the quotes and the answer only; 'teacher'"),
     teacher: str = typer.Option(None, "--teacher", "-t", help="teacher model for --cot teacher"),
@@ -274,7 +273,7 @@ def from_qa_cmd(
 
 @synth_app.command("pairs")
 def pairs_cmd(
-    workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
+    workspace: Path = SynthWorkspaceOption,
     negatives: int = typer.Option(3, "--negatives", min=0, help="hard negatives per question"),
     mode: str = typer.Option("hybrid", "--mode", help="search mode that mines negatives: hybrid | dense | bm25"),
     split: str = typer.Option("train", "--split"),
@@ -295,7 +294,7 @@ def pairs_cmd(
 
 @synth_app.command("preferences")
 def preferences_cmd(
-    workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
+    workspace: Path = SynthWorkspaceOption,
     student: str = typer.Option(None, "--student", "-s", help="the model whose mistakes become 'rejected'"),
     adapter: str = typer.Option(None, "--adapter", help="LoRA adapter for a local student"),
     limit: int = typer.Option(None, "--limit", min=1),
@@ -327,7 +326,7 @@ def preferences_cmd(
 
 @synth_app.command("from-feedback")
 def from_feedback_cmd(
-    workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
+    workspace: Path = SynthWorkspaceOption,
     tenant: str = typer.Option(None, "--tenant", help="only this tenant's feedback (default: every tenant's)"),
     reviewed_only: bool = typer.Option(
         False, "--reviewed-only",
@@ -352,7 +351,7 @@ def from_feedback_cmd(
 
 
 def export_cmd(
-    workspace: Path = typer.Option(..., "--workspace", "-w", help=WORKSPACE_HELP),
+    workspace: Path = SynthWorkspaceOption,
     fmt: str = typer.Option(..., "--format", "-f", help="openai-chat | openai-dpo | hf | completion | sharegpt"),
     out: Path = typer.Option(..., "--out", "-o", help="output file (a folder for hf)"),
     system_prompt: str = typer.Option(
@@ -399,12 +398,3 @@ def register(app: typer.Typer) -> None:
     app.add_typer(synth_app, name="synth")
     app.command("export")(export_cmd)
 
-
-def main() -> None:
-    app = typer.Typer(no_args_is_help=True, add_completion=False)
-    register(app)
-    app()
-
-
-if __name__ == "__main__":
-    main()

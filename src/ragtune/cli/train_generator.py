@@ -9,20 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
-from rich.console import Console
 
-from ragtune.workspace import DEFAULT_WORKSPACE
+from ragtune.cli.common import console, out
+from ragtune.cli.common import fail as _fail
+from ragtune.cli.options import WorkspaceOption, json_option
 
-console = Console(stderr=True, soft_wrap=True)
-out = Console()
-
-WorkspaceOption = typer.Option(
-    DEFAULT_WORKSPACE, "--workspace", "-w", help="Folder holding the index and every artifact.",
-    envvar="RAGTUNE_WORKSPACE",
-)
 ModelOption = typer.Option(
     None, "--model", "-m", help="Base generator: bundled name, local folder, .gguf file or hub id. Default: the "
     "bundled SmolLM2-135M-Instruct.",
@@ -44,12 +38,7 @@ SeedOption = typer.Option(0, "--seed", help="Seed for data order and initialisat
 MergeOption = typer.Option(False, "--merge", help="Write a merged model folder instead of an adapter.")
 ResumeOption = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (after a kill).")
 OverwriteOption = typer.Option(False, "--overwrite", help="Discard the run's earlier checkpoints and start again.")
-JsonOption = typer.Option(False, "--json", help="Print the run summary as JSON.")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+JsonOption = json_option("Print the run summary as JSON.")
 
 
 def _lora(r: int, alpha: int | None, dropout: float, target_modules: str, layers: str = "all"):

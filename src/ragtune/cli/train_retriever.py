@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True, soft_wrap=True)
-out_console = Console()
+from ragtune.cli.common import console
+from ragtune.cli.common import fail as _fail
+from ragtune.cli.common import out as out_console
+from ragtune.cli.options import workspace_option
 
 METHODS = ("lsr", "contrastive")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -67,7 +63,7 @@ def _report(result: Any, title: str) -> None:
 
 
 def retriever_cmd(
-    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace whose index the retriever serves."),
+    workspace: Path = workspace_option(..., help="Workspace whose index the retriever serves.", envvar=None),
     method: str = typer.Option("lsr", "--method", "-m", help="lsr: RA-DIT LM-supervised retrieval, trains a query "
                                "tower, index untouched | contrastive: in-batch (+ mined hard) negatives; see --tower."),
     data: Path = typer.Option(..., "--data", help="RAFT file (synth/raft.jsonl: questions with answers) or pairs "
@@ -131,7 +127,7 @@ def retriever_cmd(
 
 
 def reranker_cmd(
-    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace whose index mines the negatives."),
+    workspace: Path = workspace_option(..., help="Workspace whose index mines the negatives.", envvar=None),
     data: Path = typer.Option(..., "--data", help="Pairs file (synth/pairs.jsonl) or RAFT file; train split used."),
     base: str = typer.Option(None, "--base", help="Initial weights: folder or hub id (default: bundled MiniLM, "
                              "with a fresh scoring head)."),

@@ -1,12 +1,45 @@
-"""The retrieve stage's command-line options, shared by every command that searches (`ragtune search`, `ragtune eval
---setting retrieved`) and defined once so their names, defaults and help never drift apart. Each maps to a
-`SearchConfig` field through `search_overrides`."""
+"""Options that several commands take, declared once so their names, defaults and help never drift apart.
+
+The search options (`--retriever`, `--rerank`, `--transform`, `--window`, `--parent`, `--route`, ...) are shared by
+every command that searches (`ragtune search`, `ragtune eval --setting retrieved`); each maps to a `SearchConfig`
+field through `ragtune.retrieve.options.search_overrides`, the library half that imports no typer.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import typer
 
 from ragtune.retrieve.options import search_overrides as search_overrides  # what the commands call with the values
+from ragtune.workspace import DEFAULT_WORKSPACE
+
+WORKSPACE_ENV = "RAGTUNE_WORKSPACE"
+WORKSPACE_HELP = "Folder holding the index and every artifact."
+
+
+def workspace_option(default: Any = DEFAULT_WORKSPACE, help: str = WORKSPACE_HELP,
+                     envvar: str | None = WORKSPACE_ENV) -> Any:
+    """`--workspace / -w`. The default is the workspace folder (also $RAGTUNE_WORKSPACE); `...` makes it required
+    (the synth and retriever trainers, which write into an existing index's workspace); None means "not given"."""
+    return typer.Option(default, "--workspace", "-w", help=help, envvar=envvar)
+
+
+def json_option(help: str) -> Any:
+    """`--json`: machine-readable output on stdout instead of the rich table (the help says what is printed)."""
+    return typer.Option(False, "--json", help=help)
+
+
+WorkspaceOption = workspace_option()
+
+ENGINE_HELP = ("Local generation engine: transformers (default) | ct2 | llamacpp (the GGUF itself; pip install "
+               "llama-cpp-python) | vllm (GPU; pip install vllm).")
+
+
+def engine_option(extra_help: str = "") -> Any:
+    """`--engine` (also $RAGTUNE_ENGINE): which local engine generates."""
+    return typer.Option(None, "--engine", help=ENGINE_HELP + extra_help, envvar="RAGTUNE_ENGINE")
+
 
 RetrieverOption = typer.Option(None, "--retriever", help="A trained retriever folder (`ragtune train retriever`): "
                                "its query encoder embeds the query for the dense leg.")

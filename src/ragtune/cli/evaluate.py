@@ -1,7 +1,6 @@
 """`ragtune eval` and `ragtune compare`: the commands that prove (or disprove) that tuning helped.
 
-Registered on the main app by `ragtune.cli` through `register(app)`, so this stage owns its options and the main
-CLI file stays small. Output folders: `WORKSPACE/eval/<run-name>/` (scores.json, predictions.jsonl, manifest.json).
+Output folders: `WORKSPACE/eval/<run-name>/` (scores.json, predictions.jsonl, manifest.json).
 """
 
 from __future__ import annotations
@@ -10,19 +9,19 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ragtune.cli import options as opt
+from ragtune.cli.common import console, out
+from ragtune.cli.common import fail as _fail
+from ragtune.cli.options import WorkspaceOption, engine_option, json_option
 from ragtune.progress import Reporter
-from ragtune.retrieve import cli as opt
-from ragtune.workspace import DEFAULT_WORKSPACE, Workspace
-
-console = Console(stderr=True)
-out = Console()
+from ragtune.workspace import Workspace
 
 DATA_HELP = (
     "FORMAT PATH: the questions. FORMAT is hotpotqa (official JSON), squad (1.1/2.0 JSON), nq (NQ-oracle JSONL, "
@@ -34,13 +33,6 @@ SETTING_HELP = (
     "workspace index."
 )
 DISTRACTORS_HELP = "Oracle setting: K distractors, or a sweep such as 0..9 or 0,2,4 (the robustness curve)."
-ENGINE_HELP = ("Local generation engine: transformers (default) | ct2 | llamacpp (the GGUF itself; pip install "
-               "llama-cpp-python) | vllm (GPU; pip install vllm).")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _progress(label: str, total: int) -> Reporter:
@@ -96,13 +88,7 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 
 def eval_command(
-    workspace: Path = typer.Option(
-        DEFAULT_WORKSPACE,
-        "--workspace",
-        "-w",
-        help="Folder holding the index and every artifact.",
-        envvar="RAGTUNE_WORKSPACE",
-    ),
+    workspace: Path = WorkspaceOption,
     data: tuple[str, Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
     model: str = typer.Option(
         None,
@@ -137,14 +123,14 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", help="Seed of distractor draws and generation."),
     dtype: str = typer.Option(None, "--dtype", help="Local model dtype (default float32 on CPU): auto (bfloat16 on "
                               "CPUs with AVX512-BF16 or AMX, ~2x faster generation) | float32 | bfloat16 | float16."),
-    engine: str = typer.Option(None, "--engine", help=ENGINE_HELP, envvar="RAGTUNE_ENGINE"),
+    engine: str = engine_option(),
     run_name: str = typer.Option(None, "--run-name", help="Folder name under WORKSPACE/eval/ (default: derived)."),
     ingest_data: bool = typer.Option(
         False,
         "--ingest",
         help="Retrieved setting: index the data file's documents into the workspace first (HotpotQA, SQuAD, NQ).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON on stdout (keys em, f1, ...)."),
+    as_json: bool = json_option("Print the scores as JSON on stdout (keys em, f1, ...)."),
 ) -> None:
     """Answer a QA set with one model and score it: EM / F1 (SQuAD normalisation), quote precision, oracle
     citations, unanswerable accuracy, retrieval recall@k / MRR / nDCG, latency and throughput.
@@ -269,13 +255,7 @@ def _read_systems(path: Path) -> list[Any]:
 
 
 def compare_command(
-    workspace: Path = typer.Option(
-        DEFAULT_WORKSPACE,
-        "--workspace",
-        "-w",
-        help="Folder holding the index and every artifact.",
-        envvar="RAGTUNE_WORKSPACE",
-    ),
+    workspace: Path = WorkspaceOption,
     systems: Path = typer.Option(
         ...,
         "--systems",
@@ -289,9 +269,8 @@ def compare_command(
     limit: int = typer.Option(None, "--limit", "-n", help="Evaluate the first N questions (sorted by id)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Questions per generation batch."),
     title: str = typer.Option("ragtune comparison", "--title", help="Report title."),
-    as_json: bool = typer.Option(False, "--json", help="Print every system's scores as JSON on stdout."),
-    engine: str = typer.Option(None, "--engine", help=ENGINE_HELP + " For the systems that name none.",
-                               envvar="RAGTUNE_ENGINE"),
+    as_json: bool = json_option("Print every system's scores as JSON on stdout."),
+    engine: str = engine_option(" For the systems that name none."),
 ) -> None:
     """Run several systems on the same questions and write one report: report.md, report.json, f1_per_system.png,
     f1_vs_k.png, a self-contained report.html and per-question outputs.

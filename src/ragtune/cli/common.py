@@ -1,0 +1,71 @@
+"""What every command prints with and fails with: the two consoles, the one-line error and exit code 2, text from
+outside made safe to print, and a Ctrl-C that cannot be lost. Shared by the command modules of this package so an
+error looks the same whichever command raised it."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, soft_wrap=True)  # messages stay one line each: greppable in logs
+out = Console()
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: MESSAGE` on stderr and leave with `code` (2: a mistake the user can fix)."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def shown(text: str) -> str:
+    """Text from outside (file names, warnings) made safe to print: control characters escaped, so a newline or an
+    ANSI escape in a name cannot forge or colour a line, and rich markup escaped, so `[/x]` in a path cannot crash
+    the print and `[red]` cannot silently vanish from it."""
+    from rich.markup import escape
+
+    from ragtune.corpus.loaders import printable
+
+    return escape(printable(text))
+
+
+def pydantic_message(exc: Exception) -> str:
+    """A validation error's first problem as `field: message`, instead of pydantic's multi-line report."""
+    errors: list = getattr(exc, "errors", lambda: [])()
+    if errors:
+        e = errors[0]
+        return f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
+    return str(exc)
+
+
+class InterruptLatch:
+    """Ctrl-C that cannot be lost. The interrupt is raised at once as usual, and also remembered: native code that
+    checks for signals and clears the error (seen on a busy machine: an ingest ran to the end through a Ctrl-C) would
+    otherwise swallow it, so `check()` raises it again at the next commit boundary."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> InterruptLatch:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
