@@ -41,7 +41,7 @@ def _progress(label: str, total: int) -> Reporter:
 
 
 def _load_items(data: tuple[str, Path] | None, split: str, limit: int | None):
-    from ragtune.eval.datasets import DatasetError, load_dataset
+    from ragtune.datasets import DatasetError, load_dataset
 
     if not data or data[0] is None:
         _fail("--data FORMAT PATH is required, e.g. --data hotpotqa data/hotpot_dev.json")
@@ -81,7 +81,7 @@ def _scores_table(title: str, scores: dict[str, Any]) -> Table:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from ragtune.eval.datasets import DatasetError
+    from ragtune.datasets import DatasetError
     from ragtune.models import ModelNotFoundError
 
     return (DatasetError, ModelNotFoundError, FileNotFoundError, ValueError, OSError, ImportError, NotImplementedError)

@@ -19,8 +19,8 @@ def ingest(
     embedder: str = typer.Option(None, help="Embedding model: bundled name, local folder or hub id (default: the "
                                  "one the index was built or re-embedded with, else the bundled MiniLM)."),
     format: str = typer.Option(
-        "auto", help="auto | text | markdown | html | pdf | json | jsonl | hotpotqa | squad | nq (auto: by extension "
-        "and content)"
+        "auto", help="auto | text | markdown | html | pdf | json | jsonl | hotpotqa | squad | nq | qa-jsonl (the "
+        "documents of a generic QA JSONL file, as eval and synth read it) (auto: by extension and content)"
     ),
     text_field: str = typer.Option(None, help="JSON/JSONL: field holding the text (default: text, content, ...)."),
     id_field: str = typer.Option(None, help="JSON/JSONL: field holding a stable record id."),

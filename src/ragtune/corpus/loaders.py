@@ -29,7 +29,7 @@ MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdx"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 JSON_SUFFIXES = {".json", ".json.gz"}
 JSONL_SUFFIXES = {".jsonl", ".jsonl.gz", ".ndjson"}
-FORMATS = ("auto", "text", "markdown", "html", "pdf", "json", "jsonl", "hotpotqa", "squad", "nq")
+FORMATS = ("auto", "text", "markdown", "html", "pdf", "json", "jsonl", "hotpotqa", "squad", "nq", "qa-jsonl")
 
 _TEXT_FIELDS = ("text", "content", "body", "passage", "document", "contents")
 _TITLE_FIELDS = ("title", "name", "api_name", "heading")
@@ -441,7 +441,7 @@ def load_jsonl(path: Path, options: LoadOptions, report: LoadReport) -> Iterator
     first = next(rows, None)
     if first is None:
         raise BadInputError("no valid JSON lines")
-    kind = options.format if options.format == "nq" else ("nq" if _is_nq(first[1]) else "jsonl")
+    kind = options.format if options.format in ("nq", "qa-jsonl") else ("nq" if _is_nq(first[1]) else "jsonl")
 
     def all_rows() -> Iterator[tuple[int, Any]]:
         yield first
@@ -451,6 +451,11 @@ def load_jsonl(path: Path, options: LoadOptions, report: LoadReport) -> Iterator
         from ragtune.corpus.qa_corpora import load_nq_rows
 
         yield from load_nq_rows(all_rows(), path, options)
+        return
+    if kind == "qa-jsonl":
+        from ragtune.corpus.qa_corpora import load_qa_jsonl_rows
+
+        yield from load_qa_jsonl_rows(all_rows(), path, options)
         return
     for lineno, record in all_rows():
         doc = record_to_document(record, path, lineno, options, report)
@@ -508,7 +513,7 @@ def load_file(path: Path, options: LoadOptions, report: LoadReport) -> list[Docu
             docs = list(load_pdf(path, options, report))
         elif kind in ("json", "hotpotqa", "squad"):
             docs = list(load_json(path, options, report))
-        elif kind in ("jsonl", "nq"):
+        elif kind in ("jsonl", "nq", "qa-jsonl"):
             docs = list(load_jsonl(path, options, report))
         else:
             docs = list(load_text(path, options, report, kind=kind))

@@ -4,6 +4,8 @@
   be scored against `supporting_facts` titles.
 - SQuAD (1.1 / 2.0 JSON): one document per distinct context.
 - NQ-oracle JSONL ("Lost in the Middle" release): one document per distinct gold passage.
+- Generic QA JSONL (`--format qa-jsonl`): every document of every question (gold and distractors), read by the
+  reader synthesis and evaluation use (`ragtune.datasets.generic`), with the same ids.
 
 Document ids depend on the content (data set, title, text), not the file, so the same paragraph met in two files or
 two questions is one document.
@@ -15,17 +17,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ragtune.datasets.hotpotqa import doc_id as hotpotqa_doc_id
+from ragtune.datasets.hotpotqa import paragraph_text as hotpotqa_paragraph_text
 from ragtune.hashing import short_id, text_hash
 from ragtune.records import Document
-
-
-def hotpotqa_paragraph_text(sentences: list[str]) -> str:
-    """HotpotQA sentences carry their own leading spaces; joining them with '' restores the paragraph."""
-    return "".join(sentences).strip()
-
-
-def hotpotqa_doc_id(title: str, text: str) -> str:
-    return short_id("hotpotqa", title, text)
 
 
 def _doc(dataset: str, title: str, text: str, path: Path, options: Any, **metadata: Any) -> Document:
@@ -80,6 +75,24 @@ def load_nq_rows(rows: Iterable[tuple[int, Any]], path: Path, options: Any) -> I
 
 def load_nq(data: list[dict[str, Any]], path: Path, options: Any) -> Iterator[Document]:
     yield from load_nq_rows(enumerate(data, start=1), path, options)
+
+
+def load_qa_jsonl_rows(rows: Iterable[tuple[int, Any]], path: Path, options: Any) -> Iterator[Document]:
+    """Each distinct document of a generic QA JSONL file, under the id evaluation scores retrieval against."""
+    from ragtune.datasets.generic import items_from_rows
+
+    seen: set[str] = set()
+    for item in items_from_rows(rows, str(path)):
+        for doc in item.documents():
+            if doc.doc_id in seen:
+                continue
+            seen.add(doc.doc_id)
+            yield Document(
+                doc_id=doc.doc_id, text=doc.text, source=str(path.resolve()), title=doc.title,
+                modified=path.stat().st_mtime, content_hash=text_hash(doc.text),
+                tenant=getattr(options, "tenant", None), version=getattr(options, "version", None),
+                metadata={"format": "qa-jsonl"},
+            )
 
 
 QA_LOADERS: dict[str, Callable[[Any, Path, Any], Iterator[Document]]] = {

@@ -121,7 +121,7 @@ def run_search(cfg: RunConfig, ctx: Context) -> Outcome:
             ctx.say(f"  {hit.rank}. {hit.score:.4f} {hit.title}: {text[:160]}{' ...' if len(text) > 160 else ''}")
     if section.data is None:
         return Outcome(summary=f"{len(section.queries)} queries")
-    from ragtune.eval.datasets import load_dataset
+    from ragtune.datasets import load_dataset
     from ragtune.metrics import mrr, recall_at_k
 
     items = [it for it in load_dataset(section.data.format, _data_path(cfg, section.data), split="all")

@@ -134,34 +134,26 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     return (record for _, record in read_jsonl(path, error=SynthConfigError))
 
 
-def read_hotpotqa(path: Path) -> Iterator[QARecord]:
-    from ragtune.corpus.qa_corpora import hotpotqa_doc_id, hotpotqa_paragraph_text
+def _foundation_items(fmt: str, path: Path) -> list[Any]:
+    """The data set's QAItems from the reader every stage uses (`ragtune.datasets`); its errors are synth's."""
+    from ragtune.datasets import DatasetError, load_items
 
-    data = _read_json(path)
-    if not isinstance(data, list) or (data and "supporting_facts" not in data[0]):
-        raise SynthConfigError(f"{path} is not HotpotQA (a JSON list of records with supporting_facts)")
-    for ex in data:
-        gold_titles = {t for t, _ in ex["supporting_facts"]}
-        paragraphs = {title: sentences for title, sentences in ex["context"]}
-        oracles: list[ContextDoc] = []
-        own: list[ContextDoc] = []
-        for title, sentences in ex["context"]:
-            text = hotpotqa_paragraph_text(sentences)
-            doc = ContextDoc(doc_id=hotpotqa_doc_id(title, text), text=text, title=title)
-            (oracles if title in gold_titles else own).append(doc)
-        evidence = []
-        for title, idx in ex["supporting_facts"]:
-            sentences = paragraphs.get(title, [])
-            if 0 <= idx < len(sentences) and sentences[idx].strip():
-                evidence.append((title, sentences[idx].strip()))
+    try:
+        return load_items(fmt, path)
+    except DatasetError as exc:
+        raise SynthConfigError(str(exc)) from None
+
+
+def read_hotpotqa(path: Path) -> Iterator[QARecord]:
+    for item in _foundation_items("hotpotqa", path):
         yield QARecord(
-            id=ex["_id"],
-            question=ex["question"],
-            answer=ex["answer"],
-            oracles=oracles,
-            evidence=evidence,
-            own_distractors=own,
-            metadata={"type": ex.get("type"), "level": ex.get("level")},
+            id=item.id,
+            question=item.question,
+            answer=item.answers[0] if item.answers else "",
+            oracles=item.gold_docs,
+            evidence=list(item.evidence),
+            own_distractors=item.distractor_docs,
+            metadata=dict(item.metadata),
         )
 
 
@@ -267,54 +259,30 @@ def read_nq(path: Path) -> Iterator[QARecord]:
         )
 
 
-def _docs_field(value: Any, prefix: str) -> list[ContextDoc]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else [value]
-    docs = []
-    for item in items:
-        if isinstance(item, dict):
-            text, title = str(item.get("text") or item.get("content") or ""), str(item.get("title") or "")
-            doc_id = str(item.get("id") or short_id(prefix, title, text))
-        else:
-            text, title = str(item), ""
-            doc_id = short_id(prefix, text)
-        if text.strip():
-            docs.append(ContextDoc(doc_id=doc_id, text=text.strip(), title=title))
-    return docs
-
-
 def read_generic_jsonl(path: Path) -> Iterator[QARecord]:
-    """`{"question", "answer", "oracle"|"context"|"documents"|"gold": str | [str | {title, text}],
-    "distractors"?: [...], "evidence"?: [str], "id"?: str}` per line."""
-    for record in _read_jsonl(path):
-        question, answer = record.get("question"), record.get("answer")
-        if isinstance(answer, list):
-            answer = answer[0] if answer else ""
-        oracle_value = next(
-            (record[k] for k in ("oracle", "oracles", "gold", "context", "documents") if k in record), None
-        )
-        if not question or oracle_value is None:
-            raise SynthConfigError(f"{path}: each line needs 'question' and one of oracle/gold/context/documents")
-        oracles = _docs_field(oracle_value, "jsonl")
-        evidence_value = record.get("evidence") or []
-        if isinstance(evidence_value, str):
-            evidence_value = [evidence_value]
-        evidence = [("", str(e).strip()) for e in evidence_value if str(e).strip()]
+    """Generic QA JSONL as every stage reads it (`ragtune.datasets.generic`: the keys, aliases and gold flags are
+    documented there). The first answer is the target; the evidence to quote is the record's own, else the oracle
+    sentence holding the answer. A question without an oracle document is an error: RAFT needs one."""
+    for item in _foundation_items("jsonl", path):
+        if not item.gold_docs:
+            raise SynthConfigError(
+                f"{path}: question {item.id!r} has no oracle document (give oracle / gold, or context / documents)"
+            )
+        answer = item.answers[0] if item.answers else ""
+        evidence = list(item.evidence)
         if not evidence and answer:
-            for doc in oracles:
-                sentence = sentence_with(doc.text, str(answer))
+            for doc in item.gold_docs:
+                sentence = sentence_with(doc.text, answer)
                 if sentence:
                     evidence.append((doc.title, sentence))
                     break
-        rid = str(record.get("id") or short_id("jsonl", str(question), str(answer or "")))
         yield QARecord(
-            id=rid,
-            question=str(question),
-            answer=str(answer or ""),
-            oracles=oracles,
+            id=item.id,
+            question=item.question,
+            answer=answer,
+            oracles=item.gold_docs,
             evidence=evidence,
-            own_distractors=_docs_field(record.get("distractors"), "jsonl"),
+            own_distractors=item.distractor_docs,
         )
 
 

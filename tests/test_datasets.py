@@ -1,4 +1,5 @@
-"""QA loaders: every format into QAItem, the same ids and splits as synthesis, deterministic selection."""
+"""QA data-set readers (`ragtune.datasets`): every format into QAItem, the same ids and splits as synthesis,
+deterministic selection, and one generic-JSONL file read the same by ingestion, synthesis and evaluation."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.corpus.qa_corpora import hotpotqa_doc_id
-from ragtune.eval.datasets import DatasetError, load_dataset, load_items, select, split_of
+from ragtune.datasets import DatasetError, load_dataset, load_items, select, split_of
+from ragtune.datasets.hotpotqa import doc_id as hotpotqa_doc_id
 from ragtune.hashing import short_id
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -151,3 +152,73 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     wrong.write_text(json.dumps({"data": []}), encoding="utf-8")
     with pytest.raises(DatasetError, match="HotpotQA"):
         load_items("hotpotqa", wrong)
+
+
+# One file with the aliases the generic reader accepts (query / answers / ctxs with gold flags, an explicit doc id, a
+# bare-string distractor): before the readers were one, evaluation read it and synthesis rejected it.
+ALIASED_ROWS = [
+    {"qid": "a1", "query": "Which river runs through Paris?", "answers": ["the Seine", "Seine"],
+     "ctxs": [{"title": "Paris", "text": "The Seine runs through Paris. It is long.", "isgold": True},
+              {"title": "Rome", "text": "The Tiber runs through Rome.", "isgold": False}]},
+    {"id": "a2", "question": "Who painted the ceiling?", "answer": "Michelangelo",
+     "oracle": [{"id": "sistine", "title": "Sistine Chapel", "text": "Michelangelo painted the ceiling."}],
+     "distractors": ["Raphael painted rooms nearby."]},
+    {"question": "What is the capital of Peru?", "answer": "Lima", "context": "Lima is the capital of Peru.",
+     "evidence": "Lima is the capital of Peru."},
+]
+
+
+def _aliased(tmp_path: Path) -> Path:
+    path = tmp_path / "aliased.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ALIASED_ROWS) + "\n", encoding="utf-8")
+    return path
+
+
+def test_one_generic_jsonl_file_reads_the_same_in_ingest_synth_and_eval(tmp_path):
+    from ragtune.corpus.loaders import LoadOptions, LoadReport, load_file
+    from ragtune.eval.datasets import load_items as eval_load_items
+    from ragtune.synth.from_qa import FromQAConfig, read_records, synthesize_from_qa
+    from ragtune.synth.store import read_raft
+
+    path = _aliased(tmp_path)
+    items = {it.id: it for it in eval_load_items("jsonl", path)}
+    third = short_id("jsonl", "What is the capital of Peru?", "Lima")
+    assert set(items) == {"a1", "a2", third}
+    assert [d.title for d in items["a1"].gold_docs] == ["Paris"]
+    assert [d.title for d in items["a1"].distractor_docs] == ["Rome"]
+    assert [d.doc_id for d in items["a2"].gold_docs] == ["sistine"]
+
+    # ingest: exactly the documents evaluation shows, under the ids it scores retrieval against
+    report = LoadReport()
+    docs = load_file(path, LoadOptions(format="qa-jsonl"), report)
+    expected = {d.doc_id: (d.title, d.text) for it in items.values() for d in it.documents()}
+    assert {d.doc_id: (d.title, d.text) for d in docs} == expected and len(docs) == len(expected) == 5
+    assert not report.warnings
+
+    # synthesis: the same questions, ids (so the same hash split), answers, oracles and distractors
+    records = {r.id: r for r in read_records("jsonl", path)}
+    assert set(records) == set(items)
+    for rid, record in records.items():
+        item = items[rid]
+        assert record.question == item.question and record.answer == item.answers[0]
+        assert [d.doc_id for d in record.oracles] == [d.doc_id for d in item.gold_docs]
+        assert [d.doc_id for d in record.own_distractors] == [d.doc_id for d in item.distractor_docs]
+    assert records[third].evidence == [("", "Lima is the capital of Peru.")]
+    ws = tmp_path / "ws"
+    synthesize_from_qa("jsonl", path, ws, FromQAConfig(split="all", distractors=1, p_oracle=1.0))
+    examples = read_raft(ws / "synth" / "raft.jsonl")
+    assert {e.group_id for e in examples} == set(items)
+    for e in examples:
+        assert set(e.oracle_ids) == {d.doc_id for d in items[e.group_id].gold_docs}
+        assert e.answer == items[e.group_id].answers[0] and e.quote_valid
+
+
+def test_synthesis_names_a_question_without_an_oracle(tmp_path):
+    from ragtune.synth.from_qa import read_records
+    from ragtune.synth.raft import SynthConfigError
+
+    path = tmp_path / "no_oracle.jsonl"
+    path.write_text(json.dumps({"id": "x1", "question": "Why?", "answer": "Because."}) + "\n", encoding="utf-8")
+    assert load_items("jsonl", path)[0].gold_docs == []  # evaluation reads it (scored without gold documents)
+    with pytest.raises(SynthConfigError, match="'x1' has no oracle document"):
+        list(read_records("jsonl", path))
