@@ -124,6 +124,14 @@ def raft_cmd(
                                           help="0-100 partial ratio for fuzzy answer alignment"),
     round_trip_k: int = typer.Option(5, "--round-trip-k", min=0, help="keep a question only when the retriever "
                                      "finds its chunk in the top k (0: off)"),
+    round_trip: str = typer.Option("retriever", "--round-trip", help="retriever (top k) | student (shown only "
+                                   "the chunk, it gives the teacher's answer) | either | both"),
+    student: str = typer.Option(None, "--student", help="model answering in the student round trip (default: a "
+                                "local teacher itself, else the bundled model)"),
+    student_match: float = typer.Option(0.5, "--student-match", min=0.0, max=1.0, help="0-1 agreement (F1 or "
+                                        "answer recall) the student's answer needs with the teacher's"),
+    resample: int = typer.Option(0, "--resample", min=0, help="few-shot: ask a rejected slot again up to N times, "
+                                 "sampling"),
     dedup_threshold: float = typer.Option(0.9, "--dedup-threshold", min=0.0, help="MiniLM cosine at which a question "
                                           "duplicates an earlier one (1 or more: off)"),
     max_answer_words: int = typer.Option(12, "--max-answer-words", min=1, help="length budget of an answer"),
@@ -157,6 +165,9 @@ def raft_cmd(
         cot_style=cot_style,
         fuzzy_threshold=fuzzy_threshold,
         round_trip_k=round_trip_k,
+        round_trip=round_trip,
+        student_match=student_match,
+        resample=resample,
         dedup_threshold=dedup_threshold,
         max_answer_words=max_answer_words,
     )
@@ -174,7 +185,9 @@ def raft_cmd(
             param_hint="--workspace",
         )
     llm = _teacher(teacher, adapter, base_url, api_key, concurrency, timeout)
-    summary = _run(synthesize_raft, workspace, llm, config, out=out, overwrite=overwrite, progress=True)
+    student_llm = _teacher(student, None, None, None, concurrency, timeout, "--student") if student else None
+    summary = _run(synthesize_raft, workspace, llm, config, out=out, overwrite=overwrite, progress=True,
+                   student=student_llm)
     _print_summary("synth raft", summary)
     _print_quality(summary.out)
 

@@ -103,6 +103,8 @@ def quality_report(out: Path, summary: Any = None, chunks: int | None = None, st
         "filters": by_filter,
         "grounding": {k.split(": ", 1)[1]: int(v) for k, v in sorted(counts.items()) if k.startswith("grounding: ")},
         "answers_shortened": int(counts.get("answers_shortened", 0)),
+        "round_trip_by": {k.split(" by ", 1)[1]: int(v) for k, v in sorted(counts.items())
+                          if k.startswith("round trip: by ")},
         "questions_per_chunk": {str(k): v for k, v in sorted(per_chunk.items())},
         "teacher_seconds": round(spent["teacher_seconds"], 1),
         "teacher_requests": spent["requests"],
@@ -134,6 +136,8 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += ["", "Filters: " + "; ".join(f"{k} {v}" for k, v in report["notes"].items()) + "."]
     lines += ["", f"Grounding of kept answers: {report['grounding']}; questions per chunk: "
               f"{report['questions_per_chunk']}."]
+    if report.get("round_trip_by"):
+        lines += ["", f"Round trip passed by: {report['round_trip_by']}."]
     if report["example_kept"]:
         ex = report["example_kept"]
         lines += ["", f"Kept example: **{ex['question']}** → {ex['answer']} (quote: \"{ex['quotes'][0]}\")"]

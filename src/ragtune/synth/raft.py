@@ -19,7 +19,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,14 @@ class RaftConfig:
     cot_style: str = "full"  # grounded chain of thought: "full" (connecting prose) or "short" (quotes + answer)
     fuzzy_threshold: float = 85.0  # 0-100 partial ratio for the fuzzy tier of answer alignment
     max_quotes: int = 2
+    resample: int = 0  # few-shot: re-ask a slot whose candidate was rejected, up to N times, sampling
+    resample_temperature: float = 0.8
     # filters (each counted; rejections kept in rejected.jsonl)
     copy_threshold: float = 0.8  # a question this similar (0-1 character ratio) to a chunk sentence is a copy
     round_trip_k: int = 5  # the source chunk must be in the retriever's top k for the question; 0 turns it off
+    round_trip: str = "retriever"  # retriever | student (shown the chunk, it answers as the teacher did) | either
+    # (the retriever, else the student) | both (the retriever, then the student)
+    student_match: float = 0.5  # 0-1 agreement (F1 or answer recall) the student's answer needs with the teacher's
     dedup_threshold: float = 0.9  # MiniLM cosine at or above which a question duplicates an earlier one; 1+ = off
     max_question_words: int = 30
     max_answer_words: int = 12  # answers longer than this (after shortening) are rejected
@@ -104,6 +109,15 @@ class RaftConfig:
         "short_answer_words",
         "max_cot_words",
     )
+    # settings added later, with the value every file written before them implies: in the fingerprint only when
+    # set otherwise, so those files still resume
+    FINGERPRINT_LATER = {"round_trip": "retriever", "student_match": 0.5, "resample": 0, "resample_temperature": 0.8}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the file it appends to."""
+        data = {k: getattr(self, k) for k in self.FINGERPRINT}
+        return data | {k: getattr(self, k) for k, default in self.FINGERPRINT_LATER.items()
+                       if getattr(self, k) != default}
 
     def check(self) -> None:
         if not 0.0 <= self.p_oracle <= 1.0:
@@ -126,6 +140,12 @@ class RaftConfig:
             raise SynthConfigError("--fuzzy-threshold must be between 0 and 100")
         if self.round_trip_k < 0 or self.max_quotes < 1:
             raise SynthConfigError("--round-trip-k must be >= 0 and --max-quotes >= 1")
+        if self.round_trip not in filters.ROUND_TRIP_MODES:
+            raise SynthConfigError(f"--round-trip must be one of {', '.join(filters.ROUND_TRIP_MODES)}")
+        if not 0.0 <= self.student_match <= 1.0:
+            raise SynthConfigError("--student-match must be between 0 and 1")
+        if self.resample < 0 or self.resample_temperature <= 0:
+            raise SynthConfigError("--resample must be >= 0 and --resample-temperature > 0")
 
 
 @dataclass
@@ -282,7 +302,7 @@ def _round_trip(ws: Workspace, config: RaftConfig, searcher: Any) -> tuple[Any, 
     """The searcher (built once, shared with hard-negative mining and dedup), the round-trip filter when on, and
     what it did, for the report. Without an index (a library caller passing `chunks`) round trip is off, said so
     in the manifest and the report; hard negatives cannot do without one."""
-    wanted = config.round_trip_k > 0
+    wanted = config.round_trip_k > 0 and config.round_trip != "student"
     if not wanted and not config.hard_negatives and config.dedup_threshold >= 1.0:
         return searcher, None, "off"
     if searcher is None:
@@ -303,6 +323,25 @@ def _round_trip(ws: Workspace, config: RaftConfig, searcher: Any) -> tuple[Any, 
         f"top {config.round_trip_k} ({config.search_mode})")
 
 
+def _student_check(config: RaftConfig, teacher: LLM, student: LLM | None, note: str
+                   ) -> tuple[filters.StudentCheck | None, str]:
+    """The student round trip when the mode asks for it, and the report's note on how round trip ran."""
+    if config.round_trip == "retriever":
+        return None, note
+    if student is None:
+        if teacher.name.startswith("openai:"):
+            from ragtune.llm import load_llm
+
+            student = load_llm()
+        else:
+            student = teacher
+    check = filters.StudentCheck(student, config.student_match, batch_size=config.concurrency)
+    said = f"student {student.name} answers from the chunk (match >= {config.student_match})"
+    if config.round_trip == "student" or note.startswith("off"):
+        return check, said + ("" if config.round_trip == "student" else f"; retriever {note}")
+    return check, f"{note}, {'else' if config.round_trip == 'either' else 'then'} {said}"
+
+
 def synthesize_raft(
     workspace: Workspace | str | Path,
     teacher: LLM,
@@ -312,9 +351,13 @@ def synthesize_raft(
     overwrite: bool = False,
     progress: bool = False,
     searcher: Any = None,
+    student: LLM | None = None,
 ) -> SynthSummary:
     """Write RAFT examples for the workspace's chunks (or `chunks`) to `out` (default WORKSPACE/synth/raft.jsonl),
-    the rejected questions to `rejected.jsonl` beside it, and the quality report (`quality_report.json` / `.md`)."""
+    the rejected questions to `rejected.jsonl` beside it, and the quality report (`quality_report.json` / `.md`).
+
+    `student` answers the questions in the `student` / `either` / `both` round-trip modes; by default the teacher itself
+    when it is local (the bundled model is also the default student), else the bundled model."""
     config = config or RaftConfig()
     config.check()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
@@ -340,11 +383,12 @@ def synthesize_raft(
         raise SynthConfigError(f"No chunk with at least {config.min_chunk_words} words in {ws.root}.")
 
     style = teacher_prompts.resolve_style(config.prompt_style, teacher.name)
-    fingerprint = {k: getattr(config, k) for k in RaftConfig.FINGERPRINT} | {"teacher": teacher.name}
+    fingerprint = config.fingerprint() | {"teacher": teacher.name}
     check_resume(ws, STAGE, out, fingerprint, overwrite)
     pool_docs, spans = chunk_docs(all_chunks)
     pool = DistractorPool(pool_docs, spans)
     searcher, round_trip, round_trip_note = _round_trip(ws, config, searcher)
+    student_check, round_trip_note = _student_check(config, teacher, student, round_trip_note)
     miner = HardNegativeMiner(searcher, mode=config.search_mode) if config.hard_negatives else None
 
     manifest = Manifest(
@@ -369,7 +413,8 @@ def synthesize_raft(
         bar, task = _progress(progress, len(eligible), summary.groups_done_before, "synth raft")
 
         def make_groups(work: list[Chunk]) -> list[Group]:
-            groups, rejections = _run_wave(work, teacher, config, style, pool, miner, round_trip, q_config, a_config)
+            groups, rejections = _run_wave(work, teacher, config, style, pool, miner, round_trip, q_config, a_config,
+                                           student_check)
             for g in groups:  # rejections first: a kill between the two appends leaves the group to redo, not lost
                 if g.group_id not in rejected_file.done:
                     rejected_file.append(Group(group_id=g.group_id, examples=rejections[g.group_id]))
@@ -458,17 +503,21 @@ class _Accepted:
     quotes: list[str]
     grounding: str  # "teacher" | "exact" | "normalised" | "fuzzy"
     rank: int | None = None  # the source chunk's rank in the round-trip search
+    student: bool = False  # the retriever's round trip did not pass it (or was off): the student must
+    attempt: int = 0  # few-shot: 0 for the greedy answer, n for the n-th resample of its slot
 
 
 class _ChunkWork:
     """What one chunk collects during a wave: counts, rejections, and the questions still in the running."""
 
-    def __init__(self, chunk: Chunk, teacher: str):
+    def __init__(self, chunk: Chunk, teacher: str, student: str = ""):
         self.chunk = chunk
         self.teacher = teacher
+        self.student = student  # "": no student round trip; else the round-trip mode that asks it
         self.stats: Counter = Counter()
         self.rejections: list[dict[str, Any]] = []
         self.seen: set[str] = set()
+        self.to_student: dict[str, str] = {}  # normalised question -> why the retriever did not pass it
 
     def reject(self, filter_name: str, reason: str, question: str, answer: str = "", detail: str = "",
                answered: bool = False) -> None:
@@ -491,12 +540,18 @@ class _ChunkWork:
         if key in self.seen:
             self.reject("duplicate", "same question twice for the chunk", question, answer)
             return False
-        if round_trip is not None:
+        if self.student == "student" or (self.student and round_trip is None):
+            self.to_student[key] = "retriever not asked"
+        elif round_trip is not None:
             problem = round_trip.problem(question, self.chunk.chunk_id)
             if problem:
-                self.reject("round_trip", problem, question, answer,
-                            detail="top: " + ", ".join(round_trip.ranked(question)[:3]))
-                return False
+                detail = "top: " + ", ".join(round_trip.ranked(question)[:3])
+                if self.student != "either":
+                    self.reject("round_trip", problem, question, answer, detail=detail)
+                    return False
+                self.to_student[key] = f"{problem}; {detail}"
+            elif self.student == "both":
+                self.to_student[key] = ""
         self.seen.add(key)
         return True
 
@@ -530,10 +585,8 @@ def _finish(work: _ChunkWork, config: RaftConfig, question: str, answer: str, co
                                                                    title=work.chunk.title))):
         work.reject("answerable", "quote not in chunk", question, answer, answered=True)  # the invariant, kept
         return None
-    work.stats["answers_valid"] += 1
-    work.stats[f"grounding: {method}"] += 1
     rank = round_trip.rank(question, work.chunk.chunk_id) if round_trip is not None else None
-    return _Accepted(question, answer, cot, quotes, method, rank)
+    return _Accepted(question, answer, cot, quotes, method, rank, grounding.normalise(question) in work.to_student)
 
 
 def _ground_answer(work: _ChunkWork, config: RaftConfig, question: str, answer: str,
@@ -565,29 +618,62 @@ def _timed_generate(teacher: LLM, convs: list[list[Message]], config: Generation
     return outs
 
 
+def _fewshot_candidate(work: _ChunkWork, text: str, config: RaftConfig,
+                       round_trip: filters.RoundTrip | None) -> _Accepted | None:
+    """One teacher output through the per-chunk filters: parsed, well formed, round trip, grounded, in budget."""
+    parsed = teacher_prompts.parse_qa(text)
+    if parsed is None:
+        work.stats["candidates"] += 1
+        work.reject("well_formed", "no question in the teacher's output", "", detail=text[:300])
+        return None
+    question, answer = parsed
+    if not work.question_ok(question, config, round_trip):
+        return None
+    work.stats["questions"] += 1
+    work.stats["answers_checked"] += 1
+    got = _ground_answer(work, config, question, answer, round_trip)
+    if got is None:  # the question may come back with another answer when the slot is asked again
+        work.seen.discard(grounding.normalise(question))
+    return got
+
+
 def _fewshot_wave(works: list[_ChunkWork], teacher: LLM, config: RaftConfig, round_trip: filters.RoundTrip | None,
-                  q_config: GenerationConfig) -> list[list[_Accepted]]:
-    """Small teachers: one (question, answer) per focus sentence, evidence located by `grounding`."""
+                  q_config: GenerationConfig, student: filters.StudentCheck | None = None) -> list[list[_Accepted]]:
+    """Small teachers: one (question, answer) per focus sentence, evidence located by `grounding`. A slot whose
+    candidate is rejected is asked again up to `resample` times, sampling (a small model's greedy answer is often
+    the one invented fact; a sample is another draw), seeded by (seed, attempt), so a rerun gives the same file."""
     n = config.questions_per_chunk
     slots = [(ci, s) for ci, w in enumerate(works) for s in teacher_prompts.focus_sentences(w.chunk.text, n)]
     convs = [teacher_prompts.qa_messages(works[ci].chunk.text, s.text, works[ci].chunk.title) for ci, s in slots]
-    outs = _timed_generate(teacher, convs, q_config, config.concurrency, works, [ci for ci, _ in slots])
+    found: dict[int, _Accepted] = {}
+    todo = list(range(len(slots)))
+    for attempt in range(config.resample + 1):
+        if not todo:
+            break
+        gen = q_config if attempt == 0 else replace(q_config, temperature=config.resample_temperature,
+                                                    seed=config.seed * 1000 + attempt)
+        outs = _timed_generate(teacher, [convs[i] for i in todo], gen, config.concurrency, works,
+                               [slots[i][0] for i in todo])
+        got: dict[int, _Accepted] = {}
+        for i, out in zip(todo, outs, strict=True):
+            ci = slots[i][0]
+            works[ci].stats["question_retries"] += int(attempt > 0)
+            candidate = _fewshot_candidate(works[ci], out.text, config, round_trip)
+            if candidate is not None:
+                candidate.attempt = attempt
+                got[i] = candidate
+        if student is not None:  # the student's round trip per attempt, so a slot it rejects is asked again too
+            order = sorted(got)
+            per_work = [[got[i] for i in order if slots[i][0] == ci] for ci in range(len(works))]
+            passed = {id(a) for acc in _student_round_trip(works, per_work, student) for a in acc}
+            for i in order:
+                if id(got[i]) not in passed:
+                    works[slots[i][0]].seen.discard(grounding.normalise(got.pop(i).question))
+        found |= got
+        todo = [i for i in todo if i not in got]
     accepted: list[list[_Accepted]] = [[] for _ in works]
-    for (ci, _s), out in zip(slots, outs, strict=True):
-        work = works[ci]
-        parsed = teacher_prompts.parse_qa(out.text)
-        if parsed is None:
-            work.stats["candidates"] += 1
-            work.reject("well_formed", "no question in the teacher's output", "", detail=out.text[:300])
-            continue
-        question, answer = parsed
-        if not work.question_ok(question, config, round_trip):
-            continue
-        work.stats["questions"] += 1
-        work.stats["answers_checked"] += 1
-        got = _ground_answer(work, config, question, answer, round_trip)
-        if got is not None:
-            accepted[ci].append(got)
+    for i in sorted(found):
+        accepted[slots[i][0]].append(found[i])
     return accepted
 
 
@@ -670,6 +756,27 @@ def _instruct_answers(works: list[_ChunkWork], jobs: list[tuple[int, str, list[C
     return out
 
 
+def _student_round_trip(works: list[_ChunkWork], accepted: list[list[_Accepted]],
+                        student: filters.StudentCheck | None) -> list[list[_Accepted]]:
+    """The student's round trip, one batched call for the wave: the questions the retriever did not pass (or every
+    question, in `student` mode) stay only when the student, shown the chunk alone, gives the teacher's answer."""
+    asked = [(ci, a) for ci, acc in enumerate(accepted) for a in acc if a.student]
+    if student is None or not asked:
+        return accepted
+    verdicts = student.verdicts([(a.question, a.answer, works[ci].chunk.title, works[ci].chunk.text)
+                                 for ci, a in asked])
+    failed: set[int] = set()
+    for (ci, a), (ok, evidence) in zip(asked, verdicts, strict=True):
+        if not ok:
+            failed.add(id(a))
+            why = works[ci].to_student.get(grounding.normalise(a.question), "")
+            reason = ("neither the retriever nor the student found its chunk" if works[ci].student == "either" else
+                      "the student did not answer it from the chunk")
+            works[ci].reject("round_trip", reason, a.question, a.answer,
+                             detail=f"{evidence}; {why}" if why else evidence, answered=True)
+    return [[a for a in acc if id(a) not in failed] for acc in accepted]
+
+
 def _run_wave(
     chunks: Sequence[Chunk],
     teacher: LLM,
@@ -680,10 +787,11 @@ def _run_wave(
     round_trip: filters.RoundTrip | None,
     q_config: GenerationConfig,
     a_config: GenerationConfig,
+    student: filters.StudentCheck | None = None,
 ) -> tuple[list[Group], dict[str, list[dict[str, Any]]]]:
-    works = [_ChunkWork(c, teacher.name) for c in chunks]
+    works = [_ChunkWork(c, teacher.name, config.round_trip if student is not None else "") for c in chunks]
     if style == "fewshot":
-        accepted = _fewshot_wave(works, teacher, config, round_trip, q_config)
+        accepted = _fewshot_wave(works, teacher, config, round_trip, q_config, student)
         questions = [[a.question for a in acc] for acc in accepted]
     else:
         questions = _instruct_questions(works, teacher, config, round_trip, q_config)
@@ -707,6 +815,15 @@ def _run_wave(
     else:
         done = _instruct_answers(works, [(ci, q, docs) for ci, q, docs, _k in jobs], teacher, config,
                                  round_trip, a_config)
+        kept = _student_round_trip(works, [[a for (cj, _q), a in done.items() if cj == ci] for ci in range(len(works))],
+                                   student)
+        done = {(ci, a.question): a for ci, acc in enumerate(kept) for a in acc}
+    for ci, w in enumerate(works):  # counted once final, so answers_valid is what the file holds
+        for a in (a for (cj, _q), a in done.items() if cj == ci):
+            w.stats["answers_valid"] += 1
+            w.stats[f"grounding: {a.grounding}"] += 1
+            if a.student or round_trip is not None:
+                w.stats["round trip: by student" if a.student else "round trip: by retriever"] += 1
 
     groups: list[Group] = []
     for ci, w in enumerate(works):
@@ -742,6 +859,8 @@ def _run_wave(
                         "grounding": got.grounding,
                         "prompt_style": style,
                         "round_trip_rank": got.rank,
+                        "round_trip_by": "student" if got.student else ("retriever" if round_trip else "off"),
+                        "attempt": got.attempt,
                     },
                 ).model_dump()
             )
