@@ -95,6 +95,60 @@ class Workspace:
     def index_settings_path(self) -> Path:
         return self.index_dir / "settings.json"
 
+    # Artifact paths: every stage's default input and output, named once here so a stage that reads another's output
+    # (train reads synth/raft.jsonl, ragtune run checks train/NAME/adapter) cannot look in a different place.
+
+    @property
+    def synth_dir(self) -> Path:
+        return self.root / "synth"
+
+    def synth_path(self, kind: str) -> Path:
+        """`synth/KIND.jsonl`: raft, pairs or preferences."""
+        return self.synth_dir / f"{kind}.jsonl"
+
+    @property
+    def raft_path(self) -> Path:
+        return self.synth_path("raft")
+
+    @property
+    def pairs_path(self) -> Path:
+        return self.synth_path("pairs")
+
+    @property
+    def preferences_path(self) -> Path:
+        return self.synth_path("preferences")
+
+    @property
+    def feedback_data_dir(self) -> Path:
+        """Where `synth from-feedback` writes the training data it draws from served answers' feedback."""
+        return self.synth_dir / "feedback"
+
+    def train_dir(self, name: str | None = None) -> Path:
+        """`train/`, or one training run's folder `train/NAME` (checkpoints, adapter or model, summary)."""
+        return self.root / "train" / name if name else self.root / "train"
+
+    @property
+    def lsr_cache_dir(self) -> Path:
+        """The LM scores of LSR retriever training, cached per scoring LM."""
+        return self.train_dir("lsr-cache")
+
+    def eval_dir(self, name: str | None = None) -> Path:
+        """`eval/`, or one evaluation run's folder `eval/NAME` (scores, predictions, manifest)."""
+        return self.root / "eval" / name if name else self.root / "eval"
+
+    def compare_dir(self, name: str) -> Path:
+        """One system's answers in a comparison: `eval/compare/NAME`."""
+        return self.eval_dir("compare") / name
+
+    @property
+    def serve_dir(self) -> Path:
+        return self.root / "serve"
+
+    @property
+    def run_dir(self) -> Path:
+        """`ragtune run`'s own files (the systems list it hands to compare)."""
+        return self.root / "run"
+
     def manifest_path(self, stage: str) -> Path:
         return self.root / "manifests" / f"{stage}.json"
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one line each: greppable in logs
-out = Console()
+out = Console(soft_wrap=True)  # stdout too: a long result line is one line in a log or a pipe
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

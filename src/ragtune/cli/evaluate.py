@@ -180,7 +180,7 @@ def eval_command(
     if spec.engine and spec.engine != "transformers" and not run_name:
         name += f"-{spec.engine}"
     ws = Workspace(workspace).ensure()
-    run_dir = ws.root / "eval" / name
+    run_dir = ws.eval_dir(name)
     started = time.perf_counter()
     try:
         searcher = None
@@ -254,6 +254,13 @@ def _read_systems(path: Path) -> list[Any]:
         _fail(f"{path}: {exc}")
 
 
+def compare_run_dir(ws: Workspace, system: str, fmt: str, split: str, limit: int | None) -> Path:
+    """Where `compare` keeps one system's answers on one question set (`ragtune run` clears it when stale)."""
+    from ragtune.eval.runner import slug
+
+    return ws.compare_dir(slug(f"{system}-{fmt}-{split}-n{limit}"))
+
+
 def compare_command(
     workspace: Path = WorkspaceOption,
     systems: Path = typer.Option(
@@ -276,7 +283,7 @@ def compare_command(
     f1_vs_k.png, a self-contained report.html and per-question outputs.
     """
     from ragtune.eval.report import SystemReport, paired_comparisons, paired_rows, write_report
-    from ragtune.eval.runner import data_key, run_system, slug, write_manifest
+    from ragtune.eval.runner import data_key, run_system, write_manifest
 
     specs = _read_systems(systems)
     for spec in specs:
@@ -299,7 +306,7 @@ def compare_command(
 
                     key = json.dumps(spec.search or {}, sort_keys=True)
                     searcher = searchers.get(key) or searchers.setdefault(key, open_searcher(ws, search=spec.search))
-                run_dir = ws.root / "eval" / "compare" / slug(f"{spec.name}-{fmt}-{split}-n{limit}")
+                run_dir = compare_run_dir(ws, spec.name, fmt, split, limit)
                 run = run_system(spec, items, ws, run_dir, batch_size, searcher, progress, data_key=data_key(path))
                 data_info = {"data": {"format": fmt, "path": str(path), "split": split, "limit": limit}}
                 write_manifest(

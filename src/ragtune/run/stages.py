@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.run.config import TRAINED, RunConfig, to_dataclass
+from ragtune.workspace import Workspace
 
 
 class StageError(RuntimeError):
@@ -79,7 +80,6 @@ def run_ingest(cfg: RunConfig, ctx: Context) -> Outcome:
     from ragtune.index.ingest import ingest
     from ragtune.index.settings import IndexMismatchError
     from ragtune.progress import Reporter
-    from ragtune.workspace import Workspace
 
     paths = [cfg.resolve(p) for p in cfg.ingest.paths]
     missing = [str(p) for p in paths if not p.exists()]
@@ -214,7 +214,7 @@ def run_synth(cfg: RunConfig, ctx: Context) -> Outcome:
 
 def adapter_dir(cfg: RunConfig) -> Path:
     assert cfg.train is not None
-    return cfg.workspace_dir / "train" / cfg.train.name / "adapter"
+    return Workspace(cfg.workspace_dir).train_dir(cfg.train.name) / "adapter"
 
 
 def plan_train(cfg: RunConfig) -> Plan:
@@ -250,7 +250,7 @@ def run_train(cfg: RunConfig, ctx: Context) -> Outcome:
 def retriever_dir(cfg: RunConfig) -> Path:
     r = cfg.retriever
     assert r is not None
-    return cfg.in_workspace(r.out) if r.out else cfg.workspace_dir / "train" / f"retriever-{r.method}"
+    return cfg.in_workspace(r.out) if r.out else Workspace(cfg.workspace_dir).train_dir(f"retriever-{r.method}")
 
 
 def plan_retriever(cfg: RunConfig) -> Plan:
@@ -348,8 +348,7 @@ def run_compare(cfg: RunConfig, ctx: Context) -> Outcome:
     import typer
     import yaml
 
-    from ragtune.cli.evaluate import compare_command
-    from ragtune.eval.runner import slug
+    from ragtune.cli.evaluate import compare_command, compare_run_dir
 
     c = cfg.compare
     assert c is not None
@@ -360,9 +359,9 @@ def run_compare(cfg: RunConfig, ctx: Context) -> Outcome:
         # depend on the index, which that signature does not hold: start those systems again
         for s in systems:
             if s.get("setting") == "retrieved":
-                stale = ctx.workspace / "eval" / "compare" / slug(f"{s['name']}-{c.data.format}-{c.split}-n{c.limit}")
+                stale = compare_run_dir(Workspace(ctx.workspace), s["name"], c.data.format, c.split, c.limit)
                 shutil.rmtree(stale, ignore_errors=True)
-    systems_file = ctx.workspace / "run" / "systems.yaml"
+    systems_file = Workspace(ctx.workspace).run_dir / "systems.yaml"
     systems_file.parent.mkdir(parents=True, exist_ok=True)
     systems_file.write_text(yaml.safe_dump({"systems": systems}, sort_keys=False, allow_unicode=True),
                             encoding="utf-8")

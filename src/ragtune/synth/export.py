@@ -26,6 +26,7 @@ from ragtune.synth.raft import SynthConfigError
 from ragtune.synth.records import PreferenceExample, RaftExample
 from ragtune.synth.store import read_preferences, read_raft, sum_counts
 from ragtune.synth.validate import extract_quotes, quote_in
+from ragtune.workspace import Workspace
 
 FORMATS = ("openai-chat", "openai-dpo", "hf", "completion", "sharegpt")
 ROLES = {"system", "user", "assistant"}
@@ -200,10 +201,10 @@ def export(
     """Export the workspace's RAFT (or, for openai-dpo, preference) data; returns the dataset card."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    root = Path(workspace)
+    ws = Workspace(workspace)
     out = Path(out)
     kind = "preferences" if fmt == "openai-dpo" else "raft"
-    source = Path(source) if source else root / "synth" / f"{kind}.jsonl"
+    source = Path(source) if source else ws.synth_path(kind)
     if not source.exists():
         raise SynthConfigError(f"{source} does not exist: run `ragtune synth {kind}` first.")
     if fmt == "openai-dpo":

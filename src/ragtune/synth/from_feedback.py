@@ -257,7 +257,7 @@ def build_from_feedback(workspace: Workspace | str | os.PathLike[str], config: F
     started = time.perf_counter()
     config = config or FromFeedbackConfig()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    out_dir = Path(out_dir) if out_dir else ws.root / "synth" / "feedback"
+    out_dir = Path(out_dir) if out_dir else ws.feedback_data_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_feedback(feedback_db_path(ws), config.tenant)
     summary = FromFeedbackSummary(out_dir=out_dir, feedback_rows=len(rows))
@@ -282,7 +282,7 @@ def build_from_feedback(workspace: Workspace | str | os.PathLike[str], config: F
     _write_jsonl(files["preferences"], prefs)
     summary.preferences = len(prefs)
 
-    raft_path = ws.root / "synth" / "raft.jsonl"
+    raft_path = ws.raft_path
     if raft_path.exists():
         reviews = read_raft_reviews(feedback_db_path(ws))
         kept, summary.raft_rejected = curated_raft(raft_path, reviews, config.reviewed_only)

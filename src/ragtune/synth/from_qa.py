@@ -351,7 +351,7 @@ def synthesize_from_qa(
         raise SynthConfigError("--cot teacher needs --teacher MODEL")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     ws.ensure()
-    out = Path(out) if out else ws.root / "synth" / "raft.jsonl"
+    out = Path(out) if out else ws.raft_path
     started = time.perf_counter()
     records = [r for r in read_records(fmt, path, config.include_unanswerable) if keep(r.id, config.split)]
     if config.limit is not None:

@@ -52,8 +52,8 @@ def build_pairs(
     config = config or PairsConfig()
     config.check()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    source = Path(source) if source else ws.root / "synth" / "raft.jsonl"
-    out = Path(out) if out else ws.root / "synth" / "pairs.jsonl"
+    source = Path(source) if source else ws.raft_path
+    out = Path(out) if out else ws.pairs_path
     if not source.exists():
         raise SynthConfigError(f"{source} does not exist: run `ragtune synth raft` or `synth from-qa` first.")
     started = time.perf_counter()

@@ -30,7 +30,7 @@ from ragtune.workspace import Workspace
 
 
 def default_data_path(workspace: str | Path) -> Path:
-    return Workspace(workspace).root / "synth" / "preferences.jsonl"
+    return Workspace(workspace).preferences_path
 
 
 def train_dpo(

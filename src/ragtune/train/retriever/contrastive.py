@@ -80,7 +80,7 @@ def train_contrastive(
 
     config = (config or ContrastiveConfig()).resolved()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    out = Path(out) if out else ws.root / "train" / "retriever-contrastive"
+    out = Path(out) if out else ws.train_dir("retriever-contrastive")
     started = time.perf_counter()
     searcher = Searcher(ws)
     chunks, resolved, counts = prepare(ws, data, searcher, config.limit)

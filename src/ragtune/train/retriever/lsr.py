@@ -92,7 +92,7 @@ class ScoreCache:
 
 def cache_path(ws: Workspace, lm_name: str) -> Path:
     slug = "".join(c if c.isalnum() or c in "-._" else "_" for c in lm_name)[-80:]
-    return ws.root / "train" / "lsr-cache" / f"{slug}.jsonl"
+    return ws.lsr_cache_dir / f"{slug}.jsonl"
 
 
 def score_candidates(
@@ -169,7 +169,7 @@ def train_lsr(
 
     config = config or LSRConfig()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    out = Path(out) if out else ws.root / "train" / "retriever-lsr"
+    out = Path(out) if out else ws.train_dir("retriever-lsr")
     started = time.perf_counter()
     searcher = Searcher(ws)
     chunks, resolved, counts = prepare(ws, data, searcher, config.limit)

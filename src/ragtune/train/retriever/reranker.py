@@ -73,7 +73,7 @@ def train_reranker(
     quiet_transformers()
     config = config or RerankerConfig()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    out = Path(out) if out else ws.root / "train" / "reranker"
+    out = Path(out) if out else ws.train_dir("reranker")
     started = time.perf_counter()
     searcher = Searcher(ws)
     chunks, resolved, counts = prepare(ws, data, searcher, config.limit)
