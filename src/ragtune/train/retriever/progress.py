@@ -1,4 +1,5 @@
-"""A rich progress bar for long training work, and the trainer callback that drives it."""
+"""The retriever trainers' progress: the foundation's `ragtune.progress.Reporter` (a bar on a terminal, throttled
+plain lines in a log, like every other stage), and the trainer callback that drives it."""
 
 from __future__ import annotations
 
@@ -6,35 +7,26 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-console = Console(stderr=True, soft_wrap=True)
+from ragtune.progress import Reporter
 
 
 class Bar:
-    """`update(done, total)` on one task; a no-op when progress display is off (tests, benchmarks)."""
+    """`update(done, total)` with the total positional, the shape `reembed_index(progress=...)` and the LM scorer
+    call; silent when progress display is off (tests, benchmarks)."""
 
-    def __init__(self, progress: Progress | None, description: str):
-        self.progress = progress
-        self.task = progress.add_task(description, total=None, info="") if progress else None
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
 
     def update(self, done: int, total: int | None = None, **fields: Any) -> None:
-        if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=done, total=total, **fields)
+        self.reporter.update(done, total=total, **fields)
 
 
 @contextlib.contextmanager
 def bar(description: str, enabled: bool) -> Iterator[Bar]:
-    if not enabled:
-        yield Bar(None, description)
-        return
-    with Progress(
-        TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-    ) as progress:
-        yield Bar(progress, description)
+    with Reporter(description, enabled=enabled) as reporter:
+        yield Bar(reporter)
 
 
 class StepCallback(TrainerCallback):
@@ -46,8 +38,7 @@ class StepCallback(TrainerCallback):
         self.losses: list[float] = []
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        info = f"loss {self.loss:.4f}" if self.loss is not None else ""
-        self.bar.update(state.global_step, state.max_steps, info=info)
+        self.bar.update(state.global_step, state.max_steps, loss=self.loss)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if logs and "loss" in logs:
