@@ -51,6 +51,7 @@ class GGUFModel:
     tokenizer_dir: Path
     tokenizer_gguf: str | None = None  # a file name inside tokenizer_dir when the tokenizer is read from a GGUF
     lora: Path | None = None
+    tokenizer_cache: Path | None = None  # where a tokenizer read from a GGUF is saved, so later loads skip the read
 
 
 def _fingerprint(*paths: str | Path) -> str:
@@ -90,7 +91,9 @@ def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_d
             run = cache_dir() / "gguf" / f"{_fingerprint(weights)}-{gguf_quant}.gguf"
             if not run.exists():
                 convert.reencode(weights, run, gguf_quant)
-        model = GGUFModel(ref, run, weights.parent, weights.name)
+        saved = cache_dir() / "gguf" / f"tokenizer-{_fingerprint(weights)}"  # reading it from the GGUF: ~10-50 s
+        model = (GGUFModel(ref, run, saved) if (saved / "tokenizer_config.json").exists()
+                 else GGUFModel(ref, run, weights.parent, weights.name, tokenizer_cache=saved))
     elif path.suffix == ".gguf" and path.is_file():
         folder = path.resolve().parent  # `ragtune export-model` puts the HF tokenizer next to the GGUF: use it
         own = (folder / "tokenizer_config.json").exists()
@@ -117,7 +120,8 @@ def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_d
         convert.convert_lora(adapter_path, base_hf, lora, llama_cpp_dir)
     tokenizer_dir = adapter_path if (adapter_path / "tokenizer_config.json").exists() else model.tokenizer_dir
     tokenizer_gguf = None if tokenizer_dir == adapter_path else model.tokenizer_gguf
-    return GGUFModel(model.reference, model.gguf, tokenizer_dir, tokenizer_gguf, lora)
+    return GGUFModel(model.reference, model.gguf, tokenizer_dir, tokenizer_gguf, lora,
+                     model.tokenizer_cache if tokenizer_gguf else None)
 
 
 def _gguf_chat_template(path: Path) -> str | None:
@@ -126,6 +130,24 @@ def _gguf_chat_template(path: Path) -> str | None:
 
     field = GGUFReader(str(path)).fields.get("tokenizer.chat_template")
     return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
+
+
+def _save_tokenizer(tokenizer: Any, target: Path) -> None:
+    """Save a tokenizer read from a GGUF (written aside, then renamed: a concurrent reader sees all of it or none)."""
+    import shutil
+    import tempfile
+
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:  # another process saved it first, or the cache is read-only: the GGUF stays the source
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _threads() -> int:
@@ -178,6 +200,7 @@ class LlamaCppLLM(ChatTemplatePrompts, LLM):
 
         quiet_transformers()
         self.model = resolve_gguf(ref, adapter, llama_cpp_dir, gguf_quant)
+        self.gguf_quant, self.llama_cpp_dir = gguf_quant, llama_cpp_dir  # how further adapters are resolved
         self.adapter = adapter
         self.name = name or self.model.reference
         self.path = str(self.model.gguf)
@@ -187,6 +210,8 @@ class LlamaCppLLM(ChatTemplatePrompts, LLM):
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(self.model.tokenizer_dir), **extra)
         if self.tokenizer.chat_template is None and self.model.tokenizer_gguf:
             self.tokenizer.chat_template = _gguf_chat_template(self.model.tokenizer_dir / self.model.tokenizer_gguf)
+        if self.model.tokenizer_gguf and self.model.tokenizer_cache is not None:
+            _save_tokenizer(self.tokenizer, self.model.tokenizer_cache)
         n_ctx = int(max_length or 4096)
         threads = n_threads or _threads()
         key = (f"{self.model.gguf}|{self.model.lora or ''}|{lora_scale}", str(n_gpu_layers), n_ctx, threads)

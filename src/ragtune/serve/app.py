@@ -197,7 +197,7 @@ def create_app(pipeline: RagPipeline, tenants: TenantStore | None = None) -> Fas
     app = FastAPI(title="ragtune RAG server", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pipeline = pipeline
     limits = config.limits
-    pipeline.batcher.timeout_s = limits.generation_timeout_s
+    pipeline.router.set_timeout(limits.generation_timeout_s)
     backstop = limits.generation_timeout_s + limits.stall_margin_s  # the batcher missed its own deadline by this
     app.add_middleware(ServerErrors)  # innermost: the timing middleware still logs the 500
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
@@ -252,10 +252,11 @@ def create_app(pipeline: RagPipeline, tenants: TenantStore | None = None) -> Fas
     async def health() -> JSONResponse:
         """200 `ok`, or 503 `degraded` (with a reason) while one batch has run past the deadline plus the margin or
         the queue has not moved that long. Async: it answers even when every worker thread is busy."""
-        batcher = pipeline.batcher
-        state = batcher.health(backstop)
-        body = {"status": state["status"], "reason": state["reason"], "model": pipeline.model_name,
-                "batches": batcher.batches, "cancelled": batcher.cancelled, "timed_out": batcher.timed_out,
+        router = pipeline.router
+        state = router.health(backstop)
+        body = {"status": state["status"], "reason": state["reason"], "model": router.default.name,
+                "models": router.names, "batches": router.counter("batches"),
+                "cancelled": router.counter("cancelled"), "timed_out": router.counter("timed_out"),
                 "queued": state["queued"], "busy_s": state["busy_s"], "cache": pipeline.cache.stats.to_dict()}
         return JSONResponse(body, status_code=200 if state["status"] == "ok" else 503)
 
@@ -268,8 +269,8 @@ def create_app(pipeline: RagPipeline, tenants: TenantStore | None = None) -> Fas
 
     @app.get("/v1/models")
     def models(who: Principal = Depends(principal)) -> dict[str, Any]:
-        return {"object": "list",
-                "data": [{"id": pipeline.model_name, "object": "model", "created": 0, "owned_by": "ragtune"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "ragtune"}
+                                           for name in pipeline.router.names]}
 
     def timeout_error() -> APIError:
         return APIError(503, f"generation took longer than this server's limit of {limits.generation_timeout_s:g} s; "
@@ -306,7 +307,7 @@ def create_app(pipeline: RagPipeline, tenants: TenantStore | None = None) -> Fas
     async def warm(prepared: Prepared, answer: Answer) -> None:
         """Per-request preparation the shared batching thread would otherwise do (the stop-string matcher)."""
         if not answer.cache.get("hit") and prepared.generation.stop:
-            await asyncio.to_thread(pipeline.batcher.warm, prepared.generation)
+            await asyncio.to_thread(pipeline.router.route(prepared.model).scheduler.warm, prepared.generation)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request,

@@ -113,7 +113,9 @@ def serve(
     workspace: Path = WorkspaceOption,
     model: str = typer.Option(None, "--model", "-m", help="Generator: bundled name, folder, .gguf, hub id, or "
                               "openai:MODEL for an OpenAI-compatible server (default: bundled SmolLM2)."),
-    adapter: str = typer.Option(None, "--adapter", help="LoRA adapter folder (e.g. from `ragtune train sft`)."),
+    adapter: list[str] = typer.Option(None, "--adapter", help="LoRA adapter folder (e.g. from `ragtune train sft`); "
+                                      "repeat it to serve several by request `model` name (NAME=PATH, or named "
+                                      "after the run: ws/train/NAME/adapter -> NAME), the base model beside them."),
     retriever: str = typer.Option(None, "--retriever", help="Trained retriever folder: its query encoder embeds "
                                   "queries (`ragtune train retriever`)."),
     rerank: str = typer.Option(None, "--rerank", help="Cross-encoder folder or hub id re-scoring the first stage."),
@@ -135,6 +137,10 @@ def serve(
     redact_pii: bool = typer.Option(False, "--redact-pii", help="Redact e-mails, phone / card numbers, ... in the "
                                     "request log."),
     max_batch: int = typer.Option(None, "--max-batch", help="Most requests generated together (16)."),
+    slots: int = typer.Option(None, "--slots", help="llama.cpp engine: sequences decoded together, continuous "
+                              "batching (8; 0: one request at a time)."),
+    slot_ctx: int = typer.Option(None, "--slot-ctx", help="llama.cpp engine: tokens per slot, prompt + answer "
+                                 "(2048)."),
     dtype: str = typer.Option(None, "--dtype", help="Local model dtype: auto | float32 | bfloat16 | float16."),
     device: str = typer.Option(None, "--device", help="Local model device (default: cuda if available, else cpu)."),
     engine: str = typer.Option(None, "--engine", help="Local generation engine: transformers (default; streams, "
@@ -152,25 +158,42 @@ def serve(
     from ragtune.llm import load_llm
     from ragtune.models import ModelNotFoundError
     from ragtune.serve.app import create_app
+    from ragtune.serve.models import adapter_specs, build_router
     from ragtune.serve.pipeline import RagPipeline
     from ragtune.serve.tenants import TenantStore
 
+    try:
+        adapters = adapter_specs(adapter)
+    except ValueError as exc:
+        _fail(str(exc))
+
     search_config, serve_config = load_settings(config, {
         "search.retriever": retriever, "search.reranker": rerank, "search.k": k, "search.mode": mode,
-        "serve.prompt": prompt or ("cot" if adapter and not (config and _yaml_sets(config, "prompt")) else None),
+        "serve.prompt": prompt or ("cot" if adapters and not (config and _yaml_sets(config, "prompt")) else None),
         "serve.default_max_tokens": max_tokens, "serve.cache_threshold": cache_threshold,
         "serve.cache": False if no_cache else None, "serve.injection_policy": injection_policy,
-        "serve.redact_pii": True if redact_pii else None, "serve.max_batch": max_batch,
+        "serve.redact_pii": True if redact_pii else None, "serve.max_batch": max_batch, "serve.slots": slots,
+        "serve.slot_ctx": slot_ctx,
     })
     if not (workspace / "index").exists():
         _fail(f"no index in workspace {workspace}: run `ragtune ingest PATH --workspace {workspace} --tenant NAME` "
               "first")
-    console.print(f"loading model {model or 'smollm2-135m-instruct (bundled)'}{' + ' + adapter if adapter else ''} ...")
+    shown = ", ".join(adapters)
+    console.print(f"loading model {model or 'smollm2-135m-instruct (bundled)'}{' + ' + shown if shown else ''} ...")
+    served = name or model or "smollm2-135m-instruct"
+    options: dict[str, Any] = {"dtype": dtype, "device": device, "engine": engine}
     try:
-        llm = load_llm(model, adapter=adapter, dtype=dtype, device=device, engine=engine)
-        pipeline = RagPipeline(workspace, llm, search_config, serve_config,
-                               model_name=name or model or "smollm2-135m-instruct")
-    except (ModelNotFoundError, FileNotFoundError, ValueError, OSError, ImportError, NotImplementedError) as exc:
+        # one adapter per loaded model, except the engines that hold several over one base (llama.cpp slots, vLLM)
+        per_model = len(adapters) == 1 and not (engine == "llamacpp" and serve_config.slots > 0) and engine != "vllm"
+        if engine == "vllm" and adapters:
+            options["adapters"] = adapters
+        llm = load_llm(model, adapter=next(iter(adapters.values())) if per_model else None, **options)
+        router = build_router(llm, served, {} if per_model else adapters, serve_config.max_batch,
+                              serve_config.batch_wait_ms, serve_config.slots, serve_config.slot_ctx,
+                              load=lambda path: load_llm(model, adapter=path, **options))
+        pipeline = RagPipeline(workspace, llm, search_config, serve_config, model_name=served, router=router)
+    except (ModelNotFoundError, FileNotFoundError, KeyError, ValueError, OSError, ImportError, RuntimeError,
+            NotImplementedError) as exc:
         _fail(str(exc))
     counts = pipeline.warm()
     tenants = TenantStore(workspace)
@@ -181,7 +204,8 @@ def serve(
         console.print(f"[yellow]warning:[/] {counts['untagged']} of {counts['chunks']} chunks have no tenant and are "
                       "served to nobody: ingest them with `--tenant NAME`")
     base = f"http://{host}:{port}"
-    console.print(f"[green]serving[/] {counts['chunks']} chunks · OpenAI base_url {base}/v1 · curation page "
+    console.print(f"[green]serving[/] {', '.join(router.names)} · {counts['chunks']} chunks · OpenAI base_url "
+                  f"{base}/v1 · curation page "
                   f"{base}/curate · OpenAPI schema {base}/openapi.json (admin key)")
     uvicorn.run(create_app(pipeline, tenants), host=host, port=port, log_level="warning")
 

@@ -2,9 +2,11 @@
 batched generation, and the durable record that feedback refers to.
 
 Retrieval runs in a worker thread under one lock (the Searcher's catalog and BM25 index are shared state); generation
-goes through `ragtune.llm.server.Batcher`, so concurrent requests share forward passes. The tenant filter is added
-here from the authenticated principal and compared on the typed tenant column (`ragtune.serve.scope`): request
-filters are ANDed with it and can only narrow the result; one naming the tenant is refused.
+goes through the request's model route (`ragtune.serve.models`): a `ragtune.llm.server.Batcher`, or the llama.cpp
+engine's continuous batching (`ragtune.llm.llamacpp_slots`), so concurrent requests share forward passes. The tenant
+filter is added here from the authenticated principal and compared on the typed tenant column
+(`ragtune.serve.scope`): request filters are ANDed with it and can only narrow the result; one naming the tenant is
+refused.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from ragtune.config import SearchConfig
 from ragtune.index.store import filter_mask
 from ragtune.llm.base import LLM, GenerationConfig, Message
-from ragtune.llm.server import Batcher
 from ragtune.prompts import PromptStyle, build_messages, system_prompt_for
 from ragtune.records import Hit
 from ragtune.retrieve.search import Searcher
 from ragtune.retrieve.semantic_cache import SemanticCache
 from ragtune.serve.feedback import FeedbackStore, new_id
 from ragtune.serve.guardrails import InjectionPolicy, Limits, find_injection, strip_control_tokens
+from ragtune.serve.models import ModelRouter, build_router
 from ragtune.serve.schemas import APIError, ChatRequest, Citation, Flagged
 from ragtune.serve.scope import TENANT, ScopeError, SourceNames, check_request_filters
 from ragtune.workspace import Workspace
@@ -54,6 +56,8 @@ class ServeConfig(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     max_batch: int = 16
     batch_wait_ms: float = 20.0
+    slots: int = Field(8, ge=0, le=256)  # llama.cpp engine: sequences decoded together (0: one request at a time)
+    slot_ctx: int = Field(2048, ge=256, le=131072)  # llama.cpp engine: tokens of prompt + answer per slot
     index_check_seconds: float = 1.0  # how often the server looks for a newer index version (another process ingested)
     snippet_chars: int = 240
 
@@ -71,6 +75,7 @@ class Prepared:
     generation: GenerationConfig
     cacheable: bool
     signature: str
+    model: str = ""  # the served model (route) that answers
     cache_key: tuple[str, Any] | None = None  # (tenant fingerprint, query vector) once looked up
 
 
@@ -114,7 +119,7 @@ def _decode_cached(data: str) -> dict[str, Any]:
 
 class RagPipeline:
     def __init__(self, workspace: Workspace | str | os.PathLike[str], llm: LLM, search: SearchConfig | None = None,
-                 config: ServeConfig | None = None, model_name: str | None = None):
+                 config: ServeConfig | None = None, model_name: str | None = None, router: ModelRouter | None = None):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.llm = llm
         self.search_config = search or SearchConfig()
@@ -122,7 +127,10 @@ class RagPipeline:
         self.model_name: str = model_name or str(getattr(llm, "name", None) or "ragtune")
         self._stage_llms: dict[str, LLM] = {}
         self.searcher = Searcher(self.workspace, self.search_config, llm_for=self.retrieval_llm)
-        self.batcher = Batcher(llm, max_batch=self.config.max_batch, batch_wait_ms=self.config.batch_wait_ms)
+        # the served models by request name; without a router, `llm` alone (llama.cpp: continuous batching)
+        self.router = router or build_router(llm, self.model_name, {}, self.config.max_batch, self.config.batch_wait_ms,
+                                             self.config.slots, self.config.slot_ctx)
+        self.batcher = self.router.default.scheduler  # the default model's scheduler (warm, counters)
         self.feedback = FeedbackStore(self.workspace)
         # beside feedback.sqlite3, so a restart keeps the cache warm; the namespace keeps apart entries made under other
         # search settings or another embedder (a request's signature carries only the per-request settings)
@@ -279,12 +287,13 @@ class RagPipeline:
         generation = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature or 0.0,
                                       top_p=request.top_p or 1.0, stop=stop, seed=request.seed)
         mode = opts.mode or self.search_config.mode
-        signature = _hash({"model": self.model_name, "prompt": self.config.prompt, "k": k, "mode": mode,
+        model = self.router.route(request.model).name  # 404 for a model this server does not serve
+        signature = _hash({"model": model, "prompt": self.config.prompt, "k": k, "mode": mode,
                            "filters": opts.filters, "max_tokens": max_tokens, "stop": stop, "system": system_extra,
                            "history": history})
         cacheable = self.config.cache and opts.cache and generation.temperature == 0.0
         return Prepared(question, history, system_extra, k, mode, dict(opts.filters), generation, cacheable,
-                        signature)
+                        signature, model=model)
 
     def screen(self, hits: list[Hit]) -> tuple[list[Hit], list[Flagged]]:
         """Strip control tokens from every chunk; flag instruction-like chunks and, under 'drop', leave them out."""
@@ -318,7 +327,7 @@ class RagPipeline:
     async def retrieve(self, tenant: str, request: ChatRequest) -> tuple[Prepared, Answer]:
         """Everything before generation. A cache hit comes back with its text filled in (nothing left to do)."""
         prepared = self.prepare(request)
-        answer = Answer(id=new_id("chatcmpl"), created=int(time.time()), model=self.model_name)
+        answer = Answer(id=new_id("chatcmpl"), created=int(time.time()), model=prepared.model or self.model_name)
         t0 = time.perf_counter()
         if prepared.cacheable:
             vector = await asyncio.to_thread(self.embed_query, prepared.question)
@@ -356,7 +365,8 @@ class RagPipeline:
         nothing: a cut answer is neither cached nor offered for feedback."""
         if not answer.cache.get("hit"):
             t0 = time.perf_counter()
-            gen = await asyncio.wrap_future(self.batcher.submit(answer.messages, prepared.generation, on_text, cancel))
+            route = self.router.route(prepared.model)
+            gen = await asyncio.wrap_future(route.submit(answer.messages, prepared.generation, on_text, cancel))
             answer.timings["generation"] = time.perf_counter() - t0
             answer.text, answer.finish_reason = gen.text, gen.finish_reason
             answer.prompt_tokens, answer.completion_tokens = gen.prompt_tokens, gen.completion_tokens
@@ -369,7 +379,7 @@ class RagPipeline:
                     "contexts": answer.contexts,
                 })
         await asyncio.to_thread(
-            self.feedback.record_response, answer.id, tenant, self.model_name, prepared.question, answer.messages,
+            self.feedback.record_response, answer.id, tenant, answer.model, prepared.question, answer.messages,
             answer.contexts, answer.text,
             {"k": prepared.k, "mode": prepared.mode, "filters": prepared.filters, "prompt": self.config.prompt,
              "max_tokens": prepared.generation.max_new_tokens, "cache_hit": bool(answer.cache.get("hit"))},
