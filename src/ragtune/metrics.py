@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.prompts import BEGIN_QUOTE, END_QUOTE
+from ragtune.prompts import BEGIN_QUOTE, END_QUOTE, quoted_spans
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
 _ANSWER_RE = re.compile(r"<\s*answer\s*>\s*:?", re.IGNORECASE)
-_QUOTE_RE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 _LEAD_IN = re.compile(
     r"^\s*(?:the\s+)?(?:final\s+|short\s+|correct\s+)?answer(?:\s+is\b\s*:?|\s*[:\-])\s*", re.IGNORECASE
 )
@@ -132,8 +131,9 @@ def f1_score(prediction: str, golds: Sequence[str], answerable: bool = True) -> 
 
 
 def extract_quotes(generation: str) -> list[str]:
-    """The non-empty quoted spans of a generation, in order."""
-    return [q.strip() for q in _QUOTE_RE.findall(generation) if q.strip()]
+    """The non-empty quoted spans of a generation, in order (for scoring; synthesis cleans its own:
+    `ragtune.synth.validate.clean_quotes`)."""
+    return [q.strip() for q in quoted_spans(generation) if q.strip()]
 
 
 def _quote_key(text: str) -> str:
@@ -142,7 +142,8 @@ def _quote_key(text: str) -> str:
 
 
 def quote_in(quote: str, documents: Iterable[str]) -> bool:
-    """Whether a quoted span occurs verbatim (up to whitespace and case) in one of the documents."""
+    """Whether a quoted span occurs (up to whitespace, case and end punctuation) in one of the documents: the
+    lenient rule of evaluation (see `ragtune.prompts.quoted_spans` for the strict one of synthesis)."""
     key = _quote_key(quote)
     if not key:
         return False

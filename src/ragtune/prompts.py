@@ -13,6 +13,7 @@ prompts stay with the synthesis stage (`ragtune.synth.prompts`), the only stage 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
@@ -21,6 +22,18 @@ from ragtune.llm.base import Message
 BEGIN_QUOTE = "##begin_quote##"
 END_QUOTE = "##end_quote##"
 ANSWER_TAG = "<ANSWER>:"
+QUOTE_RE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
+
+
+def quoted_spans(text: str) -> list[str]:
+    """The raw spans between the quote markers, in order, as written.
+
+    Two rules then judge a span, on purpose, and only these two: evaluation credits a quote found up to case,
+    whitespace and end punctuation (`ragtune.metrics.quote_in`: a student is not marked down for trimming a
+    comma); synthesis keeps a training example only when its cleaned quote is verbatim in the oracle
+    (`ragtune.synth.validate.quote_verbatim`: a student learns to copy exactly what it is shown).
+    """
+    return QUOTE_RE.findall(text)
 
 
 class Shown(Protocol):

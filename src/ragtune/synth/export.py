@@ -25,7 +25,7 @@ from ragtune.synth import prompts
 from ragtune.synth.raft import SynthConfigError
 from ragtune.synth.records import PreferenceExample, RaftExample
 from ragtune.synth.store import read_preferences, read_raft, sum_counts
-from ragtune.synth.validate import extract_quotes, quote_in
+from ragtune.synth.validate import clean_quotes, quote_verbatim
 from ragtune.workspace import Workspace
 
 FORMATS = ("openai-chat", "openai-dpo", "hf", "completion", "sharegpt")
@@ -122,11 +122,11 @@ def build_card(
     if examples:
         kept = sum(e.oracle_kept for e in examples)
         distractors = Counter(sum(not d.is_oracle for d in e.documents) for e in examples)
-        quotes = [(q, e) for e in examples for q in extract_quotes(e.cot_answer)]
+        quotes = [(q, e) for e in examples for q in clean_quotes(e.cot_answer)]
         oracle_texts = {
             e.id: [shown_text(d) for d in [*e.documents, *e.dropped_oracles] if d.is_oracle] for e in examples
         }
-        ok = sum(quote_in(q, oracle_texts[e.id]) for q, e in quotes)
+        ok = sum(quote_verbatim(q, oracle_texts[e.id]) for q, e in quotes)
         card |= {
             "p_oracle_observed": round(kept / len(examples), 4),
             "oracle_kept": kept,

@@ -22,12 +22,7 @@ from ragtune.synth import prompts
 from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft
 from ragtune.synth.records import Group, PreferenceExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
-from ragtune.synth.validate import (
-    extract_quotes,
-    normalize_ws,
-    quote_in,
-    split_answer,
-)
+from ragtune.synth.validate import clean_quotes, normalize_ws, quote_verbatim, split_answer
 from ragtune.workspace import Workspace
 
 STAGE = "synth-preferences"
@@ -79,8 +74,8 @@ def judge(student_text: str, example: RaftExample, threshold: float = 0.5) -> st
         return "wrong_answer"
     oracles = [shown_text(d) for d in example.documents if d.is_oracle]
     distractors = [shown_text(d) for d in example.documents if not d.is_oracle]
-    for q in extract_quotes(parts[0]):
-        if not quote_in(q, oracles) and quote_in(q, distractors):
+    for q in clean_quotes(parts[0]):
+        if not quote_verbatim(q, oracles) and quote_verbatim(q, distractors):
             return "cites_distractor"
     return None
 

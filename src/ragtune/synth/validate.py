@@ -8,9 +8,8 @@ import re
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
-from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE  # the RAFT vocabulary, from the foundation
+from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, quoted_spans  # the RAFT vocabulary, from the foundation
 
-_QUOTE_RE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 _OUTER = " \t\n\"'“”‘’`"
 _NUMBERING = re.compile(r"^\s*(?:[-*•]|\(?\d{1,2}[.):]|Q\d{1,2}[.):]?|Question\s*\d*\s*[.):])\s*", re.IGNORECASE)
 
@@ -27,12 +26,14 @@ def clean_quote(quote: str) -> str:
     return quote
 
 
-def extract_quotes(text: str) -> list[str]:
-    return [clean_quote(q) for q in _QUOTE_RE.findall(text)]
+def clean_quotes(text: str) -> list[str]:
+    """Every quoted span, cleaned (`clean_quote`), in order; empty ones kept so a check can count them."""
+    return [clean_quote(q) for q in quoted_spans(text)]
 
 
-def quote_in(quote: str, documents: list[str]) -> bool:
-    """Whether a (cleaned) quote occurs verbatim, whitespace-normalized, in one of the documents."""
+def quote_verbatim(quote: str, documents: list[str]) -> bool:
+    """Whether a cleaned quote occurs verbatim, whitespace-normalized, in one of the documents: the strict rule of
+    synthesis (case and punctuation count; evaluation's lenient rule is `ragtune.metrics.quote_in`)."""
     return bool(quote) and any(quote in normalize_ws(doc) for doc in documents)
 
 
@@ -73,8 +74,8 @@ def check_cot(text: str, oracles: list[str], min_quotes: int = 1) -> CotCheck:
     cot = f"{reasoning}\n{ANSWER_TAG} {answer}".strip()
     if reasoning.count(BEGIN_QUOTE) != reasoning.count(END_QUOTE):
         return CotCheck(False, "unbalanced quote markers", cot, answer)
-    quotes = extract_quotes(reasoning)
-    ok = sum(quote_in(q, oracles) for q in quotes)
+    quotes = clean_quotes(reasoning)
+    ok = sum(quote_verbatim(q, oracles) for q in quotes)
     if len(quotes) < min_quotes:
         return CotCheck(False, "no quote" if not quotes else "too few quotes", cot, answer, quotes, ok)
     if ok < len(quotes):
