@@ -1,17 +1,25 @@
-"""Serving under load: N concurrent clients for a bounded time against a real `ragtune serve` process on loopback.
+"""Serving under load, per engine: N concurrent clients for a fixed window against a real server process on loopback.
 
-    OMP_NUM_THREADS=1 python benchmarks/serve.py            # 8 clients x 60 s per system, 16 new tokens
-    OMP_NUM_THREADS=1 python benchmarks/serve.py --quick    # 4 clients x 20 s, 8 new tokens (a smoke run)
+    nice -n 19 python benchmarks/serve.py                    # 8 and 32 clients x 40 s per system, 32 new tokens
+    nice -n 19 python benchmarks/serve.py --quick            # 8 clients x 20 s, 16 new tokens (a smoke run)
+    python benchmarks/serve.py --systems ragtune-llamacpp,wrapper --clients 8 --seconds 60
 
-Each client loops until the time is up: ask a HotpotQA question (official `openai` client, semantic cache off so
-every request runs retrieval + generation), then, on ragtune, post feedback on the answer. Reported per system:
-requests, errors, p50 / p95 latency, throughput; for ragtune also feedback rows sent vs rows found in SQLite after.
+Systems (each in its own fresh process, one after the other, never two at once, on the same questions):
+- `wrapper`: what a user would otherwise write: ragtune's Searcher, the same RAG prompt and the bundled model
+  (transformers, fp32) behind a hand-written FastAPI route that answers one request at a time
+  (`llm.generate([messages])` under a lock). No streaming: its time to first token is its latency.
+- `wrapper-llamacpp`: the same wrapper over the llama.cpp engine (`load_llm(engine="llamacpp")`, one sequence at a
+  time): what batching adds, with the engine held equal.
+- `ragtune-llamacpp`: `ragtune serve --engine llamacpp --slots MAX_CLIENTS`: continuous batching over llama.cpp's
+  parallel slots, streaming.
+- `ragtune-transformers`: `ragtune serve` on transformers (request batching through `llm.server.Batcher`).
 
-Baseline (what a user would otherwise write): the same pipeline (ragtune's Searcher, the same RAG prompt, the same
-model) behind a hand-written FastAPI endpoint that answers each request on its own (`llm.generate([messages])` in a
-sync route, so one request at a time on the model). That isolates what ragtune's server adds (request batching
-through `llm.server.Batcher`, async retrieval) from the model and retrieval costs both share. The two servers run one
-after the other, never at once, on the same questions. Results: benchmarks/results/serve.json (serve_quick.json).
+Each client loops until the window closes: ask a HotpotQA question (k=5 chunks, semantic cache off, so every request
+runs retrieval + prefill + decode; ragtune systems stream and the first content piece gives the time to first
+token). A request still running when the window closes is abandoned (counted as `unfinished`, its latency unknown):
+requests/s = requests completed inside the window / window. Reported per system and client count: requests, errors,
+unfinished, requests/s, p50 / p95 latency and time to first token. `best_rps_ratio`: the best ragtune engine's
+requests/s over the wrapper's at 8 clients. Results: benchmarks/results/serve.json (serve_quick.json).
 """
 
 from __future__ import annotations
@@ -20,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -35,9 +42,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "hotpotqa_mini" / "hotpotqa_mini.json"
 sys.path.insert(0, str(ROOT / "tests"))
+SYSTEMS = ("wrapper", "wrapper-llamacpp", "ragtune-llamacpp", "ragtune-transformers")
+DEFAULT_SYSTEMS = ("wrapper", "wrapper-llamacpp", "ragtune-llamacpp")
 
 
-def baseline_app(workspace: str, max_tokens: int):
+def baseline_app(workspace: str, max_tokens: int, engine: str = "transformers"):
     """The hand-written wrapper: retrieve, prompt, generate, one request at a time."""
     from fastapi import FastAPI
 
@@ -45,22 +54,28 @@ def baseline_app(workspace: str, max_tokens: int):
     from ragtune.prompts import build_messages
     from ragtune.retrieve.search import Searcher
 
-    llm, searcher = load_llm(None), Searcher(workspace)
+    llm, searcher = load_llm(None, engine=engine), Searcher(workspace)
     searcher.search("warm up", k=5, filters={"tenant": "bench"})
     lock = threading.Lock()
+    inflight = [0]
     app = FastAPI()
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "inflight": inflight[0]}
 
     @app.post("/v1/chat/completions")
     def chat(body: dict) -> dict:
         question = body["messages"][-1]["content"]
-        with lock:
-            hits = searcher.search(question, k=5, filters={"tenant": "bench"})
-        messages = build_messages(question, hits)
-        gen = llm.generate([messages], GenerationConfig(max_new_tokens=body.get("max_tokens") or max_tokens))[0]
+        inflight[0] += 1
+        try:
+            with lock:
+                hits = searcher.search(question, k=5, filters={"tenant": "bench"})
+                messages = build_messages(question, hits)
+                config = GenerationConfig(max_new_tokens=body.get("max_tokens") or max_tokens)
+                gen = llm.generate([messages], config)[0]
+        finally:
+            inflight[0] -= 1
         return {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": "baseline",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
                              "finish_reason": gen.finish_reason}],
@@ -73,15 +88,15 @@ def baseline_app(workspace: str, max_tokens: int):
 class BaselineServer:
     """This file run with --baseline-server, as a child process (same shape as serve_support.Server)."""
 
-    def __init__(self, workspace: Path, max_tokens: int):
+    def __init__(self, workspace: Path, max_tokens: int, engine: str):
         import httpx
         from serve_support import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", "--workspace", str(workspace),
-                                      "--port", str(self.port), "--max-tokens", str(max_tokens)])
-        for _ in range(360):
+                                      "--port", str(self.port), "--max-tokens", str(max_tokens), "--engine", engine])
+        for _ in range(1200):
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
@@ -94,60 +109,110 @@ class BaselineServer:
         self.proc.wait(timeout=30)
 
 
+def _one(url: str, key: str, question: str, max_tokens: int, stream: bool, timeout: float) -> tuple[float, float]:
+    """(latency, time to first content) of one chat request; raises on an error or when `timeout` passes."""
+    import httpx
+
+    body = {"model": "m", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+            "stream": stream, "ragtune": {"cache": False}}
+    headers = {"Authorization": f"Bearer {key}"}
+    t0 = time.perf_counter()
+    if not stream:
+        r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+        r.raise_for_status()
+        r.json()["choices"][0]["message"]["content"]  # noqa: B018 - a well-formed answer
+        latency = time.perf_counter() - t0
+        return latency, latency
+    first = None
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=timeout) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if first is None and line.startswith("data: {") and '"content": "' in line and '"content": ""' not in line:
+                first = time.perf_counter() - t0
+            if line.startswith("data: {") and '"error"' in line[:20]:
+                raise RuntimeError(line[:200])
+            if line == "data: [DONE]":
+                break
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError("window closed")
+    latency = time.perf_counter() - t0
+    return latency, first if first is not None else latency
+
+
 def load(url: str, key: str, questions: list[str], clients: int, seconds: float, max_tokens: int,
-         feedback: bool) -> dict:
-    import openai
+         stream: bool) -> dict:
+    import httpx
 
     latencies: list[float] = []
+    ttfts: list[float] = []
     errors: list[str] = []
-    sent = [0]
+    unfinished = [0]
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
     def client(cid: int) -> None:
-        import httpx
-
-        c = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=300)
         i = cid
-        while time.monotonic() < stop_at:
+        while (left := stop_at - time.monotonic()) > 0:
             q = questions[i % len(questions)]
             i += clients
-            t0 = time.perf_counter()
             try:
-                r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": q}],
-                                              max_tokens=max_tokens, extra_body={"ragtune": {"cache": False}})
+                latency, ttft = _one(url, key, q, max_tokens, stream, timeout=left)
                 with lock:
-                    latencies.append(time.perf_counter() - t0)
-                if feedback:
-                    f = httpx.post(url + "/v1/feedback", headers={"Authorization": f"Bearer {key}"}, timeout=60,
-                                   json={"response_id": r.id, "rating": "up" if i % 2 else "down"})
-                    f.raise_for_status()
-                    with lock:
-                        sent[0] += 1
+                    latencies.append(latency)
+                    ttfts.append(ttft)
+            except (httpx.TimeoutException, TimeoutError):
+                with lock:
+                    unfinished[0] += 1
             except Exception as exc:  # noqa: BLE001 - every failure is counted, not raised
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
-    t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    lat = sorted(latencies)
-    return {
-        "requests": len(lat), "errors": len(errors), "error_samples": errors[:3], "wall_s": round(wall, 1),
-        "p50_s": round(statistics.median(lat), 3) if lat else None,
-        "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3) if lat else None,
-        "throughput_rps": round(len(lat) / wall, 3), "feedback_sent": sent[0],
-    }
+    lat, first = sorted(latencies), sorted(ttfts)
+
+    def pct(xs: list[float], q: float) -> float | None:
+        return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3) if xs else None
+
+    return {"clients": clients, "requests": len(lat), "errors": len(errors), "error_samples": errors[:3],
+            "unfinished": unfinished[0], "window_s": seconds, "rps": round(len(lat) / seconds, 4),
+            "p50_s": round(statistics.median(lat), 3) if lat else None, "p95_s": pct(lat, 0.95),
+            "ttft_p50_s": round(statistics.median(first), 3) if first else None, "ttft_p95_s": pct(first, 0.95)}
+
+
+def wait_idle(url: str, limit_s: float = 600.0) -> float:
+    """Seconds until the server has nothing left from the last window (a wrapper finishes what clients abandoned;
+    ragtune cancels it): the next window starts on an idle server."""
+    import httpx
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        state = httpx.get(url + "/health", timeout=10).json()
+        if not state.get("inflight") and not state.get("queued") and state.get("busy_s") is None:
+            return round(time.monotonic() - t0, 1)
+        time.sleep(1.0)
+    raise RuntimeError(f"{url} still busy after {limit_s:.0f} s")
+
+
+def start(system: str, ws: Path, clients: int, max_tokens: int):
+    from serve_support import Server
+
+    if system.startswith("wrapper"):
+        return BaselineServer(ws, max_tokens, "llamacpp" if system == "wrapper-llamacpp" else "transformers")
+    args = ["--max-tokens", str(max_tokens), "--no-cache"]
+    if system == "ragtune-llamacpp":
+        args += ["--engine", "llamacpp", "--slots", str(clients), "--slot-ctx", "2048"]
+    return Server(ws, *args, timeout=1200.0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 clients x 20 s, 8 tokens, 10-question corpus")
-    parser.add_argument("--clients", type=int)
+    parser.add_argument("--quick", action="store_true", help="8 clients x 20 s, 16 tokens")
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
+    parser.add_argument("--clients", default=None, help="comma list (default 8,32; --quick: 8)")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ragtune-bench-serve"))
@@ -155,25 +220,28 @@ def main() -> None:
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="transformers", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         import uvicorn
 
-        uvicorn.run(baseline_app(str(args.workspace), args.max_tokens), host="127.0.0.1", port=args.port,
-                    log_level="warning")
+        uvicorn.run(baseline_app(str(args.workspace), args.max_tokens, args.engine), host="127.0.0.1",
+                    port=args.port, log_level="warning")
         return
-
-    from serve_support import Server
 
     from ragtune.config import IngestConfig
     from ragtune.index.ingest import ingest
     from ragtune.serve.tenants import TenantStore
 
     quick = args.quick
-    clients = args.clients or (4 if quick else 8)
-    seconds = args.seconds or (20.0 if quick else 60.0)
-    max_tokens = args.max_tokens or (8 if quick else 16)
-    n_questions = 10 if quick else 30
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; expected {', '.join(SYSTEMS)}")
+    client_counts = [int(c) for c in (args.clients or ("8" if quick else "8,32")).split(",")]
+    seconds = args.seconds or (20.0 if quick else 40.0)
+    max_tokens = args.max_tokens or (16 if quick else 32)
+    n_questions = 30
     out = args.out or ROOT / "benchmarks" / "results" / ("serve_quick.json" if quick else "serve.json")
 
     data = json.loads(DATA.read_text(encoding="utf-8"))[:n_questions]
@@ -186,49 +254,54 @@ def main() -> None:
     summary = ingest([subset], ws, IngestConfig(tenant="bench"))
     print(f"workspace: {summary.chunks_total} chunks ({time.perf_counter() - t0:.0f}s)", flush=True)
     key = TenantStore(ws).add("bench")
-    db = ws / "serve" / "feedback.sqlite3"
-    before = sqlite3.connect(db).execute("SELECT COUNT(*) FROM feedback").fetchone()[0] if db.exists() else 0
 
-    results: dict[str, dict] = {}
-    server = Server(ws, "--max-tokens", str(max_tokens), "--no-cache")
-    try:
-        print(f"ragtune serve: {clients} clients x {seconds:.0f}s ...", flush=True)
-        results["ragtune"] = load(server.url, key, questions, clients, seconds, max_tokens, feedback=True)
-    finally:
-        server.stop()
-    stored = sqlite3.connect(db).execute("SELECT COUNT(*) FROM feedback").fetchone()[0] - before
-    results["ragtune"]["feedback_stored"] = stored
-    results["ragtune"]["feedback_lost"] = results["ragtune"]["feedback_sent"] - stored
-    baseline = BaselineServer(ws, max_tokens)
-    try:
-        print(f"baseline (one request at a time): {clients} clients x {seconds:.0f}s ...", flush=True)
-        results["baseline"] = load(baseline.url, key, questions, clients, seconds, max_tokens, feedback=False)
-    finally:
-        baseline.stop()
+    results: dict[str, dict[str, dict]] = {}
+    for system in systems:
+        started = time.perf_counter()
+        server = start(system, ws, max(client_counts), max_tokens)  # llama.cpp: as many slots as clients at most
+        up = round(time.perf_counter() - started, 1)
+        try:
+            for clients in client_counts:
+                idle = wait_idle(server.url)
+                print(f"{system}: {clients} clients x {seconds:.0f}s (started in {up:.0f}s, idle after {idle}s)",
+                      flush=True)
+                row = load(server.url, key, questions, clients, seconds, max_tokens,
+                           stream=system.startswith("ragtune"))
+                results.setdefault(system, {})[str(clients)] = {**row, "startup_s": up}
+                print(f"  {row['requests']} done, {row['unfinished']} unfinished, {row['errors']} errors, "
+                      f"{row['rps']} req/s, p50 {row['p50_s']} s, ttft p50 {row['ttft_p50_s']} s", flush=True)
+        finally:
+            server.stop()
 
-    r, b = results["ragtune"], results["baseline"]
-    ratios = {
-        "p50_latency_baseline_over_ragtune": round(b["p50_s"] / r["p50_s"], 2) if r["p50_s"] and b["p50_s"] else None,
-        "throughput_ragtune_over_baseline": round(r["throughput_rps"] / b["throughput_rps"], 2)
-        if b["throughput_rps"] else None,
-    }
-    header = f"{'system':<34}{'requests':>9}{'errors':>8}{'p50 s':>8}{'p95 s':>8}{'req/s':>8}"
-    print(f"\n{header}{'feedback sent/stored':>22}")
-    for name, label in (("ragtune", "ragtune serve (batched)"), ("baseline", "hand-written FastAPI (1 at a time)")):
-        x = results[name]
-        fb = f"{x['feedback_sent']}/{x.get('feedback_stored', '-')}" if name == "ragtune" else "-"
-        print(f"{label:<34}{x['requests']:>9}{x['errors']:>8}{x['p50_s']:>8}{x['p95_s']:>8}{x['throughput_rps']:>8}"
-              f"{fb:>22}")
-    print(f"median latency: baseline / ragtune = {ratios['p50_latency_baseline_over_ragtune']}x; "
-          f"throughput ragtune / baseline = {ratios['throughput_ragtune_over_baseline']}x")
-    meta = {"quick": quick, "clients": clients, "seconds": seconds, "max_tokens": max_tokens,
-            "questions": n_questions, "chunks": summary.chunks_total, "model": "smollm2-135m-instruct (bundled, fp32)",
-            "k": 5, "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS="
-            f"{os.environ.get('OMP_NUM_THREADS')}", "python": platform.python_version(), "time": time.time()}
+    ratios: dict[str, float | None] = {}
+    for clients in map(str, client_counts):
+        for wrapper in ("wrapper", "wrapper-llamacpp"):
+            base = results.get(wrapper, {}).get(clients, {}).get("rps")
+            for system in (s for s in systems if s.startswith("ragtune")):
+                rps = results[system][clients]["rps"]
+                ratios[f"{system}_over_{wrapper}@{clients}"] = round(rps / base, 2) if base else None
+    wrapper8 = results.get("wrapper", {}).get("8", {}).get("rps")
+    best8 = max((results[s]["8"]["rps"] for s in systems if s.startswith("ragtune") and "8" in results[s]),
+                default=None)
+    best_rps_ratio = round(best8 / wrapper8, 2) if best8 is not None and wrapper8 else None
+    print(f"\n{'system':<22}{'clients':>8}{'done':>6}{'unfin':>7}{'err':>5}{'req/s':>9}{'p50 s':>8}{'p95 s':>8}"
+          f"{'ttft50':>8}")
+    for system, rows in results.items():
+        for clients, x in rows.items():
+            print(f"{system:<22}{clients:>8}{x['requests']:>6}{x['unfinished']:>7}{x['errors']:>5}{x['rps']:>9}"
+                  f"{x['p50_s']!s:>8}{x['p95_s']!s:>8}{x['ttft_p50_s']!s:>8}")
+    print(f"best_rps_ratio (best ragtune engine / wrapper, 8 clients): {best_rps_ratio}")
+    meta = {"quick": quick, "clients": client_counts, "window_s": seconds, "max_tokens": max_tokens,
+            "questions": n_questions, "chunks": summary.chunks_total, "k": 5, "systems": systems,
+            "model": "smollm2-135m-instruct (bundled): transformers fp32; llama.cpp the same weights at f16",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS')} (every server), shared with other jobs",
+            "python": platform.python_version(), "time": time.time()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2) + "\n")
+    doc = {"meta": meta, "results": results, "ratios": ratios, "best_rps_ratio": best_rps_ratio}
+    out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")
-    if r["errors"] or r["feedback_lost"]:
+    if any(x["errors"] for rows in results.values() for x in rows.values()):
         sys.exit(1)
 
 

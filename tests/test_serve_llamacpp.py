@@ -57,7 +57,7 @@ def _adapter(folder: Path) -> Path:
     with torch.no_grad():
         for name, param in peft.named_parameters():
             if "lora_B" in name:
-                param.normal_(0.0, 0.02)
+                param.normal_(0.0, 0.05)  # strong: it changes short answers
     peft.save_pretrained(folder)
     return folder
 
@@ -135,11 +135,13 @@ def test_tenants_and_guardrails_are_unchanged(env):
 @pytest.mark.skipif(not HAS_CONVERTER, reason="set LLAMA_CPP_DIR to a llama.cpp checkout to convert a PEFT adapter")
 def test_several_adapters_by_model_name_beside_the_base(env):
     assert [m.id for m in client(env).models.list()] == ["tuned", "again", BASE]
-    with ThreadPoolExecutor(3) as pool:  # no retrieval: the question alone, where this LoRA moves the answer
-        tuned, again, base = pool.map(lambda m: ask(env, "Say hello.", model=m, k=0), ["tuned", "again", BASE])
-    assert (tuned.model, again.model, base.model) == ("tuned", "again", BASE)
-    assert tuned.choices[0].message.content == again.choices[0].message.content  # the same LoRA
-    assert tuned.choices[0].message.content != base.choices[0].message.content  # applied to its requests only
+    asked = [(m, q) for q in QUESTIONS[:3] for m in ("tuned", "again", BASE)]
+    with ThreadPoolExecutor(len(asked)) as pool:  # all at once: the steps take turns between the adapters
+        replies = list(pool.map(lambda mq: ask(env, mq[1], model=mq[0]), asked))
+    assert [r.model for r in replies] == [m for m, _ in asked]
+    text = {mq: r.choices[0].message.content for mq, r in zip(asked, replies, strict=True)}
+    assert all(text["tuned", q] == text["again", q] for q in QUESTIONS[:3])  # the same LoRA under two names
+    assert any(text["tuned", q] != text[BASE, q] for q in QUESTIONS[:3])  # applied to its own requests only
     with pytest.raises(openai.NotFoundError) as caught:
         ask(env, QUESTIONS[1], model="nonesuch")
     assert caught.value.body["code"] == "model_not_found" and "tuned" in caught.value.body["message"]

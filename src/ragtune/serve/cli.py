@@ -144,8 +144,9 @@ def serve(
     dtype: str = typer.Option(None, "--dtype", help="Local model dtype: auto | float32 | bfloat16 | float16."),
     device: str = typer.Option(None, "--device", help="Local model device (default: cuda if available, else cpu)."),
     engine: str = typer.Option(None, "--engine", help="Local generation engine: transformers (default; streams, "
-                               "cancels) | ct2 | llamacpp (the GGUF itself; streams, cancels) | vllm (GPU; several "
-                               "adapters, continuous batching).", envvar="RAGTUNE_ENGINE"),
+                               "cancels) | ct2 | llamacpp (the GGUF itself; streams, cancels; continuous batching "
+                               "over --slots, several adapters) | vllm (GPU; several adapters, continuous batching).",
+                               envvar="RAGTUNE_ENGINE"),
 ) -> None:
     """Serve the workspace as an OpenAI-compatible RAG API (+ search, feedback and a curation page at /curate).
 
