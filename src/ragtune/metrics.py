@@ -311,6 +311,15 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_CONFIDENCE = 0.95
 
 
+def _resampled_indices(n: int, resamples: int, seed: int):
+    """Bootstrap resamples of question indices, `resamples` rows of `n` draws with replacement, seeded, in chunks of
+    at most ~16 MB however many questions there are."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, resamples, chunk):
+        yield rng.integers(0, n, size=(min(resamples, start + chunk) - start, n))
+
+
 def bootstrap_ci(
     values: Sequence[float],
     resamples: int = BOOTSTRAP_RESAMPLES,
@@ -328,13 +337,7 @@ def bootstrap_ci(
         raise ValueError("bootstrap_ci needs a non-empty list of numbers")
     if resamples < 1 or not 0.0 < confidence < 1.0:
         raise ValueError("resamples must be >= 1 and confidence in (0, 1)")
-    rng = np.random.default_rng(seed)
-    n = x.size
-    chunk = max(1, 2_000_000 // n)  # indices of at most ~16 MB at a time, however many questions
-    means = np.empty(resamples, dtype=np.float64)
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        means[start:stop] = x[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    means = np.concatenate([x[idx].mean(axis=1) for idx in _resampled_indices(x.size, resamples, seed)])
     alpha = (1.0 - confidence) / 2.0
     low, high = np.percentile(means, [100 * alpha, 100 * (1 - alpha)])
     mean = float(x.mean())
@@ -379,12 +382,8 @@ def ratio_bootstrap(
         raise ValueError(f"paired scores need the same questions: {a.size} baseline vs {b.size} system scores")
     if a.mean() == 0:
         raise ValueError("the baseline's mean is 0: a ratio to it is undefined")
-    rng = np.random.default_rng(seed)
-    n = a.size
-    chunk = max(1, 2_000_000 // n)
     ratios = []
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, size=(min(resamples, start + chunk) - start, n))
+    for idx in _resampled_indices(a.size, resamples, seed):
         den = a[idx].mean(axis=1)
         keep = den > 0
         ratios.append(b[idx].mean(axis=1)[keep] / den[keep])
