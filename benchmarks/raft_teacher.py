@@ -3,6 +3,7 @@ student trained on labelled data (`synth from-qa`) of the same size.
 
     python benchmarks/raft_teacher.py            # 300 chunks, 2 questions each, 100 steps, 48 eval questions
     python benchmarks/raft_teacher.py --quick    # 40 records' paragraphs, 12 chunks, 12 steps, 6 questions (<10 min)
+    python benchmarks/raft_teacher.py --yield-sweep   # synthesis only: which settings raise the teacher's yield
 
 1. Documents: the paragraphs of the HotpotQA subset's train-split records (split by `int(sha1(_id), 16) % 5`),
    written as plain {title, text} JSONL — no question, no answer, no supporting fact — and ingested. Paragraphs whose
@@ -18,6 +19,12 @@ student trained on labelled data (`synth from-qa`) of the same size.
 Results: benchmarks/results/raft_teacher.json (raft_teacher_quick.json for --quick) with `yield`,
 `tuned_over_base_min` and `ci_low_min` (the lowest interval bound over K of the raft student minus base best).
 Target (issue 21): tuned F1 >= 1.5x the base model's best prompt at every K, the interval above zero.
+
+`--yield-sweep` chooses synthesis settings on train-split paragraphs only (another seed's spread of chunks, written
+to its own workspace): one run with `--resample 2` gives the yield of resample 0, 1 and 2 (each kept example records the
+attempt that produced it, and an attempt depends only on the earlier ones' failures); the rejected candidates are
+then re-judged offline with the real functions: a lower fuzzy threshold, and the student round trip (`either`) on
+the questions the retriever missed. Results: benchmarks/results/raft_teacher_yield.json.
 """
 
 from __future__ import annotations
@@ -63,6 +70,84 @@ def write_documents(data: Path, out: Path, records_limit: int | None = None) -> 
         for title in sorted(docs):
             f.write(json.dumps({"title": title, "text": docs[title]}) + "\n")
     return len(docs)
+
+
+def yield_sweep(args: argparse.Namespace, docs_ws: Path, chunks: int) -> dict[str, Any]:
+    """Synthesis only, on train-split paragraphs: the yield of each setting and what it costs in candidates."""
+    from collections import Counter
+
+    from ragtune.index.search import Searcher
+    from ragtune.index.store import ChunkStore
+    from ragtune.llm import load_llm
+    from ragtune.synth import filters, grounding
+    from ragtune.synth.quality import quality_report
+    from ragtune.synth.raft import RaftConfig, synthesize_raft
+    from ragtune.synth.store import iter_groups, read_raft
+
+    teacher = load_llm()
+    config = RaftConfig(limit=chunks, questions_per_chunk=args.questions_per_chunk, distractors=1, p_oracle=1.0,
+                        cot_style="short", concurrency=args.concurrency, question_tokens=args.question_tokens,
+                        seed=7, resample=2)
+    sweep_ws = docs_ws.parent / "yield-sweep"
+    out = sweep_ws / "synth" / "raft.jsonl"
+    all_chunks = ChunkStore(docs_ws).read_chunks()
+    t0 = time.perf_counter()
+    if not args.sweep_files_only:
+        synthesize_raft(sweep_ws, teacher, config, chunks=all_chunks, out=out, overwrite=args.fresh,
+                        searcher=Searcher(docs_ws))
+    report = quality_report(out)  # from the files, so a sweep stopped between waves is read as far as it went
+    kept = read_raft(out)
+    done = {g["group_id"] for g in iter_groups(out)}
+    rejected = [r for g in iter_groups(filters.rejected_path(out)) for r in g["examples"] if r["chunk_id"] in done]
+    slots = report["candidates"] - sum(int(g.get("counts", {}).get("question_retries", 0)) for g in iter_groups(out))
+    by_attempt = Counter(e.metadata.get("attempt", 0) for e in kept)
+    n_chunks = report["chunks"]
+    settings: dict[str, Any] = {}
+    for r in range(config.resample + 1):
+        n_kept = sum(v for a, v in by_attempt.items() if a <= r)
+        settings[f"resample {r}"] = {"kept": n_kept, "yield": round(n_kept / n_chunks, 3),
+                                     "kept_per_slot": round(n_kept / slots, 3) if slots else 0.0}
+    # offline what-ifs on the rejected candidates (an upper bound: a slot saved at attempt 0 would not be resampled)
+    chunks_by_id = {c.chunk_id: c for c in all_chunks}
+    not_found = [r for r in rejected if r["reason"] == "answer not in chunk"]
+    for threshold in (80.0, 75.0):
+        saved = sum(grounding.ground(r["question"], r["answer"], chunks_by_id[r["chunk_id"]].text, threshold,
+                                     config.max_quotes, config.short_answer_words).ok for r in not_found)
+        settings[f"fuzzy {threshold:.0f} (offline, answerable rejections regrounded)"] = {
+            "saved": saved, "of": len(not_found)}
+    missed = [r for r in rejected if r["filter"] == "round_trip" and r["answer"]]
+    grounded = [r for r in missed if grounding.ground(r["question"], r["answer"], chunks_by_id[r["chunk_id"]].text,
+                                                      config.fuzzy_threshold, config.max_quotes,
+                                                      config.short_answer_words).ok]
+    check = filters.StudentCheck(teacher, config.student_match, batch_size=args.concurrency)
+    verdicts = check.verdicts([(r["question"], r["answer"], chunks_by_id[r["chunk_id"]].title,
+                                chunks_by_id[r["chunk_id"]].text) for r in grounded])
+    settings["round trip either (offline, student on the retriever's misses)"] = {
+        "missed": len(missed), "grounded": len(grounded), "student_passed": sum(ok for ok, _ in verdicts),
+        "examples": [{"question": r["question"], "answer": r["answer"], "student": why}
+                     for r, (_ok, why) in zip(grounded, verdicts, strict=True)][:8]}
+    # precision's proxy: does the student, shown the chunk, give the kept answer? (what `both` would keep)
+    kept_verdicts = check.verdicts([(e.question, e.answer, chunks_by_id[e.group_id].title,
+                                     chunks_by_id[e.group_id].text) for e in kept])
+    for r in range(config.resample + 1):
+        rows = [ok for e, (ok, _) in zip(kept, kept_verdicts, strict=True) if e.metadata.get("attempt", 0) == r]
+        settings[f"resample {r}"]["attempt_{r}_student_agrees"] = f"{sum(rows)}/{len(rows)}"
+    settings["round trip both (offline: kept examples the student also answers)"] = {
+        "kept": sum(ok for ok, _ in kept_verdicts), "of": len(kept)}
+    return {
+        "benchmark": "raft_teacher_yield",
+        "documents": "train-split HotpotQA paragraphs (unlabelled), seed 7 spread",
+        "chunks": n_chunks,
+        "slots": slots,
+        "candidates": report["candidates"],
+        "teacher_seconds": report["teacher_seconds"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "settings": settings,
+        "rejected_by_filter": {k: f["rejected"] for k, f in report["filters"].items()},
+        "rejected_reasons": {k: f["reasons"] for k, f in report["filters"].items() if f["reasons"]},
+        "kept_examples": [{"question": e.question, "answer": e.answer, "attempt": e.metadata.get("attempt"),
+                           "student": why} for e, (_ok, why) in zip(kept, kept_verdicts, strict=True)],
+    }
 
 
 def _metrics():
@@ -140,6 +225,8 @@ def main() -> None:
     p.add_argument("--questions-per-chunk", type=int, default=2)
     p.add_argument("--question-tokens", type=int, default=48)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--resample", type=int, default=0, help="few-shot: ask a rejected slot again up to N times")
+    p.add_argument("--round-trip", default="retriever", help="retriever | student | either | both")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per student (default 100; quick 12)")
     p.add_argument("--questions", type=int, default=None, help="eval questions (default 48; quick 6)")
     p.add_argument("--ks", default="0,3,6")
@@ -153,6 +240,10 @@ def main() -> None:
     p.add_argument("--eval-dtype", default=None)
     p.add_argument("--fresh", action="store_true", help="synthesise again instead of resuming the teacher's file")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--yield-sweep", action="store_true", help="synthesis only, on other train-split chunks: the "
+                   "yield of resample 0/1/2, a lower fuzzy threshold and the student round trip")
+    p.add_argument("--sweep-files-only", action="store_true", help="with --yield-sweep: analyse the sweep's files "
+                   "as they are (a sweep stopped between waves) without synthesising more")
     args = p.parse_args()
     quick = args.quick
     args.workspace = args.workspace or ROOT / "ragtune-workspace" / ("bench-raft-teacher-quick" if quick
@@ -182,12 +273,19 @@ def main() -> None:
     n_docs = write_documents(args.data, ws / "documents.jsonl", records)
     ingest([ws / "documents.jsonl"], docs_ws)  # unchanged documents are not embedded again
     print(f"documents: {n_docs} unlabelled train-split paragraphs", file=sys.stderr)
+    if args.yield_sweep:
+        sweep = yield_sweep(args, docs_ws, args.chunks or 20)
+        results = args.out or ROOT / "benchmarks" / "results" / "raft_teacher_yield.json"
+        results.write_text(json.dumps(sweep, indent=2, default=str) + "\n", encoding="utf-8")
+        print(json.dumps(sweep["settings"], indent=1, default=str))
+        print(f"results: {results}")
+        return
 
     # 1. the teacher on unlabelled documents
     teacher = load_llm()
     raft_config = RaftConfig(limit=chunks, questions_per_chunk=args.questions_per_chunk, distractors=1, p_oracle=1.0,
                              cot_style="short", concurrency=args.concurrency, question_tokens=args.question_tokens,
-                             seed=0)
+                             seed=0, resample=args.resample, round_trip=args.round_trip)
     t0 = time.perf_counter()
     synth = synthesize_raft(docs_ws, teacher, raft_config, overwrite=args.fresh, progress=False)
     synth_seconds = time.perf_counter() - t0
