@@ -222,3 +222,17 @@ def test_synthesis_names_a_question_without_an_oracle(tmp_path):
     assert load_items("jsonl", path)[0].gold_docs == []  # evaluation reads it (scored without gold documents)
     with pytest.raises(SynthConfigError, match="'x1' has no oracle document"):
         list(read_records("jsonl", path))
+
+
+@needs_data
+@pytest.mark.parametrize(("fmt", "path"), [("squad", SQUAD), ("nq", NQ), ("hotpotqa", HOTPOT)])
+def test_synthesis_reads_the_labelled_sets_through_the_same_reader(fmt, path):
+    from ragtune.synth.from_qa import read_records
+
+    items = {it.id: it for it in load_items(fmt, path)}
+    records = list(read_records(fmt, path, include_unanswerable=True))
+    assert records and len({r.id for r in records}) == len(records)
+    for r in records:
+        item = items[r.id]
+        assert r.question == item.question and [d.doc_id for d in r.oracles] == [d.doc_id for d in item.gold_docs]
+        assert r.evidence == item.evidence and (r.answer in item.answers or (not r.answer and not item.answerable))

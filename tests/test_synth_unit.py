@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from ragtune.datasets.base import sentence_at
 from ragtune.records import ContextDoc
 from ragtune.splits import split_of
 from ragtune.synth.distractors import DistractorPool, Exclusion, assemble, pick_distractors
 from ragtune.synth.export import ExportError, export
-from ragtune.synth.from_qa import FromQAConfig, evidence_cot, sentence_at, synthesize_from_qa
+from ragtune.synth.from_qa import FromQAConfig, evidence_cot, synthesize_from_qa
 from ragtune.synth.pairs import PairsConfig, build_pairs
 from ragtune.synth.preferences import answer_f1, distractor_citation, judge
 from ragtune.synth.records import Group, PreferenceExample, RaftExample

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,28 @@ class QAItem(BaseModel):
     def documents(self) -> list[ContextDoc]:
         """Gold then distractor documents, each text once: what ingesting the data set indexes for this item."""
         return unique_docs(self.gold_docs + self.distractor_docs)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def sentence_at(text: str, position: int) -> str:
+    """The sentence of `text` that holds character `position` (a light splitter; good enough to quote)."""
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        if m.start() >= position:
+            return text[start : m.start()].strip()
+        start = m.end()
+    return text[start:].strip()
+
+
+def sentence_with(text: str, answer: str) -> str | None:
+    """The sentence of `text` holding `answer` (case-insensitive if it is not there verbatim), else None: the
+    evidence a labelled question's answer is quoted from."""
+    i = text.find(answer)
+    if i == -1:
+        i = text.lower().find(answer.lower())
+    return sentence_at(text, i) if i != -1 and answer.strip() else None
 
 
 def read_json(path: Path) -> Any:

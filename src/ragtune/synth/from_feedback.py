@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragtune.datasets.base import sentence_with
 from ragtune.prompts import ANSWER_TAG
 from ragtune.records import ContextDoc
 from ragtune.splits import split_of
 from ragtune.synth.export import _write_jsonl
-from ragtune.synth.from_qa import evidence_cot_short, sentence_with
+from ragtune.synth.from_qa import evidence_cot_short
 from ragtune.synth.records import Group, PairExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
 from ragtune.workspace import Manifest, Workspace

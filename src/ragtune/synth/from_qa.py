@@ -9,9 +9,7 @@ no teacher at all.
 
 from __future__ import annotations
 
-import json
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -19,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragtune.datasets.base import sentence_with
 from ragtune.hashing import short_id
-from ragtune.jsonl import open_text, read_jsonl
 from ragtune.llm.base import LLM, GenerationConfig
 from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, shown_text
 from ragtune.records import ContextDoc
@@ -125,15 +123,6 @@ class FromQAConfig:
 # ---- readers -------------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
-    with open_text(path) as f:
-        return json.load(f)
-
-
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    return (record for _, record in read_jsonl(path, error=SynthConfigError))
-
-
 def _foundation_items(fmt: str, path: Path) -> list[Any]:
     """The data set's QAItems from the reader every stage uses (`ragtune.datasets`); its errors are synth's."""
     from ragtune.datasets import DatasetError, load_items
@@ -157,105 +146,34 @@ def read_hotpotqa(path: Path) -> Iterator[QARecord]:
         )
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
-
-
-def sentence_at(text: str, position: int) -> str:
-    """The sentence of `text` that holds character `position` (a light splitter; good enough to quote)."""
-    start = 0
-    for m in _SENTENCE_END.finditer(text):
-        if m.start() >= position:
-            return text[start : m.start()].strip()
-        start = m.end()
-    return text[start:].strip()
-
-
-def sentence_with(text: str, answer: str) -> str | None:
-    i = text.find(answer)
-    if i == -1:
-        i = text.lower().find(answer.lower())
-    return sentence_at(text, i) if i != -1 and answer.strip() else None
-
-
 def read_squad(path: Path, include_unanswerable: bool = False) -> Iterator[QARecord]:
-    data = _read_json(path)
-    if not isinstance(data, dict) or "data" not in data:
-        raise SynthConfigError(f"{path} is not SQuAD JSON (an object with a 'data' list)")
-    for article in data["data"]:
-        title = str(article.get("title", "")).replace("_", " ")
-        for paragraph in article.get("paragraphs", []):
-            text = str(paragraph.get("context", "")).strip()
-            doc = ContextDoc(doc_id=short_id("squad", title, text), text=text, title=title)
-            for qa in paragraph.get("qas", []):
-                answers = qa.get("answers") or []
-                if qa.get("is_impossible") or not answers:
-                    if include_unanswerable:
-                        yield QARecord(
-                            id=qa["id"],
-                            question=qa["question"],
-                            answer="",
-                            oracles=[doc],
-                            metadata={"unanswerable": True},
-                        )
-                    continue
-                first = answers[0]
-                sentence = sentence_at(paragraph["context"], int(first.get("answer_start", 0)))
-                # the splitter works on the raw context; normalise the same way the oracle text was
-                sentence = sentence.strip() if sentence.strip() in text else (sentence_with(text, first["text"]) or "")
-                yield QARecord(
-                    id=qa["id"],
-                    question=qa["question"],
-                    answer=first["text"],
-                    oracles=[doc],
-                    evidence=[(title, sentence)] if sentence else [],
-                )
+    """SQuAD as every stage reads it; an unanswerable question (SQuAD 2.0) only with `include_unanswerable`. The
+    article's other paragraphs are not used as the example's own distractors (distractors come from the index or
+    the pool)."""
+    for item in _foundation_items("squad", path):
+        if not item.answerable or not item.answers:
+            if include_unanswerable:
+                yield QARecord(id=item.id, question=item.question, answer="", oracles=item.gold_docs,
+                               metadata={"unanswerable": True})
+            continue
+        yield QARecord(id=item.id, question=item.question, answer=item.answers[0], oracles=item.gold_docs,
+                       evidence=list(item.evidence))
 
 
 def read_nq(path: Path) -> Iterator[QARecord]:
-    for record in _read_jsonl(path):
-        if "question" not in record or "ctxs" not in record:
-            raise SynthConfigError(f"{path} is not NQ-oracle JSONL (records with question and ctxs)")
-        answers = [a for a in record.get("answers", []) if a]
-        ctxs = record.get("ctxs", [])
-        gold = [c for c in ctxs if c.get("isgold")] or [c for c in ctxs if c.get("hasanswer")][:1]
-        if not gold or not answers:
+    """NQ-oracle as every stage reads it; a question without a gold passage or an answer is left out, and a passage
+    that holds an answer is never a distractor."""
+    for item in _foundation_items("nq", path):
+        if not item.gold_docs or not item.answers:
             continue
-        oracles = [
-            ContextDoc(
-                doc_id=short_id("nq", str(c.get("title", "")), str(c.get("text", "")).strip()),
-                text=str(c.get("text", "")).strip(),
-                title=str(c.get("title", "")),
-            )
-            for c in gold
-        ]
-        own = [
-            ContextDoc(
-                doc_id=short_id("nq", str(c.get("title", "")), str(c.get("text", "")).strip()),
-                text=str(c.get("text", "")).strip(),
-                title=str(c.get("title", "")),
-            )
-            for c in ctxs
-            if c not in gold and not c.get("hasanswer")
-        ]
-        evidence = []
-        for answer in answers:
-            for doc in oracles:
-                sentence = sentence_with(doc.text, answer)
-                if sentence:
-                    evidence.append((doc.title, sentence))
-                    break
-            if evidence:
-                answer_text = answer
-                break
-        else:
-            answer_text = answers[0]
+        with_answer = set(item.metadata.get("answer_passages", ()))
         yield QARecord(
-            id=short_id("nq", record["question"]),
-            question=record["question"],
-            answer=answer_text,
-            oracles=oracles,
-            evidence=evidence,
-            own_distractors=own,
+            id=item.id,
+            question=item.question,
+            answer=item.metadata.get("evidence_answer", item.answers[0]),
+            oracles=item.gold_docs,
+            evidence=list(item.evidence),
+            own_distractors=[d for d in item.distractor_docs if d.doc_id not in with_answer],
         )
 
 
