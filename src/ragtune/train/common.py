@@ -388,7 +388,7 @@ class TrainResult:
 
 
 def run_dir(workspace: str | os.PathLike[str], name: str) -> Path:
-    return Workspace(workspace).root / "train" / name
+    return Workspace(workspace).train_dir(name)
 
 
 def checkpoint_complete(path: Path) -> bool:

@@ -34,7 +34,7 @@ from ragtune.workspace import Workspace
 
 
 def default_data_path(workspace: str | Path) -> Path:
-    return Workspace(workspace).root / "synth" / "raft.jsonl"
+    return Workspace(workspace).raft_path
 
 
 def build_rows(workspace: str | Path, data_path: Path, config: SFTRunConfig) -> list[dict[str, Any]]:
