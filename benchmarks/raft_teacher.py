@@ -76,9 +76,9 @@ def yield_sweep(args: argparse.Namespace, docs_ws: Path, chunks: int) -> dict[st
     """Synthesis only, on train-split paragraphs: the yield of each setting and what it costs in candidates."""
     from collections import Counter
 
-    from ragtune.index.search import Searcher
     from ragtune.index.store import ChunkStore
     from ragtune.llm import load_llm
+    from ragtune.retrieve.search import Searcher
     from ragtune.synth import filters, grounding
     from ragtune.synth.quality import quality_report
     from ragtune.synth.raft import RaftConfig, synthesize_raft

@@ -47,7 +47,7 @@ def mini_ws(tmp_path_factory, embedder):
 
 @pytest.fixture(scope="module")
 def searcher(mini_ws, embedder):
-    from ragtune.index.search import Searcher
+    from ragtune.retrieve.search import Searcher
 
     return Searcher(mini_ws, embedder=embedder)
 

@@ -109,8 +109,8 @@ def _assert_grounded(examples) -> None:
 def test_bundled_teacher_on_real_hotpotqa_paragraphs(mini_ws, tmp_path, embedder):
     """The issue's case: SmolLM2-135M as teacher, no labels. Few-shot prompts (auto for a local model), every kept
     quote verbatim in its chunk, and every candidate accounted for in the report."""
-    from ragtune.index.search import Searcher
     from ragtune.llm import load_llm
+    from ragtune.retrieve.search import Searcher
 
     teacher = load_llm()
     config = RaftConfig(limit=4, questions_per_chunk=1, distractors=1, question_tokens=40, concurrency=4, seed=3)
@@ -129,7 +129,7 @@ def test_bundled_teacher_on_real_hotpotqa_paragraphs(mini_ws, tmp_path, embedder
 
 
 def test_verbatim_teacher_keeps_its_quotes_and_a_misquoting_one_is_regrounded(mini_ws, tmp_path, embedder):
-    from ragtune.index.search import Searcher
+    from ragtune.retrieve.search import Searcher
 
     searcher = Searcher(mini_ws, embedder=embedder)
     # the teacher sees the oracle only, so the fake's quotes come from it (from a distractor they are regrounded)

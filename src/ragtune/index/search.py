@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -267,14 +266,3 @@ class IndexSearcher:
             end=row["end"],
             metadata=json.loads(row["metadata"]) if row["metadata"] else {},
         )
-
-
-def __getattr__(name: str) -> Any:
-    """Transitional: `ragtune.index.search.Searcher` was the public search before it moved up to `ragtune.retrieve`
-    (which runs transforms and rerankers, so the index cannot import it). Kept only until eval/runner.py and
-    synth/raft.py import `ragtune.retrieve.search.Searcher`; the import-linter contract names this one exception."""
-    if name == "Searcher":
-        from ragtune.retrieve.search import Searcher
-
-        return Searcher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

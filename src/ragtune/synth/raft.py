@@ -297,7 +297,7 @@ def _round_trip(ws: Workspace, config: RaftConfig, searcher: Any) -> tuple[Any, 
     if not wanted and not config.hard_negatives and config.dedup_threshold >= 1.0:
         return searcher, None, "off"
     if searcher is None:
-        from ragtune.index.search import Searcher
+        from ragtune.retrieve.search import Searcher
 
         try:
             searcher = Searcher(ws)
