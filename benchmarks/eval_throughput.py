@@ -165,7 +165,7 @@ def summarise(name: str, runs: list[dict], n: int, baseline: dict | None, system
 def engines_main(args: argparse.Namespace) -> int:
     import torch
 
-    from ragtune.eval.datasets import load_dataset
+    from ragtune.datasets import load_dataset
     from ragtune.models import cache_dir, resolve_generator
 
     data = args.data or (MINI if args.quick else SHARED)
@@ -404,7 +404,7 @@ def batching_main(argv: list[str]) -> int:
 
     import torch
 
-    from ragtune.eval.datasets import load_dataset
+    from ragtune.datasets import load_dataset
     from ragtune.llm import load_llm
 
     items = load_dataset("hotpotqa", args.data, split="eval", limit=args.questions)

@@ -33,7 +33,7 @@ DATA = ROOT / "examples" / "hotpotqa_demo" / "hotpotqa_300.json"
 
 
 def demo_prompts(n: int) -> list[list[dict[str, str]]]:
-    from ragtune.eval.datasets import load_dataset
+    from ragtune.datasets import load_dataset
     from ragtune.eval.runner import distractor_pool, oracle_documents
     from ragtune.prompts import build_messages
 

@@ -283,7 +283,7 @@ def main() -> None:
     if not args.data.exists():
         sys.exit(f"{args.data} not found: the benchmark reads HotpotQA from ../shared/data")
 
-    from ragtune.eval.datasets import load_dataset
+    from ragtune.datasets import load_dataset
     from ragtune.llm import load_llm
     from ragtune.synth.from_qa import FromQAConfig, synthesize_from_qa
     from ragtune.train.config import LoraSettings, SFTRunConfig

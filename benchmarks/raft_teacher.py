@@ -258,7 +258,7 @@ def main() -> None:
 
     import torch
 
-    from ragtune.eval.datasets import load_dataset
+    from ragtune.datasets import load_dataset
     from ragtune.index.ingest import ingest
     from ragtune.llm import load_llm
     from ragtune.synth.from_qa import FromQAConfig, synthesize_from_qa

@@ -78,7 +78,7 @@ def quality(searcher: Searcher, questions: list[dict], mode: str) -> dict[str, f
 
 def qa_f1(searcher: Searcher, data_path: Path, n: int, llm: Any, run_dir: Path) -> dict[str, float]:
     """QA F1 / EM of the generator given the top-3 retrieved chunks (ragtune's eval runner, retrieved setting)."""
-    from ragtune.eval.datasets import load_dataset
+    from ragtune.datasets import load_dataset
     from ragtune.eval.runner import EvalSettings, evaluate
 
     items = load_dataset("hotpotqa", data_path, split="eval", limit=n)

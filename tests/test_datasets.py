@@ -176,7 +176,7 @@ def _aliased(tmp_path: Path) -> Path:
 
 def test_one_generic_jsonl_file_reads_the_same_in_ingest_synth_and_eval(tmp_path):
     from ragtune.corpus.loaders import LoadOptions, LoadReport, load_file
-    from ragtune.eval.datasets import load_items as eval_load_items
+    from ragtune.eval import load_items as eval_load_items
     from ragtune.synth.from_qa import FromQAConfig, read_records, synthesize_from_qa
     from ragtune.synth.store import read_raft
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ragtune.eval.datasets import QAItem
+from ragtune.datasets import QAItem
 from ragtune.eval.runner import (
     EvalSettings,
     evaluate,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ragtune import metrics as m
-from ragtune.eval.datasets import QAItem
+from ragtune.datasets import QAItem
 from ragtune.eval.report import SystemReport, base_systems, paired_comparisons, write_report
 from ragtune.eval.runner import EvalSettings, evaluate
 from ragtune.llm.base import LLM, Generation, GenerationConfig

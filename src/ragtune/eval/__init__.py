@@ -10,11 +10,10 @@ Python API (the CLI commands `ragtune eval` and `ragtune compare` are thin layer
     print(result.scores["f1"])
 """
 
-from ragtune.eval.datasets import EvalDoc, QAItem, load_dataset, load_items
+from ragtune.datasets import QAItem, load_dataset, load_items
 from ragtune.eval.runner import EvalSettings, RunResult, SystemSpec, evaluate, evaluate_sweep, run_system
 
 __all__ = [
-    "EvalDoc",
     "EvalSettings",
     "QAItem",
     "RunResult",

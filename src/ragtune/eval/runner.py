@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragtune import metrics
-from ragtune.eval.datasets import QAItem
+from ragtune.datasets import QAItem
 from ragtune.hashing import file_hash, short_id
 from ragtune.llm.base import LLM, GenerationConfig, Message
 from ragtune.prompts import PROMPT_STYLES, PromptStyle, build_messages
