@@ -82,6 +82,11 @@ def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_d
     ref = ref or default_generator()
     if ref.startswith("openai:"):
         raise ValueError("the llamacpp engine runs local models; an openai: reference is served by its own server")
+    adapter_path = Path(adapter).expanduser() if adapter else None
+    # a wrong adapter path fails here, before minutes of converting the base
+    if adapter_path is not None and not (adapter_path.suffix == ".gguf" and adapter_path.is_file()) \
+            and not (adapter_path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter}: neither a GGUF LoRA file nor a PEFT adapter folder (adapter_config.json)")
     path = Path(ref).expanduser()
     hf_dir: Path | None = None  # the HF folder of the base (needed to convert a PEFT adapter)
     if ref.strip().lower().replace("_", "-") in {DEFAULT_GENERATOR, "default", "smollm2", "smollm2-135m"}:
@@ -107,13 +112,10 @@ def resolve_gguf(ref: str | None = None, adapter: str | None = None, llama_cpp_d
         if not target.exists():
             convert.convert_hf(hf_dir, target, "f16", llama_cpp_dir)
         model = GGUFModel(ref, target, hf_dir)
-    if not adapter:
+    if adapter_path is None:
         return model
-    adapter_path = Path(adapter).expanduser()
     if adapter_path.suffix == ".gguf" and adapter_path.is_file():
         return GGUFModel(model.reference, model.gguf, model.tokenizer_dir, model.tokenizer_gguf, adapter_path)
-    if not (adapter_path / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter}: neither a GGUF LoRA file nor a PEFT adapter folder (adapter_config.json)")
     base_hf = hf_dir or Path(resolve_generator(ref).path)  # the GGUF's HF folder: config for the LoRA converter
     lora = cache_dir() / "gguf" / f"lora-{_fingerprint(adapter_path, model.gguf)}-f16.gguf"
     if not lora.exists():
