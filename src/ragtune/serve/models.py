@@ -18,11 +18,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ragtune.llm.base import LLM, Generation, GenerationConfig, Message
 from ragtune.llm.server import Batcher
 from ragtune.serve.schemas import APIError
+
+if TYPE_CHECKING:
+    from ragtune.llm.llamacpp_backend import LlamaCppLLM
 
 
 def adapter_specs(values: list[str] | None) -> dict[str, str]:
@@ -132,8 +135,8 @@ def build_router(llm: LLM, name: str, adapters: dict[str, str], max_batch: int =
         single = len(adapters) == 1
         # one adapter is the server's one model, under the server's name; several are each by their own name
         named = {name: next(iter(adapters.values()))} if single else adapters
-        engine_obj = SlotEngine(llm, slots=slots, slot_ctx=slot_ctx, adapters=named, base_name=f"{name}::base"
-                                if single else name)
+        engine_obj = SlotEngine(cast("LlamaCppLLM", llm), slots=slots, slot_ctx=slot_ctx, adapters=named,
+                                base_name=f"{name}::base" if single else name)
         routes = [Route(n, engine_obj, n) for n in named]
         if not single:
             routes.append(Route(name, engine_obj, name))

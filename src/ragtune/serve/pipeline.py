@@ -56,8 +56,9 @@ class ServeConfig(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     max_batch: int = 16
     batch_wait_ms: float = 20.0
-    slots: int = Field(8, ge=0, le=256)  # llama.cpp engine: sequences decoded together (0: one request at a time)
-    slot_ctx: int = Field(2048, ge=256, le=131072)  # llama.cpp engine: tokens of prompt + answer per slot
+    # llama.cpp engine: sequences decoded together (0: one request at a time)
+    slots: int = Field(default=8, ge=0, le=256)
+    slot_ctx: int = Field(default=2048, ge=256, le=131072)  # llama.cpp engine: tokens of prompt + answer per slot
     index_check_seconds: float = 1.0  # how often the server looks for a newer index version (another process ingested)
     snippet_chars: int = 240
 

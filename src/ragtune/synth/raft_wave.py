@@ -362,9 +362,9 @@ def run_wave(
     else:
         done = _instruct_answers(works, [(ci, q, docs) for ci, q, docs, _k in jobs], teacher, config,
                                  round_trip, a_config)
-        kept = _student_round_trip(works, [[a for (cj, _q), a in done.items() if cj == ci] for ci in range(len(works))],
-                                   student)
-        done = {(ci, a.question): a for ci, acc in enumerate(kept) for a in acc}
+        survivors = _student_round_trip(
+            works, [[a for (cj, _q), a in done.items() if cj == ci] for ci in range(len(works))], student)
+        done = {(ci, a.question): a for ci, acc in enumerate(survivors) for a in acc}
     for ci, w in enumerate(works):  # counted once final, so answers_valid is what the file holds
         for a in (a for (cj, _q), a in done.items() if cj == ci):
             w.stats["answers_valid"] += 1
