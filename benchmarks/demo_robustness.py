@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +107,9 @@ def main() -> None:
                         "from the existing results file")
     parser.add_argument("--out", type=Path, default=RESULTS / "demo_robustness.json")
     args = parser.parse_args()
+    # SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so run_demo's `finally` stops the busy run's spinning child
+    # instead of leaving it to eat a core after the benchmark is gone
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not (ROOT / ".venv" / ".installed").exists():
         sys.exit("run `make setup` first: this benchmark times the demo, not the installation")
     RESULTS.mkdir(parents=True, exist_ok=True)
