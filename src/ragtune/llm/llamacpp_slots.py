@@ -35,7 +35,7 @@ from typing import Any
 
 from ragtune.llm.base import Generation, GenerationConfig, Message
 from ragtune.llm.llamacpp_backend import LlamaCppLLM, _truncate_and_hold, resolve_gguf
-from ragtune.llm.server import GenerationTimeout
+from ragtune.llm.server import GenerationTimeout, stall_health
 
 BASE = ""  # the adapter name of the base weights (no LoRA)
 
@@ -148,14 +148,8 @@ class SlotEngine:
         """Nothing to prepare: stop strings are matched on the decoded text."""
 
     def health(self, stall_after_s: float) -> dict[str, Any]:
-        now, busy, queued = time.monotonic(), self.busy_since, self.jobs.qsize()
-        reason = None
-        if busy is not None and now - busy > stall_after_s:
-            reason = f"a decoding step has been running for {now - busy:.0f} s"
-        elif queued and now - self.last_progress > stall_after_s:
-            reason = f"{queued} requests queued and none taken for {now - self.last_progress:.0f} s"
-        return {"status": "degraded" if reason else "ok", "reason": reason, "queued": queued,
-                "busy_s": None if busy is None else round(now - busy, 1)}
+        return stall_health(self.busy_since, self.last_progress, self.jobs.qsize(), stall_after_s,
+                            "a decoding step has been running")
 
     def stats(self) -> dict[str, int]:
         return {"slots": self.slots_n, "steps": self.steps, "tokens": self.tokens_out,

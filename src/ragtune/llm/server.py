@@ -64,6 +64,21 @@ def warm_stop_strings(llm: LLM, stop: list[str]) -> None:
     StopStringCriteria(tokenizer, list(stop))
 
 
+def stall_health(busy_since: float | None, last_progress: float, queued: int, stall_after_s: float,
+                 busy_what: str) -> dict[str, Any]:
+    """The health record of a generation worker (the request batcher, llama.cpp's slot engine): `degraded`, with a
+    reason, when one step (`busy_what`, e.g. "a batch has been generating") has run longer than `stall_after_s`
+    since `busy_since`, or requests have waited that long without the worker taking any; `ok` otherwise."""
+    now = time.monotonic()
+    reason = None
+    if busy_since is not None and now - busy_since > stall_after_s:
+        reason = f"{busy_what} for {now - busy_since:.0f} s"
+    elif queued and now - last_progress > stall_after_s:
+        reason = f"{queued} requests queued and none taken for {now - last_progress:.0f} s"
+    return {"status": "degraded" if reason else "ok", "reason": reason, "queued": queued,
+            "busy_s": None if busy_since is None else round(now - busy_since, 1)}
+
+
 class Batcher:
     """One worker thread that drains a queue of chat jobs into `llm.generate` calls of up to `max_batch`."""
 
@@ -104,15 +119,8 @@ class Batcher:
     def health(self, stall_after_s: float) -> dict[str, Any]:
         """`ok`, or `degraded` with a reason when one generate call has run longer than `stall_after_s` or jobs have
         waited that long without the worker taking any (a wedged model, a prefill that never ends)."""
-        now, busy = time.monotonic(), self.busy_since
-        queued = self.jobs.qsize()
-        reason = None
-        if busy is not None and now - busy > stall_after_s:
-            reason = f"a batch has been generating for {now - busy:.0f} s"
-        elif queued and now - self.last_progress > stall_after_s:
-            reason = f"{queued} requests queued and none taken for {now - self.last_progress:.0f} s"
-        return {"status": "degraded" if reason else "ok", "reason": reason, "queued": queued,
-                "busy_s": None if busy is None else round(now - busy, 1)}
+        return stall_health(self.busy_since, self.last_progress, self.jobs.qsize(), stall_after_s, "a batch has been "
+                            "generating")
 
     def _given_up(self, job: _Job) -> bool:
         if job.future.done():
