@@ -320,6 +320,15 @@ def _resampled_indices(n: int, resamples: int, seed: int):
         yield rng.integers(0, n, size=(min(resamples, start + chunk) - start, n))
 
 
+def _percentile_interval(resampled: np.ndarray, point: float, confidence: float) -> tuple[float, float, float]:
+    """(point, low, high) from resampled statistics: their (1-confidence)/2 and (1+confidence)/2 percentiles. A
+    resampled statistic of equal values can differ from the point estimate by a rounding error; the point is kept
+    inside its interval."""
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.percentile(resampled, [100 * alpha, 100 * (1 - alpha)])
+    return point, float(min(low, point)), float(max(high, point))
+
+
 def bootstrap_ci(
     values: Sequence[float],
     resamples: int = BOOTSTRAP_RESAMPLES,
@@ -338,11 +347,7 @@ def bootstrap_ci(
     if resamples < 1 or not 0.0 < confidence < 1.0:
         raise ValueError("resamples must be >= 1 and confidence in (0, 1)")
     means = np.concatenate([x[idx].mean(axis=1) for idx in _resampled_indices(x.size, resamples, seed)])
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.percentile(means, [100 * alpha, 100 * (1 - alpha)])
-    mean = float(x.mean())
-    # The resampled means of equal values can differ from their mean by a rounding error; keep the mean inside.
-    return mean, float(min(low, mean)), float(max(high, mean))
+    return _percentile_interval(means, float(x.mean()), confidence)
 
 
 def paired_bootstrap(
@@ -387,11 +392,7 @@ def ratio_bootstrap(
         den = a[idx].mean(axis=1)
         keep = den > 0
         ratios.append(b[idx].mean(axis=1)[keep] / den[keep])
-    values = np.concatenate(ratios)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.percentile(values, [100 * alpha, 100 * (1 - alpha)])
-    ratio = float(b.mean() / a.mean())
-    return ratio, float(min(low, ratio)), float(max(high, ratio))
+    return _percentile_interval(np.concatenate(ratios), float(b.mean() / a.mean()), confidence)
 
 
 def excludes_zero(low: float, high: float) -> bool:
