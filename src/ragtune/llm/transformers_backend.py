@@ -8,6 +8,7 @@ process: loading costs seconds, and synthesis, evaluation and retriever training
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 from ragtune.llm.base import LLM, Generation, GenerationConfig, Message, OnText
 from ragtune.llm.cpu_precision import fast_fp32_prefill, mixed_bf16
+from ragtune.llm.cpu_share import ThreadGovernor
 from ragtune.llm.hardware import cpu_has_fast_bf16
 from ragtune.llm.kv_cache import cache_kwarg, growing_cache
 
@@ -239,6 +241,24 @@ def _cancel_criteria(rows: list[int], cancelled: Callable[[int], bool]) -> Any:
     return _Cancelled()
 
 
+def _say_threads(text: str) -> None:
+    print(f"generation: {text}", file=sys.stderr, flush=True)
+
+
+def _governor_criteria(governor: ThreadGovernor) -> Any:
+    """A stopping criterion that never stops anything: it lets the thread governor look at the machine's load
+    between decoding steps (a batch can decode for a minute, and the load can change within it)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Govern(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            governor.tick()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return _Govern()
+
+
 class TransformersLLM(LLM):
     """A chat model run in-process. `path` is what `from_pretrained` takes (resolve it with `ragtune.models`)."""
 
@@ -266,6 +286,7 @@ class TransformersLLM(LLM):
                                                 fast_prefill)
         self.dtype = resolve_dtype(dtype, str(next(self.model.parameters()).device))
         self.generate_options = dict(generate_options or {})
+        self._governor: ThreadGovernor | None = None  # CPU threads follow the machine's load (llm.cpu_share)
         self.device = next(self.model.parameters()).device
         self.name = name or path
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None) or 8192
@@ -339,10 +360,18 @@ class TransformersLLM(LLM):
                 kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
             if on_text is not None:
                 kwargs["streamer"] = _BatchStreamer(self.tokenizer, batch, eos_ids, list(config.stop), on_text)
+            criteria = []
             if cancelled is not None:
+                criteria.append(_cancel_criteria(batch, cancelled))
+            if self.device.type == "cpu":
+                if self._governor is None:
+                    self._governor = ThreadGovernor(on_change=_say_threads)
+                self._governor.tick()
+                criteria.append(_governor_criteria(self._governor))
+            if criteria:
                 from transformers import StoppingCriteriaList
 
-                kwargs["stopping_criteria"] = StoppingCriteriaList([_cancel_criteria(batch, cancelled)])
+                kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
             own_cache = {"cache_implementation", "cache", "past_key_values"} & set(kwargs)
             if not own_cache and self.device.type == "cpu":
                 cache = growing_cache(self.model)  # appends in place instead of copying the cache every step

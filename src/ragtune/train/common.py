@@ -224,6 +224,7 @@ def progress_callback(
     `max_minutes` budget into a fixed step count after timing the first steps (`ragtune.train.budget`)."""
     from transformers import TrainerCallback
 
+    from ragtune.llm.cpu_share import ThreadGovernor
     from ragtune.progress import Reporter
     from ragtune.train import budget as budget_mod
 
@@ -239,6 +240,8 @@ def progress_callback(
             self.step_seconds: list[float] = []
             self._step_started = 0.0
             self._warmup = 0
+            # on a CPU, torch's thread count follows the machine's load (one busy core: 1.8x faster with 1 thread)
+            self.governor = ThreadGovernor(on_change=self.say) if pick_device() == "cpu" else None
 
         def say(self, message: str) -> None:
             if self.reporter is not None:
@@ -296,6 +299,8 @@ def progress_callback(
                 self.say(decision.message)
                 if folder is not None and state.is_world_process_zero:
                     budget_mod.save_decision(folder, decision)
+            if self.governor is not None:
+                self.governor.tick()
             if self.reporter is not None:
                 self.reporter.update(state.global_step, tokens_per_second=round(self.tokens_per_second(state)))
 
