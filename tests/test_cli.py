@@ -69,6 +69,20 @@ def test_help_runs(args):
     assert "Usage: ragtune" in result.output
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--lora-r", "0"], "lora.r: --lora-r must be >= 1, got 0"),
+    (["--batch-size", "4", "--micro-batch", "3"], "--micro-batch must divide --batch-size 4, got 3"),
+    (["--lora-layers", "top:x"], "--lora-layers must be all, top:N or A-B"),
+])
+def test_a_bad_trainer_option_is_one_line_and_exit_code_2(tmp_path, args, message):
+    """The trainer's settings are checked when they are built, before a model loads: one line, no traceback."""
+    from ragtune.cli import app
+
+    result = CliRunner().invoke(app, ["train", "sft", "--workspace", str(tmp_path), *args], prog_name="ragtune")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
 def _start(poisoned: str) -> subprocess.CompletedProcess:
     """`python -m ragtune --help` in a fresh interpreter where importing `poisoned` fails (as a missing dependency
     or a syntax error in that stage would)."""

@@ -45,6 +45,13 @@ def test_bad_type_and_bad_system_are_errors():
     system = _error({**MINIMAL, "compare": {"data": {"format": "hotpotqa", "path": "q.json"},
                                             "systems": [{"name": "a", "promt": "cot"}]}})
     assert "promt" in system and "prompt" in system
+    # the trainer's own checks run on load, with the message its command gives
+    lora = _error({**MINIMAL, "synth": {"method": "raft"}, "train": {"lora": {"r": 0}}})
+    assert "ragtune.yaml: train.lora.r: --lora-r must be >= 1, got 0" in lora
+    assert "--micro-batch must divide" in _error({**MINIMAL, "synth": {"method": "raft"},
+                                                  "train": {"batch_size": 4, "micro_batch": 3}})
+    assert "unknown key 'train.lora.rank'" in _error({**MINIMAL, "synth": {"method": "raft"},
+                                                      "train": {"lora": {"rank": 8}}})
     # a chain that cannot run: the tuned system needs a train section
     assert "no train section" in _error({**MINIMAL, "compare": {"data": {"format": "hotpotqa", "path": "q.json"},
                                                                 "systems": [{"name": "t", "adapter": "trained"}]}})

@@ -162,12 +162,14 @@ def test_answer_only_head_gives_the_models_own_loss():
 
 def test_cpu_runs_one_row_per_forward_and_keeps_the_step(tmp_path):
     """On a CPU a padded pair takes SDPA's slow masked path: rows go one at a time, the optimiser step unchanged."""
+    from pydantic import ValidationError
+
     from ragtune.train.common import trainer_arguments
-    from ragtune.train.config import SFTRunConfig, TrainConfigError
+    from ragtune.train.config import SFTRunConfig
 
     args = trainer_arguments(SFTRunConfig(batch_size=4, grad_accum=2, device="cpu"), tmp_path)
     assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (1, 8)
     args = trainer_arguments(SFTRunConfig(batch_size=4, grad_accum=2, micro_batch=2, device="cpu"), tmp_path)
     assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (2, 4)
-    with pytest.raises(TrainConfigError, match="--micro-batch"):
-        SFTRunConfig(batch_size=4, micro_batch=3).check()
+    with pytest.raises(ValidationError, match="--micro-batch"):
+        SFTRunConfig(batch_size=4, micro_batch=3)

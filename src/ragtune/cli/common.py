@@ -31,11 +31,13 @@ def shown(text: str) -> str:
 
 
 def pydantic_message(exc: Exception) -> str:
-    """A validation error's first problem as `field: message`, instead of pydantic's multi-line report."""
+    """A validation error's first problem as `field: message` (the message alone for a rule across fields),
+    instead of pydantic's multi-line report."""
     errors: list = getattr(exc, "errors", lambda: [])()
     if errors:
         e = errors[0]
-        return f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
+        loc = ".".join(str(x) for x in e.get("loc", ()))
+        return f"{loc}: {e.get('msg')}" if loc else str(e.get("msg"))
     return str(exc)
 
 

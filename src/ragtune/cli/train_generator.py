@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from ragtune.cli.common import console, out
+from ragtune.cli.common import console, out, pydantic_message
 from ragtune.cli.common import fail as _fail
 from ragtune.cli.options import WorkspaceOption, json_option
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 ModelOption = typer.Option(
     None, "--model", "-m", help="Base generator: bundled name, local folder, .gguf file or hub id. Default: the "
@@ -39,12 +42,21 @@ MergeOption = typer.Option(False, "--merge", help="Write a merged model folder i
 ResumeOption = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (after a kill).")
 OverwriteOption = typer.Option(False, "--overwrite", help="Discard the run's earlier checkpoints and start again.")
 JsonOption = json_option("Print the run summary as JSON.")
+SettingsT = TypeVar("SettingsT", bound="BaseModel")
 
 
-def _lora(r: int, alpha: int | None, dropout: float, target_modules: str, layers: str = "all"):
-    from ragtune.train.config import LoraSettings
+def _lora(r: int, alpha: int | None, dropout: float, target_modules: str, layers: str = "all") -> dict[str, Any]:
+    return {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": target_modules, "layers": layers}
 
-    return LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, layers=layers)
+
+def _settings(model: type[SettingsT], **values: Any) -> SettingsT:
+    """The trainer's settings from the options; a bad value is one line naming the option, and exit code 2."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        _fail(pydantic_message(exc))
 
 
 def _run(fn, *args: Any, **kwargs: Any):
@@ -142,8 +154,9 @@ def sft_command(
     from ragtune.train.config import SFTRunConfig
     from ragtune.train.sft import train_sft
 
-    config = SFTRunConfig(
-        method=method, lora=_lora(lora_r, lora_alpha, lora_dropout, target_modules, lora_layers), epochs=epochs,
+    config = _settings(
+        SFTRunConfig, method=method, lora=_lora(lora_r, lora_alpha, lora_dropout, target_modules, lora_layers),
+        epochs=epochs,
         max_steps=max_steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
         micro_batch=micro_batch, max_length=max_length,
         bf16=bf16, save_steps=save_steps, seed=seed, merge=merge, data_mode=data_mode, packing=packing,
@@ -184,8 +197,9 @@ def dpo_command(
     from ragtune.train.config import DPORunConfig
     from ragtune.train.dpo import train_dpo
 
-    config = DPORunConfig(
-        method=method, lora=_lora(lora_r, None, 0.05, "all-linear"), epochs=epochs, max_steps=max_steps,
+    config = _settings(
+        DPORunConfig, method=method, lora=_lora(lora_r, None, 0.05, "all-linear"),
+        epochs=epochs, max_steps=max_steps,
         max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
         bf16=bf16, save_steps=save_steps,
         seed=seed, beta=beta, adapter=str(adapter) if adapter else None,
@@ -221,8 +235,9 @@ def dap_command(
     from ragtune.train.config import DAPRunConfig
     from ragtune.train.dap import train_dap
 
-    config = DAPRunConfig(
-        method=method, lora=_lora(lora_r, None, 0.05, "all-linear"), epochs=epochs, max_steps=max_steps,
+    config = _settings(
+        DAPRunConfig, method=method, lora=_lora(lora_r, None, 0.05, "all-linear"),
+        epochs=epochs, max_steps=max_steps,
         max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
         bf16=bf16, save_steps=save_steps,
         seed=seed, merge=merge, limit=limit,

@@ -2,9 +2,10 @@
 
 Each section is the stage's own config model (`IngestConfig`, `FromQAConfig`, `RaftConfig`, `SFTRunConfig`,
 `LSRConfig`, `ContrastiveConfig`, the systems of `ragtune compare`) plus the few keys the command line would have
-given (paths, data, names). Sections of a stage whose config is a dataclass are built from its fields, so a field
-added to the stage appears here with the stage's default and never drifts. Unknown keys are errors that name the
-key and the allowed ones (`extra="forbid"`): a typo must not silently run the default.
+given (paths, data, names). A pydantic stage config is the section's base class (`train` is an `SFTRunConfig`, its
+checks included); sections of a stage whose config is still a dataclass (synth's) are built from its fields. Either
+way a field added to the stage appears here with the stage's default and never drifts. Unknown keys are errors
+that name the key and the allowed ones (`extra="forbid"`): a typo must not silently run the default.
 
 Relative paths in the file are relative to the file's own folder, so a config works from any working directory.
 """
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from ragtune.config import IngestConfig
 from ragtune.synth.from_qa import FromQAConfig
 from ragtune.synth.raft import RaftConfig
-from ragtune.train.config import LoraSettings, SFTRunConfig
+from ragtune.train.config import SFTRunConfig
 
 STAGES = ("ingest", "search", "synth", "train", "retriever", "compare")
 TRAINED = "trained"  # `adapter: trained` / `retriever: trained` in a system: what this run trained
@@ -38,20 +39,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _from_dataclass(cls: type, name: str, doc: str, command: str, exclude: tuple[str, ...] = (),
-                    nested: dict[str, type[BaseModel]] | None = None) -> type[BaseModel]:
+def _from_dataclass(cls: type, name: str, doc: str, command: str) -> type[BaseModel]:
     """A strict pydantic model with the dataclass's fields and defaults; each field describes the CLI option that
     sets the same thing (whose --help says what it does)."""
     hints = typing.get_type_hints(cls)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if f.name in exclude:
-            continue
-        kind: Any = (nested or {}).get(f.name, hints[f.name])
+        kind: Any = hints[f.name]
         description = f"as `--{f.name.replace('_', '-')}` of `{command}`"
-        if f.name in (nested or {}):
-            fields[f.name] = (kind, Field(default_factory=kind, description=description))
-        elif f.default_factory is not dataclasses.MISSING:
+        if f.default_factory is not dataclasses.MISSING:
             fields[f.name] = (kind, Field(default_factory=f.default_factory, description=description))
         else:
             fields[f.name] = (kind, Field(default=f.default, description=description))
@@ -59,20 +55,11 @@ def _from_dataclass(cls: type, name: str, doc: str, command: str, exclude: tuple
     return model
 
 
-def to_dataclass(cls: type, section: BaseModel, exclude: tuple[str, ...] = ()) -> Any:
-    """The stage's dataclass config from its section (nested models become their dataclasses too)."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in exclude or f.name not in type(section).model_fields:
-            continue
-        value = getattr(section, f.name)
-        if isinstance(value, BaseModel) and f.name == "lora":
-            value = LoraSettings(**value.model_dump())
-        values[f.name] = value
-    return cls(**values)
+def to_dataclass(cls: type, section: BaseModel) -> Any:
+    """The stage's dataclass config from its section."""
+    return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
 
 
-LoraSection = _from_dataclass(LoraSettings, "LoraSection", "The LoRA adapter's shape.", "ragtune train sft")
 FromQASection = _from_dataclass(
     FromQAConfig, "FromQASection", "RAFT examples from a labelled QA set (`ragtune synth from-qa`).",
     "ragtune synth from-qa",
@@ -80,10 +67,6 @@ FromQASection = _from_dataclass(
 RaftSection = _from_dataclass(
     RaftConfig, "RaftSection", "RAFT examples written by a teacher from the indexed chunks (`ragtune synth raft`).",
     "ragtune synth raft",
-)
-SFTSection = _from_dataclass(
-    SFTRunConfig, "SFTSection", "Settings of `ragtune train sft`.", "ragtune train sft",
-    exclude=("device",), nested={"lora": LoraSection},
 )
 
 
@@ -167,8 +150,9 @@ class SynthSection(_Strict):
         return self
 
 
-class TrainSection(SFTSection):  # type: ignore[valid-type,misc]
-    """`ragtune train sft`: fine-tune the generator on the synthesized RAFT data."""
+class TrainSection(SFTRunConfig):
+    """`ragtune train sft`: fine-tune the generator on the synthesized RAFT data. Every `SFTRunConfig` field, checked
+    as the command checks it, plus where the run goes and which model it starts from."""
 
     name: str = Field("run-sft", description="Run folder under WORKSPACE/train/; the adapter lands in "
                       "WORKSPACE/train/NAME/adapter.")
@@ -236,7 +220,7 @@ class RunConfig(_Strict):
     ingest: IngestSection = Field(..., description="Documents to index.")
     search: SearchSection | None = Field(None, description="Optional look at retrieval after ingest.")
     synth: SynthSection | None = Field(None, description="Training data.")
-    train: TrainSection | None = Field(None, description="Generator fine-tuning.")  # type: ignore[valid-type]
+    train: TrainSection | None = Field(None, description="Generator fine-tuning.")
     retriever: RetrieverSection | None = Field(None, description="Optional retriever training.")
     compare: CompareSection | None = Field(None, description="Before / after comparison and report.")
 

@@ -219,7 +219,10 @@ def adapter_dir(cfg: RunConfig) -> Path:
 
 def plan_train(cfg: RunConfig) -> Plan:
     assert cfg.train is not None
-    return Plan(_dump(cfg.train), upstream=["synth"])
+    settings = _dump(cfg.train)
+    if settings["device"] is None:  # a key from before `device` was a key of the section: those runs still skip
+        del settings["device"]
+    return Plan(settings, upstream=["synth"])
 
 
 def run_train(cfg: RunConfig, ctx: Context) -> Outcome:
@@ -229,7 +232,7 @@ def run_train(cfg: RunConfig, ctx: Context) -> Outcome:
 
     t = cfg.train
     assert t is not None
-    config = to_dataclass(SFTRunConfig, t)
+    config = SFTRunConfig.model_validate(t.model_dump(include=set(SFTRunConfig.model_fields)))
     try:
         result = train_sft(ctx.workspace, t.model, None, config, name=t.name, resume=ctx.resume,
                            overwrite=not ctx.resume, log=ctx.say)

@@ -545,7 +545,7 @@ def finish_run(
         distributed_backend=distributed_backend(),
         history=loss_history(state, progress.history if progress else []),
         budget=progress.budget.to_dict() if progress and progress.budget else None,
-        config=settings.to_dict(),
+        config=settings.model_dump(),
     )
     if trainer.accelerator.is_main_process:
         write_json_atomic(folder / "train_summary.json", result.to_dict())
@@ -555,7 +555,7 @@ def finish_run(
         manifest = Manifest(
             stage=f"train-{folder.name}",
             inputs=inputs,
-            config=settings.to_dict(),
+            config=settings.model_dump(),
             counts={"examples": examples, "steps": result.steps, "tokens": tokens},
             timings={"train": seconds},
             extra={"output": str(output), "output_kind": kind, "base_model": base_model},

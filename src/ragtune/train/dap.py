@@ -48,7 +48,6 @@ def train_dap(
     from trl import SFTConfig, SFTTrainer
 
     config = config or DAPRunConfig()
-    config.check()
     say = log or stderr_log
     rows = train_data.corpus_rows(workspace, config.limit)
     name = name or f"dap-{config.method}"

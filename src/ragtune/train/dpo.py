@@ -49,7 +49,6 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     config = config or DPORunConfig()
-    config.check()
     say = log or stderr_log
     data_path = Path(data_path) if data_path else default_data_path(workspace)
     rows = train_data.load_preferences(data_path)

@@ -146,7 +146,6 @@ def train_sft(
     model went and what the run cost. Rerun with `resume=True` after an interruption to continue from the last
     checkpoint."""
     config = config or SFTRunConfig()
-    config.check()
     say = log or stderr_log
     data_path = Path(data_path) if data_path else default_data_path(workspace)
     name = name or f"sft-{config.data_mode}-{config.method}"
