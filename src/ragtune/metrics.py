@@ -12,7 +12,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -159,7 +159,14 @@ def quote_stats(generation: str, shown_docs: Sequence[str], gold_docs: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Retrieval (binary relevance against the gold documents)
+# Retrieval: binary relevance against the gold documents, or graded relevance from BEIR qrels
+#
+# `gold` is either the gold document ids (binary: each relevant with gain 1) or a qrels mapping doc id -> score (BEIR,
+# TREC): a score > 0 is relevant and is the document's gain in nDCG, as pytrec_eval's ndcg_cut computes it; a judged
+# score of 0 is not relevant. Rankings are of documents: several chunks of one document count once, at the best rank.
+
+Gold = Iterable[str] | Mapping[str, float]
+BEIR_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")  # what BEIR and MTEB print per data set
 
 
 def _dedupe(ids: Sequence[str]) -> list[str]:
@@ -173,18 +180,25 @@ def _dedupe(ids: Sequence[str]) -> list[str]:
     return out
 
 
-def recall_at_k(retrieved: Sequence[str], gold: Iterable[str], k: int) -> float:
-    """Share of gold documents found in the top k (documents, not chunks)."""
-    gold_set = set(gold)
+def _gains(gold: Gold) -> dict[str, float]:
+    """Relevant document -> gain: 1 each for a list of ids, the positive scores of a qrels mapping."""
+    if isinstance(gold, Mapping):
+        return {str(d): float(s) for d, s in gold.items() if s > 0}
+    return dict.fromkeys(gold, 1.0)
+
+
+def recall_at_k(retrieved: Sequence[str], gold: Gold, k: int) -> float:
+    """Share of relevant documents found in the top k (documents, not chunks); 0 when nothing is relevant."""
+    gold_set = set(_gains(gold))
     if not gold_set:
         return 0.0
     top = set(_dedupe(retrieved)[:k])
     return len(top & gold_set) / len(gold_set)
 
 
-def mrr(retrieved: Sequence[str], gold: Iterable[str], k: int | None = None) -> float:
-    """Reciprocal rank of the first gold document (0 when none is retrieved)."""
-    gold_set = set(gold)
+def mrr(retrieved: Sequence[str], gold: Gold, k: int | None = None) -> float:
+    """Reciprocal rank of the first relevant document within the top k (0 when none is there)."""
+    gold_set = set(_gains(gold))
     ranked = _dedupe(retrieved)
     for rank, doc_id in enumerate(ranked[:k] if k else ranked, start=1):
         if doc_id in gold_set:
@@ -192,15 +206,35 @@ def mrr(retrieved: Sequence[str], gold: Iterable[str], k: int | None = None) -> 
     return 0.0
 
 
-def ndcg_at_k(retrieved: Sequence[str], gold: Iterable[str], k: int) -> float:
-    """Binary-relevance nDCG@k: DCG of the ranking over the DCG of a ranking with every gold document first."""
-    gold_set = set(gold)
-    if not gold_set:
+def ndcg_at_k(retrieved: Sequence[str], gold: Gold, k: int) -> float:
+    """nDCG@k: DCG of the ranking (gain / log2(rank + 1)) over the DCG of the ideal ranking, every relevant document
+    first by gain. Binary for a list of ids; graded for qrels (pytrec_eval's ndcg_cut, which BEIR reports)."""
+    gains = _gains(gold)
+    if not gains:
         return 0.0
     ranked = _dedupe(retrieved)[:k]
-    dcg = sum(1.0 / math.log2(rank + 1) for rank, doc_id in enumerate(ranked, start=1) if doc_id in gold_set)
-    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(gold_set), k) + 1))
+    dcg = sum(gains.get(doc_id, 0.0) / math.log2(rank + 1) for rank, doc_id in enumerate(ranked, start=1))
+    ideal_gains = sorted(gains.values(), reverse=True)[:k]
+    ideal = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal_gains, start=1))
     return dcg / ideal
+
+
+def beir_metrics(retrieved: Sequence[str], qrels: Gold) -> dict[str, float]:
+    """nDCG@10, recall@10, recall@100 and MRR@10 of one query's ranking (`BEIR_METRICS`); `retrieved` should hold at
+    least 100 distinct documents for recall@100 to mean what BEIR means."""
+    return {
+        "ndcg@10": ndcg_at_k(retrieved, qrels, 10),
+        "recall@10": recall_at_k(retrieved, qrels, 10),
+        "recall@100": recall_at_k(retrieved, qrels, 100),
+        "mrr@10": mrr(retrieved, qrels, 10),
+    }
+
+
+def mean_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The mean of each metric over queries (the macro average BEIR reports); keys of the first row."""
+    if not rows:
+        return {}
+    return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ def ingest(
                                  "one the index was built or re-embedded with, else the bundled MiniLM)."),
     format: str = typer.Option(
         "auto", help="auto | text | markdown | html | pdf | json | jsonl | hotpotqa | squad | nq | qa-jsonl (the "
-        "documents of a generic QA JSONL file, as eval and synth read it) (auto: by extension and content)"
+        "documents of a generic QA JSONL file, as eval and synth read it) | beir (a BEIR corpus.jsonl; a BEIR folder "
+        "is recognised: its corpus is indexed under BEIR's _id as doc_id) (auto: by extension and content)"
     ),
     text_field: str = typer.Option(None, help="JSON/JSONL: field holding the text (default: text, content, ...)."),
     id_field: str = typer.Option(None, help="JSON/JSONL: field holding a stable record id."),
@@ -42,7 +43,7 @@ def ingest(
                                       "folder, hub id or openai:MODEL). Slow on a CPU: ~4 s a document with the "
                                       "bundled 135M model."),
 ) -> None:
-    """Parse, chunk, embed and index documents (txt, md, html, pdf, json, jsonl, HotpotQA, SQuAD, NQ).
+    """Parse, chunk, embed and index documents (txt, md, html, pdf, json, jsonl, HotpotQA, SQuAD, NQ, BEIR).
 
     Incremental: unchanged documents are not re-embedded, changed ones are re-chunked, removed ones leave the index.
     Interrupted (Ctrl-C, kill -9)? Run the same command again: it resumes, nothing lost or stored twice.

@@ -29,7 +29,7 @@ MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdx"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 JSON_SUFFIXES = {".json", ".json.gz"}
 JSONL_SUFFIXES = {".jsonl", ".jsonl.gz", ".ndjson"}
-FORMATS = ("auto", "text", "markdown", "html", "pdf", "json", "jsonl", "hotpotqa", "squad", "nq", "qa-jsonl")
+FORMATS = ("auto", "text", "markdown", "html", "pdf", "json", "jsonl", "hotpotqa", "squad", "nq", "qa-jsonl", "beir")
 
 _TEXT_FIELDS = ("text", "content", "body", "passage", "document", "contents")
 _TITLE_FIELDS = ("title", "name", "api_name", "heading")
@@ -141,6 +141,10 @@ def iter_files(paths: Iterable[str | Path], report: LoadReport | None = None) ->
             report.skip(path, why, folder=folder)
 
     def walk(folder: Path, ancestors: set[tuple[int, int]]) -> Iterator[Path]:
+        beir_corpus = _beir_corpus_of(folder)
+        if beir_corpus is not None:  # a BEIR folder's documents are its corpus; queries and qrels are labels
+            yield beir_corpus
+            return
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -482,9 +486,19 @@ def _is_nq(record: Any) -> bool:
     return isinstance(record, dict) and "question" in record and isinstance(record.get("ctxs"), list)
 
 
+def _beir_corpus_of(folder: Path) -> Path | None:
+    from ragtune.datasets.beir import corpus_file, is_beir_folder
+
+    return corpus_file(folder) if is_beir_folder(folder) else None
+
+
 def _kind_for(path: Path, options: LoadOptions) -> str:
     if options.format != "auto":
         return options.format
+    from ragtune.datasets.beir import is_beir_corpus
+
+    if is_beir_corpus(path):
+        return "beir"
     suffix = _suffix(path)
     if suffix in MARKDOWN_SUFFIXES:
         return "markdown"
@@ -515,6 +529,10 @@ def load_file(path: Path, options: LoadOptions, report: LoadReport) -> list[Docu
             docs = list(load_json(path, options, report))
         elif kind in ("jsonl", "nq", "qa-jsonl"):
             docs = list(load_jsonl(path, options, report))
+        elif kind == "beir":
+            from ragtune.corpus.qa_corpora import load_beir_rows
+
+            docs = list(load_beir_rows(iter_jsonl(path, report), path, options))
         else:
             docs = list(load_text(path, options, report, kind=kind))
     except BadInputError as exc:

@@ -4,6 +4,7 @@
   be scored against `supporting_facts` titles.
 - SQuAD (1.1 / 2.0 JSON): one document per distinct context.
 - NQ-oracle JSONL ("Lost in the Middle" release): one document per distinct gold passage.
+- BEIR (`corpus.jsonl` of a BEIR folder, or `--format beir`): one document per line, under the line's `_id`.
 - Generic QA JSONL (`--format qa-jsonl`): every document of every question (gold and distractors), read by the
   reader synthesis and evaluation use (`ragtune.datasets.generic`), with the same ids.
 
@@ -93,6 +94,20 @@ def load_qa_jsonl_rows(rows: Iterable[tuple[int, Any]], path: Path, options: Any
                 tenant=getattr(options, "tenant", None), version=getattr(options, "version", None),
                 metadata={"format": "qa-jsonl"},
             )
+
+
+def load_beir_rows(rows: Iterable[tuple[int, Any]], path: Path, options: Any) -> Iterator[Document]:
+    """The documents of a BEIR `corpus.jsonl` under their own `_id`, so the qrels score the index without a mapping
+    (`ragtune.datasets.beir`). A line with neither title nor text is left out."""
+    from ragtune.datasets.beir import iter_corpus_rows
+
+    resolved, modified = str(path.resolve()), path.stat().st_mtime
+    for doc in iter_corpus_rows(rows, str(path)):
+        yield Document(
+            doc_id=doc.doc_id, text=doc.text, source=resolved, title=doc.title, modified=modified,
+            content_hash=text_hash(doc.text), tenant=getattr(options, "tenant", None),
+            version=getattr(options, "version", None), metadata={"format": "beir"},
+        )
 
 
 QA_LOADERS: dict[str, Callable[[Any, Path, Any], Iterator[Document]]] = {
