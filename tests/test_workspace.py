@@ -20,7 +20,7 @@ def test_artifact_paths_are_under_the_root(tmp_path):
 
 
 def test_stages_read_each_other_where_the_workspace_says(tmp_path):
-    from ragtune.cli.evaluate import compare_run_dir
+    from ragtune.eval.compare import compare_run_dir
     from ragtune.run.config import load_config
     from ragtune.run.stages import adapter_dir
     from ragtune.run.starter import STARTER

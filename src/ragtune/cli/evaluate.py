@@ -6,10 +6,9 @@ Output folders: `WORKSPACE/eval/<run-name>/` (scores.json, predictions.jsonl, ma
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +21,9 @@ from ragtune.cli.common import fail as _fail
 from ragtune.cli.options import WorkspaceOption, engine_option, json_option
 from ragtune.progress import Reporter
 from ragtune.workspace import Workspace
+
+if TYPE_CHECKING:
+    from ragtune.eval.compare import Comparison
 
 DATA_HELP = (
     "FORMAT PATH: the questions. FORMAT is hotpotqa (official JSON), squad (1.1/2.0 JSON), nq (NQ-oracle JSONL, "
@@ -40,27 +42,27 @@ def _progress(label: str, total: int) -> Reporter:
     return Reporter(label, total=total, unit="questions")
 
 
-def _load_items(data: tuple[str, Path] | None, split: str, limit: int | None):
-    from ragtune.datasets import DatasetError, load_dataset
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
 
+
+def _data(data: tuple[str, Path] | None, split: str) -> tuple[str, Path]:
     if not data or data[0] is None:
         _fail("--data FORMAT PATH is required, e.g. --data hotpotqa data/hotpot_dev.json")
-    fmt, path = data
     if split not in ("eval", "train", "all"):
         _fail(f"--split must be eval, train or all, not {split!r}")
+    return data
+
+
+def _load_items(data: tuple[str, Path] | None, split: str, limit: int | None):
+    from ragtune.datasets import DatasetError
+    from ragtune.eval.compare import load_questions
+
+    fmt, path = _data(data, split)
     try:
-        items = load_dataset(fmt, path, split=split, limit=limit)  # type: ignore[arg-type]
+        return load_questions(fmt, path, split, limit, warn=_warn)
     except DatasetError as exc:
         _fail(str(exc))
-    if not items:
-        _fail(f"no questions in {path} for split {split!r}")
-    missing_gold = sum(1 for it in items if not it.gold_docs)
-    if missing_gold:
-        console.print(
-            f"[yellow]warning:[/] {missing_gold} of {len(items)} questions have no gold document: the oracle "
-            "setting shows them distractors only, and retrieval cannot be scored for them."
-        )
-    return items
 
 
 def _scores_table(title: str, scores: dict[str, Any]) -> Table:
@@ -78,13 +80,6 @@ def _scores_table(title: str, scores: dict[str, Any]) -> Table:
             shown = "–" if value is None else str(value)
         table.add_row(key, shown)
     return table
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    from ragtune.datasets import DatasetError
-    from ragtune.models import ModelNotFoundError
-
-    return (DatasetError, ModelNotFoundError, FileNotFoundError, ValueError, OSError, ImportError, NotImplementedError)
 
 
 def eval_command(
@@ -138,6 +133,7 @@ def eval_command(
     Deterministic: greedy decoding, fixed seeds, questions sorted by id. Interrupted? Run the same command again:
     finished batches are kept.
     """
+    from ragtune.eval.compare import errors
     from ragtune.eval.runner import (
         SystemSpec,
         data_key,
@@ -195,7 +191,7 @@ def eval_command(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished batches are kept; run the same command again to resume.")
         raise typer.Exit(130) from None
-    except _errors() as exc:
+    except errors() as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     seconds = time.perf_counter() - started
     write_manifest(
@@ -224,11 +220,12 @@ def eval_command(
 
 
 def _engine(engine: str | None) -> str | None:
-    from ragtune.llm import ENGINES
+    from ragtune.eval.compare import check_engine
 
-    if engine and engine not in ENGINES:
-        _fail(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
-    return engine or None
+    try:
+        return check_engine(engine)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _read_systems(path: Path) -> list[Any]:
@@ -254,13 +251,6 @@ def _read_systems(path: Path) -> list[Any]:
         _fail(f"{path}: {exc}")
 
 
-def compare_run_dir(ws: Workspace, system: str, fmt: str, split: str, limit: int | None) -> Path:
-    """Where `compare` keeps one system's answers on one question set (`ragtune run` clears it when stale)."""
-    from ragtune.eval.runner import slug
-
-    return ws.compare_dir(slug(f"{system}-{fmt}-{split}-n{limit}"))
-
-
 def compare_command(
     workspace: Path = WorkspaceOption,
     systems: Path = typer.Option(
@@ -282,91 +272,50 @@ def compare_command(
     """Run several systems on the same questions and write one report: report.md, report.json, f1_per_system.png,
     f1_vs_k.png, a self-contained report.html and per-question outputs.
     """
-    from ragtune.eval.report import SystemReport, paired_comparisons, paired_rows, write_report
-    from ragtune.eval.runner import data_key, run_system, write_manifest
+    from ragtune.eval.compare import compare_systems, errors
 
     specs = _read_systems(systems)
-    for spec in specs:
-        spec.engine = _engine(spec.engine or engine)
-    items = _load_items(data, split, limit)
-    fmt, path = data
-    ws = Workspace(workspace).ensure()
-    reports = []
-    searchers: dict[str, Any] = {}  # one per distinct set of search options, shared by the systems that use it
+    fmt, path = _data(data, split)
     try:
-        for spec in specs:
-            with _progress(spec.name[:40], len(items) * len(spec.ks())) as bar:
-
-                def progress(done: int, total: int, bar: Reporter = bar) -> None:
-                    bar.update(done, total=total)
-
-                searcher = None
-                if spec.setting == "retrieved":
-                    from ragtune.eval.runner import open_searcher
-
-                    key = json.dumps(spec.search or {}, sort_keys=True)
-                    searcher = searchers.get(key) or searchers.setdefault(key, open_searcher(ws, search=spec.search))
-                run_dir = compare_run_dir(ws, spec.name, fmt, split, limit)
-                run = run_system(spec, items, ws, run_dir, batch_size, searcher, progress, data_key=data_key(path))
-                data_info = {"data": {"format": fmt, "path": str(path), "split": split, "limit": limit}}
-                write_manifest(
-                    ws,
-                    f"compare-{run_dir.name}",
-                    run_dir,
-                    path,
-                    spec.describe(),
-                    run.scores,
-                    len(items),
-                    run.seconds,
-                    data_info,
-                )
-                reports.append(
-                    SystemReport(spec.name, spec.describe(), run.scores, run.records, run.curve, run.all_records)
-                )
-                with open(run_dir / "all_predictions.jsonl", "w", encoding="utf-8") as f:
-                    for record in run.all_records:
-                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        result = compare_systems(specs, fmt, path, workspace, out_dir, split=split, limit=limit, batch_size=batch_size,
+                                 title=title, engine=engine, warn=_warn)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished batches are kept; run the same command again to resume.")
         raise typer.Exit(130) from None
-    except _errors() as exc:
+    except errors() as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    comparisons = paired_comparisons(reports)
-    paths = write_report(
-        reports,
-        out_dir,
-        title=title,
-        data={"format": fmt, "path": os.fspath(path), "split": split, "limit": limit, "questions": len(items)},
-        comparisons=comparisons,
-    )
     if as_json:
-        out.print_json(json.dumps({r.name: r.scores for r in reports}, default=str))
+        out.print_json(json.dumps({r.name: r.scores for r in result.reports}, default=str))
     else:
-        from ragtune.eval.report import headline_rows
+        _print_tables(result, title)
+    console.print(f"[green]wrote[/] {result.paths['html']} (and report.md, report.json, PNGs, per-question outputs)")
 
-        header, rows = headline_rows(reports)
-        table = Table(title=title, header_style="bold")
-        for h in header:
-            table.add_column(h)
-        for row in rows:
-            table.add_row(*(escape(cell) for cell in row))
-        # Piped into a log (make demo, CI) rich assumes 80 columns and folds every cell to a few letters; a log has no
-        # width limit, so the table keeps its natural width there.
-        printer = out if out.is_terminal else Console(width=240)
-        printer.print(table)
-        paired_header, paired_table = paired_rows(comparisons)
-        if paired_table:
-            sig = comparisons["significance"]
-            significance = Table(
-                title=f"Paired differences, points (95% bootstrap CI, {sig['resamples']:,} resamples over questions)",
-                header_style="bold",
-            )
-            for h in paired_header:
-                significance.add_column(h)
-            for row in paired_table:
-                significance.add_row(*(escape(cell) for cell in row))
-            printer.print(significance)
-    console.print(f"[green]wrote[/] {paths['html']} (and report.md, report.json, PNGs, per-question outputs)")
+
+def _print_tables(result: Comparison, title: str) -> None:
+    from ragtune.eval.report import headline_rows, paired_rows
+
+    header, rows = headline_rows(result.reports)
+    table = Table(title=title, header_style="bold")
+    for h in header:
+        table.add_column(h)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    # Piped into a log (make demo, CI) rich assumes 80 columns and folds every cell to a few letters; a log has no
+    # width limit, so the table keeps its natural width there.
+    printer = out if out.is_terminal else Console(width=240)
+    printer.print(table)
+    paired_header, paired_table = paired_rows(result.comparisons)
+    if paired_table:
+        sig = result.comparisons["significance"]
+        significance = Table(
+            title=f"Paired differences, points (95% bootstrap CI, {sig['resamples']:,} resamples over questions)",
+            header_style="bold",
+        )
+        for h in paired_header:
+            significance.add_column(h)
+        for row in paired_table:
+            significance.add_row(*(escape(cell) for cell in row))
+        printer.print(significance)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,8 +3,8 @@
 Every stage has two halves: `plan_STAGE(cfg)` says what its key is made of (its settings, its input files, and the
 earlier stages whose outputs it reads), and `run_STAGE(cfg, ctx)` does the work and returns what it wrote. A stage
 never re-implements its library: ingest calls `ragtune.index.ingest.ingest`, synth `synthesize_from_qa` /
-`synthesize_raft` and `export`, train `train_sft`, retriever `train_lsr` / `train_contrastive`, and compare the
-`ragtune compare` command function with explicit arguments (its report writing lives there).
+`synthesize_raft` and `export`, train `train_sft`, retriever `train_lsr` / `train_contrastive`, and compare
+`ragtune.eval.compare.compare_systems` (the function `ragtune compare` calls too, report writing included).
 
 `ctx.resume` is true when the stage started under the same key and did not finish: the stage then continues its own
 progress (synth appends, train resumes from its last checkpoint, eval keeps finished batches) instead of starting
@@ -290,23 +290,6 @@ def run_retriever(cfg: RunConfig, ctx: Context) -> Outcome:
                                                                                                  if change else ""))
 
 
-def call_command(command: Callable[..., Any], **arguments: Any) -> None:
-    """Call a typer command function with explicit arguments; the options not given take the command's own
-    defaults (a typer default is an OptionInfo object, not the value), so an option added to the command later
-    keeps working here."""
-    import inspect
-
-    from typer.models import ParameterInfo
-
-    for name, parameter in inspect.signature(command).parameters.items():
-        if name not in arguments:
-            default = parameter.default
-            arguments[name] = default.default if isinstance(default, ParameterInfo) else default
-            if arguments[name] is Ellipsis:
-                raise StageError(f"{command.__name__}: required option {name!r} not given")
-    command(**arguments)
-
-
 # ---- compare and report ----------------------------------------------------------------------------------------------
 
 
@@ -348,10 +331,8 @@ def plan_compare(cfg: RunConfig) -> Plan:
 def run_compare(cfg: RunConfig, ctx: Context) -> Outcome:
     import shutil
 
-    import typer
-    import yaml
-
-    from ragtune.cli.evaluate import compare_command, compare_run_dir
+    from ragtune.eval.compare import compare_run_dir, compare_systems, errors
+    from ragtune.eval.runner import system_specs
 
     c = cfg.compare
     assert c is not None
@@ -364,22 +345,17 @@ def run_compare(cfg: RunConfig, ctx: Context) -> Outcome:
             if s.get("setting") == "retrieved":
                 stale = compare_run_dir(Workspace(ctx.workspace), s["name"], c.data.format, c.split, c.limit)
                 shutil.rmtree(stale, ignore_errors=True)
-    systems_file = Workspace(ctx.workspace).run_dir / "systems.yaml"
-    systems_file.parent.mkdir(parents=True, exist_ok=True)
-    systems_file.write_text(yaml.safe_dump({"systems": systems}, sort_keys=False, allow_unicode=True),
-                            encoding="utf-8")
     out_dir = cfg.in_workspace(c.out)
     try:
-        call_command(compare_command, workspace=ctx.workspace, systems=systems_file, data=(c.data.format, data),
-                     out_dir=out_dir, split=c.split, limit=c.limit, batch_size=c.batch_size, title=c.title,
-                     as_json=False)
-    except typer.Exit as exc:
-        if exc.exit_code == 130:
-            raise KeyboardInterrupt from None
-        raise StageError(f"compare failed (exit code {exc.exit_code}; the message is above)") from None
-    report = out_dir / "report.json"
-    return Outcome(outputs=[report], summary=f"{len(systems)} systems -> {out_dir / 'report.html'}, "
-                                             f"{out_dir / 'report.md'}")
+        result = compare_systems(system_specs(systems), c.data.format, data, ctx.workspace, out_dir, split=c.split,
+                                 limit=c.limit, batch_size=c.batch_size, title=c.title,
+                                 warn=lambda m: ctx.say(f"compare: warning: {m}"))
+    except errors() as exc:
+        raise StageError(f"compare: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    for line in [c.title, *result.table_lines()]:
+        ctx.say(line)
+    return Outcome(outputs=[result.paths["json"]], summary=f"{len(systems)} systems -> {result.paths['html']}, "
+                                                           f"{result.paths['markdown']}")
 
 
 PLANS: dict[str, Callable[[RunConfig], Plan]] = {
