@@ -44,6 +44,7 @@ def test_shared_options_are_the_same_declaration_everywhere():
     root = _tree()
     with_default = [root.commands[n] for n in ("ingest", "search", "eval", "compare")]
     with_default += [root.commands["train"].commands[n] for n in ("sft", "dpo", "dap")]
+    with_default += [root.commands["serve"], *root.commands["tenants"].commands.values()]
     for command in with_default:
         (param,) = [p for p in command.params if p.name == "workspace"]
         assert set(param.opts) == {"--workspace", "-w"} and param.envvar == "RAGTUNE_WORKSPACE", command.name
@@ -94,7 +95,7 @@ def _start(poisoned: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
 
 
-@pytest.mark.parametrize("stage", ["ragtune.cli.synth", "ragtune.cli.train_retriever", "ragtune.serve.cli"])
+@pytest.mark.parametrize("stage", ["ragtune.cli.synth", "ragtune.cli.train_retriever", "ragtune.cli.serve"])
 def test_a_stage_that_fails_to_import_is_an_error_not_a_missing_command(stage):
     result = _start(stage)
     assert result.returncode != 0

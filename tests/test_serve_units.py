@@ -79,7 +79,7 @@ def test_semantic_cache_threshold_signature_tenant_and_fingerprint():
 
 
 def test_serve_settings_from_yaml_pass_every_search_field(tmp_path):
-    from ragtune.serve.cli import load_settings
+    from ragtune.cli.serve import load_settings
 
     path = tmp_path / "serve.yaml"
     path.write_text(json.dumps({"search": {"mode": "dense", "k": 3, "candidates": 7}, "serve": {"prompt": "cot"}}))

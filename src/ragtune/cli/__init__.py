@@ -1,10 +1,10 @@
 """The `ragtune` command: a thin typer front that parses options, calls a stage, and prints with rich.
 
 Every command lives in this package, one module per stage (`ingest`, `search`, `models`, `synth`, `evaluate`,
-`train`, `export_model`, `run`; `serve` and `tenants` come from `ragtune.serve.cli`), and is registered below by
-name. The imports are plain: a command module that fails to import is an error at start-up, never a command that
-is silently absent. Options several commands share are declared once in `ragtune.cli.options`; library modules
-import no typer (an import-linter contract checks both).
+`train`, `export_model`, `serve` (with `tenants`), `run`), and is registered below by name. The imports are plain: a
+command module that fails to import is an error at start-up, never a command that is silently absent. Options
+several commands share are declared once in `ragtune.cli.options`; library modules import no typer (an import-linter
+contract checks both).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import os
 
 import typer
 
-from ragtune.cli import evaluate, export_model, ingest, models, run, search, synth, train
-from ragtune.serve import cli as serve
+from ragtune.cli import evaluate, export_model, ingest, models, run, search, serve, synth, train
 
 app = typer.Typer(
     help="Fine-tune both halves of a RAG system on your own documents, and prove it helps.",

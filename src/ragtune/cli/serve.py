@@ -1,4 +1,5 @@
-"""`ragtune serve` and `ragtune tenants ...`: thin typer commands over `ragtune.serve`."""
+"""`ragtune serve` and `ragtune tenants ...`: thin typer commands over `ragtune.serve`, with the options, consoles and
+one-line errors every other command uses."""
 
 from __future__ import annotations
 
@@ -6,25 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ragtune.workspace import DEFAULT_WORKSPACE
-
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+from ragtune.cli.common import console, out, pydantic_message
+from ragtune.cli.common import fail as _fail
+from ragtune.cli.options import WorkspaceOption, engine_option
 
 tenants_app = typer.Typer(
     help="API keys: each key belongs to one tenant and sees only that tenant's documents, cache and feedback.",
     no_args_is_help=True, add_completion=False,
 )
-WorkspaceOption = typer.Option(DEFAULT_WORKSPACE, "--workspace", "-w", help="Workspace folder.",
-                               envvar="RAGTUNE_WORKSPACE")
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 @tenants_app.command("add")
@@ -104,9 +96,7 @@ def load_settings(config: Path | None, overrides: dict[str, Any]) -> tuple[Any, 
     try:
         return SearchConfig.model_validate(search_raw), ServeConfig.model_validate(serve_raw)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        _fail(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}")
-    raise AssertionError("unreachable")
+        _fail(pydantic_message(exc))
 
 
 def serve(
@@ -143,10 +133,9 @@ def serve(
                                  "(2048)."),
     dtype: str = typer.Option(None, "--dtype", help="Local model dtype: auto | float32 | bfloat16 | float16."),
     device: str = typer.Option(None, "--device", help="Local model device (default: cuda if available, else cpu)."),
-    engine: str = typer.Option(None, "--engine", help="Local generation engine: transformers (default; streams, "
-                               "cancels) | ct2 | llamacpp (the GGUF itself; streams, cancels; continuous batching "
-                               "over --slots, several adapters) | vllm (GPU; several adapters, continuous batching).",
-                               envvar="RAGTUNE_ENGINE"),
+    engine: str = engine_option(" Here transformers and llamacpp stream and cancel; llamacpp decodes --slots "
+                                "requests together (continuous batching) and serves several adapters over one base, "
+                                "as vllm does."),
 ) -> None:
     """Serve the workspace as an OpenAI-compatible RAG API (+ search, feedback and a curation page at /curate).
 
