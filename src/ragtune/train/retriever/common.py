@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from ragtune import metrics
+from ragtune.index.retriever import RetrieverSpec
 from ragtune.train.retriever.data import IndexChunks, Resolved
+from ragtune.train.retriever.progress import StepCallback, bar
 
 
 def peak_rss_mb() -> float:
@@ -37,12 +39,15 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def training_args(cls: Any, epochs: float, lr: float, batch_size: int, seed: int, n_examples: int, **extra: Any):
-    """Training arguments for a short run: no checkpoints (the caller saves the model), no reporting, 10% warm-up."""
-    steps = max(1, -(-n_examples // batch_size)) * max(1, int(np.ceil(epochs)))
+def training_args(cls: Any, epochs: float, lr: float, batch_size: int, seed: int, n_examples: int,
+                  max_steps: int | None = None, **extra: Any):
+    """Training arguments for a short run: no checkpoints (the caller saves the model), no reporting, 10% warm-up.
+    `max_steps` (when given) fixes the number of optimiser steps whatever the data size: runs comparable by budget."""
+    steps = max_steps or max(1, -(-n_examples // batch_size)) * max(1, int(np.ceil(epochs)))
     return cls(
         output_dir=tempfile.mkdtemp(prefix="ragtune-train-"),
         num_train_epochs=epochs,
+        max_steps=max_steps or -1,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
         warmup_steps=max(0, int(0.1 * steps)),
@@ -63,6 +68,31 @@ def quiet_trainer(trainer: Any) -> Any:
 
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def run_trainer(trainer_cls: Any, args_cls: Any, model: Any, dataset: Any, loss: Any, config: Any, title: str,
+                progress: bool = False, **extra: Any) -> tuple[int, list[float], float]:
+    """Train `model` on `dataset` with `loss` (a sentence-transformers trainer class and its arguments class), the
+    run's shape from `config` (epochs, lr, batch_size, seed, max_steps); (steps, logged losses, seconds)."""
+    args = training_args(args_cls, float(config.epochs or 1), float(config.lr), min(config.batch_size, len(dataset)),
+                         config.seed, len(dataset), config.max_steps, **extra)
+    t0 = time.perf_counter()
+    with bar(title, progress) as b:
+        callback = StepCallback(b)
+        trainer = quiet_trainer(trainer_cls(model=model, args=args, train_dataset=dataset, loss=loss,
+                                            callbacks=[callback]))
+        state = trainer.train()
+    return int(state.global_step), callback.losses, time.perf_counter() - t0
+
+
+def save_query_tower(model: Any, out: Path, method: str, base: str) -> RetrieverSpec:
+    """A trained query encoder under out/query_encoder, with the spec that pairs it with `base`'s indexed vectors."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / "query_encoder"))
+    spec = RetrieverSpec(kind="query-tower", method=method, query_encoder="query_encoder", document_encoder=base,
+                         base=base)
+    spec.save(out)
+    return spec
 
 
 def retrieval_scores(searcher: Any, chunks: IndexChunks, questions: list[Resolved], k: int = 10,

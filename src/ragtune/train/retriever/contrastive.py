@@ -17,9 +17,11 @@ whole-corpus re-embedding alone costs more than training on every question (see 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from ragtune.index.embedding import Embedder
@@ -27,10 +29,24 @@ from ragtune.index.reembed import reembed_index
 from ragtune.index.retriever import RetrieverSpec
 from ragtune.models import resolve_embedder
 from ragtune.retrieve.search import Searcher
-from ragtune.train.retriever.common import TrainResult, peak_rss_mb, quiet_trainer, retrieval_scores, training_args
-from ragtune.train.retriever.data import IndexChunks, Resolved, RetrieverDataError, load_questions, mine_negatives
+from ragtune.train.retriever.common import (
+    TrainResult,
+    peak_rss_mb,
+    retrieval_scores,
+    run_trainer,
+    save_query_tower,
+)
+from ragtune.train.retriever.data import (
+    IndexChunks,
+    Resolved,
+    RetrieverDataError,
+    gold_label_rows,
+    load_questions,
+    mine_negatives,
+    padded,
+)
 from ragtune.train.retriever.lsr import before_after, prepare, write_manifest
-from ragtune.train.retriever.progress import StepCallback, bar
+from ragtune.train.retriever.progress import bar
 from ragtune.workspace import Workspace
 
 
@@ -44,6 +60,7 @@ class ContrastiveConfig(BaseModel):
     depth: Annotated[int, Field(ge=1)] = 30  # how deep in the dense ranking negatives are mined
     relative_margin: Annotated[float, Field(ge=0, lt=1)] = 0.05
     epochs: Annotated[float | None, Field(gt=0)] = None  # None: 2 (query tower) / 1 (both)
+    max_steps: Annotated[int | None, Field(ge=1)] = None  # fixed optimiser steps (overrides epochs)
     lr: Annotated[float | None, Field(gt=0)] = None  # None: 1e-4 (query tower) / 2e-5 (both)
     batch_size: Annotated[int, Field(ge=2)] = 32
     scale: Annotated[float, Field(gt=0)] = 20.0  # the softmax's inverse temperature (MNRL's default)
@@ -59,15 +76,48 @@ class ContrastiveConfig(BaseModel):
                                        "lr": self.lr or (1e-4 if query else 2e-5)})
 
 
-def train_contrastive(
-    workspace: Workspace | str | Path,
-    data: str | Path,
-    config: ContrastiveConfig | None = None,
-    out: str | Path | None = None,
-    eval_data: str | Path | None = None,
-    progress: bool = False,
-) -> TrainResult:
-    """Fine-tune the embedder on the questions' chunks, save it to `out`, and re-embed the index with it."""
+@dataclass
+class Fit:
+    """What one fit produced: the saved retriever's spec, optimiser steps, logged losses, seconds of training."""
+
+    spec: RetrieverSpec
+    steps: int
+    losses: list[float]
+    seconds: float
+
+
+def fit_query_tower(base: str, doc_vectors: np.ndarray, queries: list[str], positives: list[list[int]],
+                    masked: list[list[int]], out: Path, method: str, config: Any, progress: bool = False,
+                    title: str = "contrastive training (query tower)") -> Fit:
+    """InfoNCE of a fresh copy of `base`'s query encoder against frozen `doc_vectors` (every row a negative but the
+    query's `positives` and `masked` rows); saved under out/query_encoder as a query tower over `base`'s index.
+    `config` supplies epochs, max_steps, lr, batch_size, scale and seed (a ContrastiveConfig or alike)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+
+    from ragtune.train.retriever.losses import FrozenIndexContrastiveLoss
+
+    width = max(max(len(p) for p in positives), max(len(m) for m in masked), 1)
+    labels = [[padded(p, width), padded(m, width)] for p, m in zip(positives, masked, strict=True)]
+    dataset = Dataset.from_dict({"query": queries, "label": labels})
+    torch.manual_seed(config.seed)
+    model = SentenceTransformer(resolve_embedder(base).path)
+    vectors = torch.from_numpy(np.ascontiguousarray(doc_vectors))
+    loss = FrozenIndexContrastiveLoss(model, vectors, scale=config.scale)
+    steps, losses, seconds = run_trainer(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model,
+                                         dataset, loss, config, title, progress)
+    return Fit(save_query_tower(model, out, method, base), steps, losses, seconds)
+
+
+def fit_both_towers(base: str, rows: dict[str, list[str]], out: Path, method: str, config: Any,
+                    progress: bool = False, title: str = "contrastive training") -> Fit:
+    """MultipleNegativesRankingLoss over (anchor, positive, negative_1..n) rows, batches without duplicate texts;
+    the model is saved under out/model and the spec names it as both towers (the index must be re-embedded)."""
     import torch
     from datasets import Dataset
     from sentence_transformers import (
@@ -78,6 +128,43 @@ def train_contrastive(
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
+    dataset = Dataset.from_dict(rows)
+    torch.manual_seed(config.seed)
+    model = SentenceTransformer(resolve_embedder(base).path)
+    full_length = model.max_seq_length
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
+    loss = MultipleNegativesRankingLoss(model, scale=config.scale)
+    steps, losses, seconds = run_trainer(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model,
+                                         dataset, loss, config, title, progress,
+                                         batch_sampler=BatchSamplers.NO_DUPLICATES)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = (out / "model").resolve()
+    model.max_seq_length = full_length  # the index embeds whole chunks, whatever training truncated
+    model.save(str(model_dir))
+    spec = RetrieverSpec(kind="dual-encoder", method=method, query_encoder="model", document_encoder=str(model_dir),
+                         base=base)
+    spec.save(out)
+    return Fit(spec, steps, losses, seconds)
+
+
+def reembed_with(ws: Workspace, fit: Fit, result: TrainResult, progress: bool = False) -> None:
+    """Re-embed the whole index with a both-towers fit's model (incremental, resumable), timing it in `result`."""
+    t1 = time.perf_counter()
+    with bar("re-embedding index", progress) as b:
+        result.counts["reembedded"] = reembed_index(ws, Embedder(fit.spec.document_encoder), progress=b.update)
+    result.extra["reembed_seconds"] = time.perf_counter() - t1
+
+
+def train_contrastive(
+    workspace: Workspace | str | Path,
+    data: str | Path,
+    config: ContrastiveConfig | None = None,
+    out: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Fine-tune the embedder on the questions' chunks, save it to `out`, and re-embed the index with it."""
     config = (config or ContrastiveConfig()).resolved()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     out = Path(out) if out else ws.train_dir("retriever-contrastive")
@@ -105,53 +192,28 @@ def train_contrastive(
     if len(rows["anchor"]) < 2:
         raise RetrieverDataError("fewer than 2 usable training rows: contrastive training needs in-batch negatives")
     counts["rows"] = len(rows["anchor"])
-    held_out = _held_out(chunks, data, eval_data)
+    held_out = held_out_questions(chunks, data, eval_data)
     before = retrieval_scores(searcher, chunks, held_out) if held_out else {}
     prepare_seconds = time.perf_counter() - started
 
-    dataset = Dataset.from_dict(rows)
-    torch.manual_seed(config.seed)
-    model = SentenceTransformer(resolve_embedder(base).path)
-    full_length = model.max_seq_length
-    if config.max_seq_length:
-        model.max_seq_length = config.max_seq_length
-    loss = MultipleNegativesRankingLoss(model, scale=config.scale)
-    args = training_args(SentenceTransformerTrainingArguments, float(config.epochs or 1), float(config.lr or 2e-5),
-                         min(config.batch_size, len(dataset)), config.seed, len(dataset),
-                         batch_sampler=BatchSamplers.NO_DUPLICATES)
-    t0 = time.perf_counter()
-    with bar("contrastive training", progress) as b:
-        callback = StepCallback(b)
-        trainer = quiet_trainer(SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                             callbacks=[callback]))
-        state = trainer.train()
-    train_seconds = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    model_dir = (out / "model").resolve()
-    model.max_seq_length = full_length  # the index embeds whole chunks, whatever training truncated
-    model.save(str(model_dir))
-    spec = RetrieverSpec(kind="dual-encoder", method="contrastive", query_encoder="model",
-                         document_encoder=str(model_dir), base=base)
-    spec.save(out)
-    result = TrainResult(out=out, method="contrastive", examples=len(dataset), steps=int(state.global_step),
-                         train_seconds=train_seconds, prepare_seconds=prepare_seconds, peak_rss_mb=peak_rss_mb(),
-                         losses=callback.losses, counts=counts, before=before)
+    fit = fit_both_towers(base, rows, out, "contrastive", config, progress)
+    result = TrainResult(out=out, method="contrastive", examples=len(rows["anchor"]), steps=fit.steps,
+                         train_seconds=fit.seconds, prepare_seconds=prepare_seconds, peak_rss_mb=peak_rss_mb(),
+                         losses=fit.losses, counts=counts, before=before)
     if config.reembed:
-        t1 = time.perf_counter()
-        with bar("re-embedding index", progress) as b:
-            result.counts["reembedded"] = reembed_index(ws, Embedder(str(model_dir)), progress=b.update)
-        result.extra["reembed_seconds"] = time.perf_counter() - t1
+        reembed_with(ws, fit, result, progress)
         if held_out:
             result.after = retrieval_scores(Searcher(ws), chunks, held_out)
     result.extra["eval_questions"] = len(held_out)
     result.peak_rss_mb = peak_rss_mb()
-    spec.metrics = {"before": result.before, "after": result.after}
-    spec.save(out)
+    fit.spec.metrics = {"before": result.before, "after": result.after}
+    fit.spec.save(out)
     write_manifest(ws, "train-retriever-contrastive", data, config.model_dump(), result)
     return result
 
 
-def _held_out(chunks: IndexChunks, data: str | Path, eval_data: str | Path | None) -> list:
+def held_out_questions(chunks: IndexChunks, data: str | Path, eval_data: str | Path | None = None) -> list:
+    """Eval-split questions of `eval_data` (else `data`) whose gold chunks are indexed; none when no file has any."""
     try:
         questions = load_questions(eval_data or data, split="eval")
     except RetrieverDataError:
@@ -163,57 +225,22 @@ def _train_query_tower(ws: Workspace, data: str | Path, config: ContrastiveConfi
                        eval_data: str | Path | None, progress: bool, searcher: Searcher, chunks: IndexChunks,
                        resolved: list[Resolved], counts: dict[str, int], started: float) -> TrainResult:
     """tower="query": InfoNCE of the query encoder over the whole frozen index; saved as a query tower."""
-    import numpy as np
-    import torch
-    from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-
-    from ragtune.train.retriever.losses import FrozenIndexContrastiveLoss
-
     base = searcher.settings.embedder
-    positives: list[list[int]] = []
-    masked: list[list[int]] = []
-    for r in resolved:
-        gold_rows = [i for d in r.gold_docs for i in chunks.by_doc.get(d, [])]
-        positives.append(sorted({chunks.row[c] for c in r.positives}))
-        masked.append(sorted(set(gold_rows) - set(positives[-1]) | set(chunks.answer_rows(r))))
+    positives, masked = gold_label_rows(chunks, resolved)
     counts["masked_false_negatives"] = sum(len(m) for m in masked)
-    width = max(max(len(p) for p in positives), max(len(m) for m in masked), 1)
-    labels = [[[float(i) for i in p] + [-1.0] * (width - len(p)), [float(i) for i in m] + [-1.0] * (width - len(m))]
-              for p, m in zip(positives, masked, strict=True)]
-    dataset = Dataset.from_dict({"query": [r.question.question for r in resolved], "label": labels})
-    counts["rows"] = len(dataset)
+    counts["rows"] = len(resolved)
     counts["positive_pairs"] = sum(len(p) for p in positives)
-    doc_vectors = torch.from_numpy(np.ascontiguousarray(searcher.vectors(chunks.ids)))
+    doc_vectors = searcher.vectors(chunks.ids)
     prepare_seconds = time.perf_counter() - started
 
-    torch.manual_seed(config.seed)
-    model = SentenceTransformer(resolve_embedder(base).path)
-    loss = FrozenIndexContrastiveLoss(model, doc_vectors, scale=config.scale)
-    args = training_args(SentenceTransformerTrainingArguments, float(config.epochs or 1), float(config.lr or 2e-5),
-                         min(config.batch_size, len(dataset)), config.seed, len(dataset))
-    t0 = time.perf_counter()
-    with bar("contrastive training (query tower)", progress) as b:
-        callback = StepCallback(b)
-        trainer = quiet_trainer(SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                                           callbacks=[callback]))
-        state = trainer.train()
-    train_seconds = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out / "query_encoder"))
-    spec = RetrieverSpec(kind="query-tower", method="contrastive", query_encoder="query_encoder",
-                         document_encoder=base, base=base)
-    spec.save(out)
-    result = TrainResult(out=out, method="contrastive", examples=len(dataset), steps=int(state.global_step),
-                         train_seconds=train_seconds, prepare_seconds=prepare_seconds, peak_rss_mb=peak_rss_mb(),
-                         losses=callback.losses, counts=counts, extra={"tower": "query"})
+    fit = fit_query_tower(base, doc_vectors, [r.question.question for r in resolved], positives, masked, out,
+                          "contrastive", config, progress)
+    result = TrainResult(out=out, method="contrastive", examples=len(resolved), steps=fit.steps,
+                         train_seconds=fit.seconds, prepare_seconds=prepare_seconds, peak_rss_mb=peak_rss_mb(),
+                         losses=fit.losses, counts=counts, extra={"tower": "query"})
     before_after(ws, searcher, chunks, data, eval_data, out, result)
     result.peak_rss_mb = peak_rss_mb()
-    spec.metrics = {"before": result.before, "after": result.after}
-    spec.save(out)
+    fit.spec.metrics = {"before": result.before, "after": result.after}
+    fit.spec.save(out)
     write_manifest(ws, "train-retriever-contrastive", data, config.model_dump(), result)
     return result

@@ -205,6 +205,23 @@ class IndexChunks:
         return len(answer) >= 4 and answer not in ("yes", "no") and answer in normalize_answer(self.texts[i])
 
 
+def gold_label_rows(chunks: IndexChunks, resolved: list[Resolved]) -> tuple[list[list[int]], list[list[int]]]:
+    """Per question: its gold chunks' index rows, and the rows never to count as negatives (the other chunks of a
+    gold document, chunks holding a distinctive answer): what `frozen_index_nce` reads."""
+    positives: list[list[int]] = []
+    masked: list[list[int]] = []
+    for r in resolved:
+        gold_rows = [i for d in r.gold_docs for i in chunks.by_doc.get(d, [])]
+        positives.append(sorted({chunks.row[c] for c in r.positives}))
+        masked.append(sorted(set(gold_rows) - set(positives[-1]) | set(chunks.answer_rows(r))))
+    return positives, masked
+
+
+def padded(rows: list[int], width: int) -> list[float]:
+    """Row indices as a float label row of fixed width (-1: none), the shape sentence-transformers' collator stacks."""
+    return [float(i) for i in rows] + [-1.0] * (width - len(rows))
+
+
 def mine_negatives(
     chunks: IndexChunks,
     resolved: list[Resolved],
@@ -212,12 +229,15 @@ def mine_negatives(
     n: int,
     depth: int = 30,
     relative_margin: float = 0.05,
+    mode: str = "dense",
 ) -> dict[str, int]:
-    """Fill each question's negatives up to n with the dense index's top hits that are not false negatives.
+    """Fill each question's negatives up to n with the first stage's top hits that are not false negatives.
 
-    Like sentence-transformers' `mine_hard_negatives` (relative_margin: a candidate scoring above
-    (1 - margin) x the positive's score is dropped as a likely unlabelled positive), but against the vectors the
-    index already holds: re-embedding the corpus to mine would cost as much as ingesting it. Returns counts.
+    Like sentence-transformers' `mine_hard_negatives` (relative_margin: a candidate whose dense score is above
+    (1 - margin) x the positive's is dropped as a likely unlabelled positive), but against the vectors the index
+    already holds: re-embedding the corpus to mine would cost as much as ingesting it. `mode` is the first stage
+    mined: "dense" (the query vector's neighbours) or "hybrid" / "bm25" (the searcher's own ranking, which a
+    reranker reads at search time); the margin is always on dense scores, the one scale shared. Returns counts.
     """
     counts = {"dropped_false_negatives": 0, "dropped_margin": 0, "short_of_negatives": 0}
     searcher = chunks.searcher
@@ -230,7 +250,7 @@ def mine_negatives(
             else:
                 kept.append(cid)
         if len(kept) < n:
-            for cid, score in searcher.dense_by_vector(qvec, depth):
+            for cid, score in _first_stage(searcher, r.question.question, qvec, depth, mode):
                 if len(kept) >= n:
                     break
                 if cid in kept:
@@ -245,3 +265,13 @@ def mine_negatives(
             counts["short_of_negatives"] += 1
         r.negatives = kept[:n]
     return counts
+
+
+def _first_stage(searcher: Any, question: str, qvec: np.ndarray, depth: int, mode: str) -> list[tuple[str, float]]:
+    """(chunk id, dense score) of the first stage's top `depth` for one question, in that stage's order."""
+    if mode == "dense":
+        return list(searcher.dense_by_vector(qvec, depth))
+    ids = [h.chunk_id for h in searcher.search(question, k=depth, mode=mode)]
+    if not ids:
+        return []
+    return list(zip(ids, (searcher.vectors(ids) @ qvec).tolist(), strict=True))

@@ -6,6 +6,10 @@ For a question x with top-k retrieved chunks c_1..c_k:
     loss         = KL( p_R || p_LSR )
 Only the query encoder runs here: the document vectors are the index's own (the frozen document tower), looked up by
 row, so a training step costs one short query forward pass and the index never has to be rebuilt.
+
+With `gold_weight` w > 0 the loss is (1 - w) KL + w InfoNCE(gold chunks vs the whole index): the LM says which of the
+retrieved chunks help, the gold labels pin down the chunk the question was written about even when the first stage
+missed it (LSR alone can only reorder what was retrieved).
 """
 
 from __future__ import annotations
@@ -22,26 +26,41 @@ class LSRLoss(nn.Module):
 
     `labels` has shape (batch, 2, k): row 0 holds the candidates' row indices into `doc_vectors` (as floats, exact
     below 2**24), row 1 their LM scores log p_LM(y | c o x). sentence-transformers' collator builds that tensor from
-    a list-valued `label` column.
+    a list-valued `label` column. With `gold_weight` > 0 it is (batch, 4, width >= k): rows 0-1 as before in the
+    first k columns (every question has exactly k candidates), rows 2-3 the gold rows and the rows never to count as
+    negatives, as `frozen_index_nce` reads them (padded with -1); `doc_vectors` is then the whole index.
     """
 
-    def __init__(self, model: nn.Module, doc_vectors: Tensor, tau: float = 0.01, temperature: float = 0.05):
+    def __init__(self, model: nn.Module, doc_vectors: Tensor, tau: float = 0.01, temperature: float = 0.05,
+                 gold_weight: float = 0.0, scale: float = 20.0):
         super().__init__()
-        if tau <= 0 or temperature <= 0:
-            raise ValueError("tau and temperature must be > 0")
+        if tau <= 0 or temperature <= 0 or scale <= 0:
+            raise ValueError("tau, temperature and scale must be > 0")
+        if not 0.0 <= gold_weight <= 1.0:
+            raise ValueError("gold_weight must be in [0, 1]")
         self.model = model
         self.register_buffer("doc_vectors", F.normalize(doc_vectors.float(), dim=-1), persistent=False)
         self.tau = tau
         self.temperature = temperature
+        self.gold_weight = gold_weight
+        self.scale = scale
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         features = list(sentence_features)
         query = F.normalize(self.model(features[0])["sentence_embedding"], dim=-1)
-        rows = labels[:, 0, :].round().long()
-        doc_vectors: Tensor = self.doc_vectors  # type: ignore[assignment]  # a registered buffer
-        docs = doc_vectors.to(query.device)[rows]  # (batch, k, dim)
-        similarity = torch.einsum("bd,bkd->bk", query, docs)
-        return lsr_kl(similarity, labels[:, 1, :].to(query.device), self.tau, self.temperature)
+        labels = labels.to(query.device)
+        buffer: Tensor = self.doc_vectors  # type: ignore[assignment]  # a registered buffer
+        doc_vectors = buffer.to(query.device)
+        k = int((labels[0, 0] >= 0).sum()) if labels.shape[1] == 4 else labels.shape[2]
+        rows = labels[:, 0, :k].round().long()
+        similarity = torch.einsum("bd,bkd->bk", query, doc_vectors[rows])  # (batch, k)
+        kl = lsr_kl(similarity, labels[:, 1, :k], self.tau, self.temperature)
+        if self.gold_weight == 0.0:
+            return kl
+        if labels.shape[1] != 4:
+            raise ValueError("gold_weight > 0 needs labels with gold rows: shape (batch, 4, width)")
+        gold = frozen_index_nce(self.scale * query @ doc_vectors.T, labels[:, 2:4, :])
+        return (1.0 - self.gold_weight) * kl + self.gold_weight * gold
 
     @property
     def citation(self) -> str:
