@@ -1,10 +1,10 @@
 """The `ragtune` command: a thin typer front that parses options, calls a stage, and prints with rich.
 
 Every command lives in this package, one module per stage (`ingest`, `search`, `models`, `synth`, `evaluate`,
-`train`, `export_model`, `serve` (with `tenants`), `run`), and is registered below by name. The imports are plain: a
-command module that fails to import is an error at start-up, never a command that is silently absent. Options
-several commands share are declared once in `ragtune.cli.options`; library modules import no typer (an import-linter
-contract checks both).
+`eval_retrieval`, `train`, `export_model`, `serve` (with `tenants`), `run`), and is registered below by name. The
+imports are plain: a command module that fails to import is an error at start-up, never a command that is silently
+absent. Options several commands share are declared once in `ragtune.cli.options`; library modules import no typer
+(an import-linter contract checks both).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 
 import typer
 
-from ragtune.cli import evaluate, export_model, ingest, models, run, search, serve, synth, train
+from ragtune.cli import eval_retrieval, evaluate, export_model, ingest, models, run, search, serve, synth, train
 
 app = typer.Typer(
     help="Fine-tune both halves of a RAG system on your own documents, and prove it helps.",
@@ -40,7 +40,7 @@ def _global_options(
 
 
 # The order of `ragtune --help`: the pipeline's order.
-COMMAND_MODULES = (ingest, search, models, synth, evaluate, train, export_model, serve, run)
+COMMAND_MODULES = (ingest, search, models, synth, evaluate, eval_retrieval, train, export_model, serve, run)
 for _module in COMMAND_MODULES:
     _module.register(app)
 
