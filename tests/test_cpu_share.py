@@ -1,4 +1,4 @@
-"""The thread governor: torch's CPU threads follow what other processes leave free (ragtune.llm.cpu_share)."""
+"""The thread governor: torch's CPU threads step down when they wait for a core (ragtune.llm.cpu_share)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import time
 import pytest
 
 from ragtune.llm import cpu_share
-from ragtune.llm.cpu_share import ThreadGovernor, threads_for
+from ragtune.llm.cpu_share import ThreadGovernor, next_threads
 
 
-def test_threads_for_steps_down_once_half_a_core_is_taken():
-    assert threads_for(2, 0.0) == 2
-    assert threads_for(2, 0.3) == 2
-    assert threads_for(2, 0.6) == 1  # 2 torch threads + 1 spinner on 2 cores: the spinner gets ~2/3 of a core
-    assert threads_for(2, 1.0) == 1
-    assert threads_for(2, 5.0) == 1  # never fewer than one
-    assert threads_for(8, 2.2) == 6
+def test_next_threads_steps_down_when_threads_wait_and_probes_back_up():
+    assert next_threads(2, 2, waited=0.05, probe_due=True) == 2  # idle: nothing to change
+    assert next_threads(2, 2, waited=0.7, probe_due=False) == 1  # a spinner on one of 2 cores
+    assert next_threads(1, 2, waited=0.0, probe_due=False) == 1  # no probe yet
+    assert next_threads(1, 2, waited=0.0, probe_due=True) == 2  # try one more thread
+    assert next_threads(1, 2, waited=0.9, probe_due=True) == 1  # never fewer than one
+    assert next_threads(8, 8, waited=2.6, probe_due=False) == 5
 
 
 def test_an_explicit_thread_count_turns_the_governor_off(monkeypatch):
@@ -33,30 +33,32 @@ def _spin() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the governor reads /proc (Linux only)")
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="the governor reads /proc (Linux only)")
 def test_a_busy_core_takes_torch_down_to_one_thread(monkeypatch):
-    """A real second process spinning on one core: the governor sees it (and not this process's own work) and
-    gives torch one thread; the report says why."""
+    """Two real spinning processes at this process's priority: torch's two threads wait for a core, the governor
+    sees it in the scheduler's statistics and gives torch one thread; the report says why."""
     import torch
 
     monkeypatch.delenv(cpu_share.THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     said: list[str] = []
-    hog = mp.get_context("spawn").Process(target=_spin, daemon=True)
-    hog.start()
+    hogs = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(2)]
+    for hog in hogs:
+        hog.start()
     try:
-        time.sleep(1.0)  # let the spinner start
-        governor = ThreadGovernor(interval=0.5, on_change=said.append, cores=2)
-        assert governor.enabled
+        time.sleep(1.0)  # let the spinners start
         torch.set_num_threads(2)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:  # this process works too: its own CPU time must not count as "others"
-            torch.ones(256, 256) @ torch.ones(256, 256)
+        governor = ThreadGovernor(interval=0.5, on_change=said.append, cores=2, probe_every=60.0)
+        assert governor.enabled
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline and torch.get_num_threads() == 2:
+            torch.ones(512, 512) @ torch.ones(512, 512)
             governor.tick()
         assert torch.get_num_threads() == 1
-        assert said and "torch threads 2 -> 1" in said[0]
+        assert said and "threads 2 -> 1" in said[0]
     finally:
-        hog.terminate()
-        hog.join()
+        for hog in hogs:
+            hog.terminate()
+            hog.join()
         torch.set_num_threads(before)
