@@ -90,6 +90,60 @@ def test_cancel_and_deadline_free_the_slot(engine):
         engine.submit(PROMPTS[0], GREEDY, model="nonesuch")
 
 
+def test_a_burst_of_requests_all_finish_in_arrival_order_with_one_prompt_read_at_a_time(llm):
+    """18 requests at once on 4 slots: every one finishes with its one-at-a-time answer, at most `prefill_slots`
+    slots ever read a prompt in the same step (the others keep decoding), requests are admitted in the order they
+    came (FIFO: admission = finish - the Generation's seconds, which count from admission), and decoding stays
+    batched. A second engine with a cap of 2 reads two prompts at once: the figure is the cap, not a constant 1."""
+    from ragtune.llm.llamacpp_slots import SlotEngine
+
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(18)]
+    alone = {i: g.text for i, g in enumerate(llm.generate(PROMPTS, GREEDY))}
+    for cap in (1, 2):
+        engine = SlotEngine(llm, slots=4, slot_ctx=512, n_batch=64, prefill_slots=cap, prefill_chunk=8)
+        try:
+            finished: dict[int, float] = {}
+            futures = []
+            for i, p in enumerate(prompts):
+                f = engine.submit(p, GREEDY)
+                f.add_done_callback(lambda _f, i=i, done=finished: done.__setitem__(i, time.perf_counter()))
+                futures.append(f)
+            got = [f.result(timeout=300) for f in futures]
+            stats = engine.stats()
+        finally:
+            engine.close()
+        assert [g.text for g in got] == [alone[i % len(PROMPTS)] for i in range(len(prompts))]
+        assert stats["admitted"] == len(prompts) and stats["most_reading"] == cap  # the cap, reached, never passed
+        assert stats["most_active"] == 4  # while one slot reads its prompt the other three decode
+        admitted = [finished[i] - g.seconds for i, g in enumerate(got)]
+        assert all(a <= b + 1e-3 for a, b in zip(admitted, admitted[1:], strict=False))  # arrival order
+
+
+def test_a_queued_request_that_is_cancelled_leaves_the_queue_without_a_slot(llm):
+    """Behind a full engine, a request whose caller gives up while it waits is settled at the next step, long before
+    a slot would have come free, and the requests behind it still run."""
+    from ragtune.llm.llamacpp_slots import SlotEngine
+
+    engine = SlotEngine(llm, slots=1, slot_ctx=512, n_batch=64)
+    try:
+        started = threading.Event()
+        busy = engine.submit([{"role": "user", "content": "Tell me a story about a fox."}],
+                             GenerationConfig(max_new_tokens=128), on_text=lambda _piece: started.set())
+        assert started.wait(60)
+        cancel = threading.Event()
+        waiting = engine.submit(PROMPTS[0], GREEDY, cancel=cancel)
+        behind = engine.submit(PROMPTS[1], GREEDY)
+        assert engine.health(60.0)["queued"] == 2
+        cancel.set()
+        with pytest.raises(CancelledError):
+            waiting.result(timeout=10)
+        assert not busy.done()  # settled while the only slot was still busy
+        assert behind.result(timeout=120).text and busy.result(timeout=120).completion_tokens > 0
+        assert engine.health(60.0) == {"status": "ok", "reason": None, "queued": 0, "busy_s": None}
+    finally:
+        engine.close()
+
+
 converter_dir = os.environ.get("LLAMA_CPP_DIR", "")
 
 
