@@ -1,34 +1,48 @@
-"""Retriever training benchmark: base MiniLM vs LSR (RA-DIT R-ft) vs contrastive vs +reranker on HotpotQA.
+"""Retriever training benchmark on two BEIR-format corpora: base MiniLM vs every retriever recipe, on held-out queries.
 
     python benchmarks/retriever.py [--quick] [--workdir DIR] [--out benchmarks/results/retriever.json]
+                                   [--lm-adapter WS/train/NAME/adapter] [--corpora hotpotqa,scifact]
 
-Held-out questions are the HotpotQA subset's evaluation split (int(sha1(_id), 16) % 5 == 0, 216 questions); every
-method trains only on the other questions, turned into RAFT records by `synth from-qa` (gold paragraphs = positives,
-answers for LSR). The corpus is every paragraph of the subset (11,608 paragraphs, ~12.3k chunks); `--quick` uses the
-paragraphs of a few eval and train questions only, and smaller training sets (under 10 minutes here).
+Corpora (built as BEIR folders in the workdir by `ragtune.datasets.beir`, as scripts/build_beir.py builds them):
+- hotpotqa: the 1,186-question subset in ../shared (11,604 paragraphs); test = the 216 questions of ragtune's eval
+  split (int(sha1(_id), 16) % 5 == 0), train = the rest. Training rows are `synth from-qa` RAFT records of the
+  train questions (gold paragraphs, answers for LSR).
+- scifact: the real BEIR SciFact train claims (5,183 abstracts); test = the ~20% of claims `beir.held_out` holds out
+  (seed 0: 153 claims), train = the other 656 as (claim, relevant abstract) pairs. No answers: LSR scores the
+  claim's likelihood given each abstract.
+Scores are BEIR's (`ragtune.eval.retrieval`): nDCG@10, recall@10, recall@100, MRR@10 over held-out queries only.
 
-Reported per system, dense and hybrid: recall@2/5/10 of the gold paragraphs (by title, as benchmarks/retrieval.py),
-all-gold@10, MRR, nDCG@10; training time and peak RSS per method; and, with --qa-questions, QA F1 of the bundled
-SmolLM2 in the retrieved setting (top-3 chunks). Results are written after every stage, so a cut-short run keeps what
-it measured. `--workdir` keeps the indexes and LM-score cache between runs (ingest is incremental). A run with
-`--skip` adds its stages to the results file; a run without starts it afresh.
+Methods (`corpora.<name>.<method>`), each trained on train queries / the corpus only:
+  base          the bundled MiniLM, dense (the reference every `vs_base` divides by)
+  contrastive   supervised query tower on the train rows (MNRL against the frozen index)
+  unsupervised  ICT / cropping pairs from the corpus alone, no labels (query tower)
+  lsr_base_lm   RA-DIT LSR, chunks scored by the bundled SmolLM2
+  lsr_tuned_lm  LSR scored by the RAFT-tuned generator (`--lm-adapter`; default: the demo's adapter when present)
+  reranker      distilled cross-encoder over the hybrid first stage
+A method's headline numbers are those of one mode: dense for the retrievers, hybrid+rerank for the reranker (the
+first stage it was trained to rerank); every mode scored is under `modes`. A method that cannot run here (its
+trainer missing, no tuned adapter) is `{"missing": "why"}`, never a number. `corpora.<name>.best` names the method
+with the highest headline nDCG@10. Training time (`train_s`, `prepare_s`) and memory: `peak_rss_mb` is the process's
+peak after the method trained (monotonic: ru_maxrss) and `rss_growth_mb` what that method added to it.
 
-Recipes (chosen on 102 held-out *train* questions, never on the eval split): contrastive trains the query tower
-against the frozen index on every train question (`--contrastive-tower both` for MNRL plus re-embedding a copy);
-the reranker is listwise on 250 questions (2 first-stage hard negatives + 1 in-batch negative per gold chunk).
+`--quick` (stages and plumbing, not the targets; meant to take under 10 minutes on 2 idle cores): 25 test + 32 train
+queries per corpus, a few hundred documents each, 4 optimiser steps per method. With `--qa-questions N` (full default
+30) the generator (tuned when `--lm-adapter` is given) answers N HotpotQA test questions from each retriever's top-3
+chunks (`qa_retrieved_top3`). Results are written after every method, so a cut-short run keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import os
+import random
 import resource
 import shutil
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,263 +51,360 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ragtune.config import SearchConfig  # noqa: E402
+from ragtune.datasets import load_hotpotqa  # noqa: E402
+from ragtune.datasets.beir import (  # noqa: E402
+    BeirDataset,
+    from_qa_items,
+    held_out,
+    load_beir,
+    relevant,
+    training_pairs,
+    write_beir,
+)
+from ragtune.eval.retrieval import RetrievalEvalConfig, evaluate_retrieval  # noqa: E402
 from ragtune.index.ingest import ingest  # noqa: E402
-from ragtune.retrieve.search import Searcher  # noqa: E402
+from ragtune.metrics import BEIR_METRICS  # noqa: E402
+from ragtune.splits import split_of  # noqa: E402
 
-HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1_subset.json"
-
-
-def is_eval(qid: str) -> bool:
-    return int(hashlib.sha1(qid.encode()).hexdigest(), 16) % 5 == 0
+SHARED = ROOT.parent / "shared" / "data"
+HOTPOT = SHARED / "hotpotqa" / "hotpot_dev_distractor_v1_subset.json"
+SCIFACT = SHARED / "scifact_train"
+DEMO_ADAPTER = ROOT / "ragtune-workspace" / "demo" / "train" / "demo-raft" / "adapter"
+METHODS = ("base", "contrastive", "unsupervised", "lsr_base_lm", "lsr_tuned_lm", "reranker")
+HEADLINE_MODE = {"reranker": "hybrid+rerank"}  # every other method: dense
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def quality(searcher: Searcher, questions: list[dict], mode: str) -> dict[str, float]:
-    """Gold paragraphs found by title, as benchmarks/retrieval.py counts them (so the base rows match its table)."""
-    sums = {"recall@2": 0.0, "recall@5": 0.0, "recall@10": 0.0, "all_gold@10": 0.0, "mrr": 0.0, "ndcg@10": 0.0}
-    t0 = time.perf_counter()
-    for q in questions:
-        gold = {t for t, _ in q["supporting_facts"]}
-        titles: list[str] = []
-        for h in searcher.search(q["question"], k=10, mode=mode):
-            if h.title not in titles:  # several chunks of one paragraph count once
-                titles.append(h.title)
-        sums["recall@2"] += len(gold & set(titles[:2])) / len(gold)
-        sums["recall@5"] += len(gold & set(titles[:5])) / len(gold)
-        sums["recall@10"] += len(gold & set(titles)) / len(gold)
-        sums["all_gold@10"] += gold <= set(titles)
-        sums["mrr"] += next((1 / (i + 1) for i, t in enumerate(titles) if t in gold), 0.0)
-        dcg = sum(1 / math.log2(i + 2) for i, t in enumerate(titles) if t in gold)
-        sums["ndcg@10"] += dcg / sum(1 / math.log2(i + 2) for i in range(min(len(gold), 10)))
-    n = len(questions)
-    out = {k: v / n for k, v in sums.items()}
-    out["n"] = n
-    out["ms_per_query"] = 1000 * (time.perf_counter() - t0) / n
-    return out
+class Sizes:
+    """How much of each corpus and how much training a run uses."""
+
+    def __init__(self, quick: bool, args: argparse.Namespace):
+        self.test = args.test_queries or (25 if quick else None)
+        self.train = args.train_queries or (32 if quick else None)
+        self.distractors = 3 if quick else None  # hotpotqa quick: gold + 3 of the 8 distractor paragraphs
+        self.extra_docs = 150 if quick else None  # scifact quick: relevant abstracts + this many others
+        self.lsr = args.lsr_questions or (8 if quick else 150)
+        self.top_k = args.top_k or (4 if quick else 10)
+        self.steps = 4 if quick else None  # fixed optimiser steps (None: the trainers' epochs)
+        self.batch = 16 if quick else 32  # contrastive / unsupervised batch
+        self.unsup_pairs = 64 if quick else 2000
+        self.rerank = args.rerank_questions or (24 if quick else 250)
+        self.qa = args.qa_questions if args.qa_questions is not None else (0 if quick else 30)
 
 
-def qa_f1(searcher: Searcher, data_path: Path, n: int, llm: Any, run_dir: Path) -> dict[str, float]:
-    """QA F1 / EM of the generator given the top-3 retrieved chunks (ragtune's eval runner, retrieved setting)."""
-    from ragtune.datasets import load_dataset
-    from ragtune.eval.runner import EvalSettings, evaluate
+# ---------------------------------------------------------------------------------------------------------------------
+# Corpora as BEIR folders, plus each one's training file
 
-    items = load_dataset("hotpotqa", data_path, split="eval", limit=n)
-    settings = EvalSettings(setting="retrieved", k=3, retrieval_mode="dense", prompt="short", batch_size=4)
-    result = evaluate(items, llm, settings, run_dir, searcher, {"name": run_dir.name})
-    return {k: v for k, v in result.scores.items() if k in ("f1", "em", "n") or k.startswith("recall")}
+
+def build_hotpotqa(root: Path, sizes: Sizes) -> tuple[Path, Path, Path]:
+    """(BEIR folder, RAFT training file source JSON, test questions JSON)."""
+    data = json.loads(HOTPOT.read_text(encoding="utf-8"))
+    test = sorted((q for q in data if split_of(q["_id"]) == "eval"), key=lambda q: q["_id"])[: sizes.test]
+    train = sorted((q for q in data if split_of(q["_id"]) == "train"), key=lambda q: q["_id"])[: sizes.train]
+    if sizes.distractors is not None:  # keep the gold paragraphs and the first N others
+        for q in test + train:
+            gold = {t for t, _ in q["supporting_facts"]}
+            others = [c for c in q["context"] if c[0] not in gold][: sizes.distractors]
+            q["context"] = [c for c in q["context"] if c[0] in gold] + others
+    root.mkdir(parents=True, exist_ok=True)
+    chosen = root / "hotpotqa.json"
+    chosen.write_text(json.dumps(test + train), encoding="utf-8")
+    train_file = root / "hotpotqa_train.json"
+    train_file.write_text(json.dumps(train), encoding="utf-8")
+    test_file = root / "hotpotqa_test.json"
+    test_file.write_text(json.dumps(test), encoding="utf-8")
+    docs, queries, qrels = from_qa_items(load_hotpotqa(chosen))
+    folder = write_beir(root / "beir", docs, queries, qrels)
+    return folder, train_file, test_file
+
+
+def build_scifact(root: Path, sizes: Sizes) -> Path:
+    """The SciFact train claims held out 80/20 by query (seed 0); quick keeps a sample of claims and abstracts."""
+    source = load_beir(SCIFACT, splits=["train"])
+    train, test = held_out(source.qrels["train"], share=0.2, seed=0)
+    train = {q: train[q] for q in sorted(train)[: sizes.train]}
+    test = {q: test[q] for q in sorted(test)[: sizes.test]}
+    docs = list(source.corpus.values())
+    if sizes.extra_docs is not None:
+        needed = set().union(*(relevant(d) for d in [*train.values(), *test.values()]))
+        others = sorted(d for d in source.corpus if d not in needed)
+        keep = needed | set(random.Random(0).sample(others, min(sizes.extra_docs, len(others))))
+        docs = [d for d in docs if d.doc_id in keep]
+    queries = [source.queries[q] for q in sorted({*train, *test})]
+    return write_beir(root / "beir", docs, queries, {"train": train, "test": test})
+
+
+def hotpotqa_raft(ws: Path, train_file: Path) -> Path:
+    from ragtune.synth.from_qa import FromQAConfig, synthesize_from_qa
+
+    raft = ws / "synth" / "raft.jsonl"
+    synthesize_from_qa("hotpotqa", train_file, ws, FromQAConfig(split="train", distractor_source="own"), out=raft,
+                       overwrite=True)
+    return raft
+
+
+def pairs_file(beir: BeirDataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in training_pairs(beir, "train")), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Results
 
 
 class Results:
-    """The JSON written after each stage."""
+    """The JSON written after each method: corpora.<name>.<method>.{ndcg@10, ...} and corpora.<name>.best."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], keep: bool = False):
+    def __init__(self, path: Path, meta: dict[str, Any]):
         self.path = path
-        self.data: dict[str, Any] = {"meta": meta, "systems": {}, "training": {}}
-        if keep and path.exists():  # a run with --skip adds to an earlier run's results instead of dropping them
-            old = json.loads(path.read_text(encoding="utf-8"))
-            if old.get("meta", {}).get("quick") == meta["quick"]:
-                self.data["systems"] = old.get("systems", {})
-                self.data["training"] = old.get("training", {})
+        self.data: dict[str, Any] = {"meta": meta, "corpora": {}}
 
-    def system(self, name: str, **scores: Any) -> None:
-        self.data["systems"].setdefault(name, {}).update(scores)
+    def corpus(self, name: str, **meta: Any) -> None:
+        self.data["corpora"].setdefault(name, {"meta": {}})["meta"].update(meta)
         self.save()
 
-    def training(self, name: str, result: Any, **extra: Any) -> None:
-        self.data["training"][name] = {
-            "rows": result.examples, "steps": result.steps, "train_s": round(result.train_seconds, 1),
-            "prepare_s": round(result.prepare_seconds, 1), "peak_rss_mb": round(result.peak_rss_mb),
-            "first_loss": result.losses[0] if result.losses else None,
-            "last_loss": result.losses[-1] if result.losses else None, "counts": result.counts,
-            **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in {**result.extra, **extra}.items()},
-        }
+    def method(self, corpus: str, method: str, entry: dict[str, Any]) -> None:
+        self.data["corpora"][corpus][method] = entry
         self.save()
 
     def save(self) -> None:
-        systems = self.data["systems"]
-        base = systems.get("base", {}).get("dense", {})
-        flat: dict[str, Any] = {}
-        for name, modes in systems.items():
-            for mode, scores in modes.items():
-                if not isinstance(scores, dict):
-                    continue
-                for metric in ("recall@5", "mrr"):
-                    if metric in scores:
-                        key = f"{name}.{metric}" if mode == "dense" else f"{name}.{mode}.{metric}"
-                        flat[key] = round(scores[metric], 4)
-                        if base.get(metric):
-                            flat[f"{key}.vs_base"] = round(scores[metric] / base[metric], 3)
-        self.data["summary"] = flat
-        for name, modes in systems.items():  # top level too: result["lsr"]["recall@5"] is the dense number
-            if isinstance(modes.get("dense"), dict):
-                self.data[name] = {k: v for k, v in modes["dense"].items() if k != "ms_per_query"}
+        summary: dict[str, Any] = {}
+        for name, corpus in self.data["corpora"].items():
+            scored = {m: e for m, e in corpus.items() if m in METHODS and "ndcg@10" in e}
+            base = scored.get("base", {}).get("ndcg@10")
+            for m, e in scored.items():
+                if base:
+                    e["vs_base"] = round(e["ndcg@10"] / base, 3)
+                summary[f"{name}.{m}.ndcg@10"] = round(e["ndcg@10"], 4)
+            corpus["missing"] = sorted(m for m in METHODS if "missing" in corpus.get(m, {}))
+            if scored:
+                corpus["best"] = max(scored, key=lambda m: scored[m]["ndcg@10"])
+        self.data["summary"] = summary
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def scored_entry(method: str, modes: dict[str, dict[str, float]], trained: Any = None, rss_before: float = 0.0
+                 ) -> dict[str, Any]:
+    headline = HEADLINE_MODE.get(method, "dense")
+    entry: dict[str, Any] = {k: round(modes[headline][k], 4) for k in BEIR_METRICS}
+    entry["mode"] = headline
+    if trained is not None:
+        entry.update(train_s=round(trained.train_seconds, 1), prepare_s=round(trained.prepare_seconds, 1),
+                     steps=trained.steps, rows=trained.examples, peak_rss_mb=round(peak_rss_mb()),
+                     rss_growth_mb=round(max(0.0, peak_rss_mb() - rss_before)), counts=trained.counts,
+                     extra={k: v for k, v in trained.extra.items() if isinstance(v, str | int | float | bool)})
+    entry["modes"] = {m: {k: round(v, 4) for k, v in s.items()} for m, s in modes.items()}
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def run_corpus(name: str, results: Results, workdir: Path, sizes: Sizes, args: argparse.Namespace,
+               skip: set[str], shared_llm: dict[str, Any]) -> None:
+    root = workdir / name
+    t0 = time.perf_counter()
+    if name == "hotpotqa":
+        folder, train_json, test_json = build_hotpotqa(root, sizes)
+    else:
+        folder, train_json, test_json = build_scifact(root, sizes), None, None
+    beir = load_beir(folder)
+    queries, qrels = beir.split("test")
+    ws = root / "ws"
+    summary = ingest([folder], ws)
+    results.corpus(name, documents=len(beir.corpus), chunks=summary.chunks_total, test_queries=len(queries),
+                   train_queries=len(beir.qrels["train"]), ingest_s=round(time.perf_counter() - t0, 1))
+    print(f"{name}: {len(beir.corpus)} documents, {summary.chunks_total} chunks, {len(queries)} test queries "
+          f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    data = hotpotqa_raft(ws, train_json) if train_json else pairs_file(beir, root / "pairs.jsonl")
+    results.corpus(name, training_data=data.name)
+
+    def evaluate(retriever: str | None, reranker: str | None = None, modes: tuple[str, ...] = ("dense", "hybrid")
+                 ) -> dict[str, dict[str, float]]:
+        config = RetrievalEvalConfig(retrievers={"x": retriever}, modes=list(modes), reranker=reranker,
+                                     rerank_candidates=args.rerank_candidates)
+        return evaluate_retrieval(ws, queries, qrels, config).results["x"]
+
+    results.method(name, "base", scored_entry("base", evaluate(None, modes=("dense", "bm25", "hybrid"))))
+    print(f"{name} base dense nDCG@10 {results.data['corpora'][name]['base']['ndcg@10']:.4f}", flush=True)
+
+    def attempt(method: str, train: Callable[[Path], Any], reranker: bool = False) -> None:
+        if method in skip:
+            results.method(name, method, {"missing": "skipped (--skip)"})
+            return
+        out = root / method
+        shutil.rmtree(out, ignore_errors=True)
+        before = peak_rss_mb()
+        try:
+            trained = train(out)
+        except MissingMethod as exc:
+            results.method(name, method, {"missing": str(exc)})
+            print(f"{name} {method}: missing ({exc})", flush=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - one failing recipe must not cost the others; recorded as missing
+            traceback.print_exc()
+            results.method(name, method, {"missing": f"failed: {type(exc).__name__}: {exc}"})
+            return
+        modes = evaluate(None, reranker=str(out)) if reranker else evaluate(str(out))
+        results.method(name, method, scored_entry(method, modes, trained, before))
+        e = results.data["corpora"][name][method]
+        print(f"{name} {method} {e['mode']} nDCG@10 {e['ndcg@10']:.4f} ({e['vs_base']:.3f}x base) train "
+              f"{e['train_s']}s +{e['prepare_s']}s prep", flush=True)
+
+    from ragtune.train.retriever.contrastive import ContrastiveConfig, train_contrastive
+
+    attempt("contrastive", lambda out: train_contrastive(
+        ws, data, ContrastiveConfig(tower="query", max_steps=sizes.steps, batch_size=sizes.batch), out=out,
+        progress=True))
+
+    def unsupervised(out: Path) -> Any:
+        try:
+            from ragtune.train.retriever.unsupervised import UnsupervisedConfig, train_unsupervised
+        except ImportError as exc:
+            raise MissingMethod(f"no unsupervised trainer here ({exc})") from exc
+        return train_unsupervised(ws, UnsupervisedConfig(tower="query", max_pairs=sizes.unsup_pairs,
+                                                         batch_size=sizes.batch, max_steps=sizes.steps),
+                                  out=out, progress=True)
+
+    attempt("unsupervised", unsupervised)
+
+    from ragtune.train.retriever.lsr import LSRConfig, train_lsr
+
+    def lsr(adapter: str | None) -> Callable[[Path], Any]:
+        def train(out: Path) -> Any:
+            if adapter is not None and "lm_adapter" not in LSRConfig.model_fields:
+                raise MissingMethod("LSRConfig has no lm_adapter: LSR with a tuned LM is not implemented here")
+            config = LSRConfig(top_k=sizes.top_k, limit=sizes.lsr, batch_size=8, max_steps=sizes.steps,
+                               **({"lm_adapter": adapter} if adapter else {}))
+            llm = None
+            if adapter is None:  # the base LM, loaded once for every corpus
+                from ragtune.llm import load_llm
+
+                if "base_llm" not in shared_llm:
+                    shared_llm["base_llm"] = load_llm()
+                llm = shared_llm["base_llm"]
+            return train_lsr(ws, data, config, out=out, llm=llm, progress=True)
+        return train
+
+    attempt("lsr_base_lm", lsr(None))
+    if args.lm_adapter is None:
+        results.method(name, "lsr_tuned_lm", {"missing": f"no tuned generator adapter: pass --lm-adapter (the demo's "
+                                                         f"{DEMO_ADAPTER.relative_to(ROOT)} is absent)"})
+    else:
+        attempt("lsr_tuned_lm", lsr(str(args.lm_adapter)))
+
+    from ragtune.train.retriever.reranker import RerankerConfig, train_reranker
+
+    def reranker(out: Path) -> Any:
+        return train_reranker(ws, data, RerankerConfig(loss="distill", first_stage="hybrid", limit=sizes.rerank,
+                                                       negatives=3, batch_size=8, max_steps=sizes.steps),
+                              out=out, progress=True)
+
+    attempt("reranker", reranker, reranker=True)
+
+    if name == "hotpotqa" and sizes.qa and "qa" not in skip and test_json is not None:
+        qa_stage(results, root, ws, test_json, sizes.qa, args, shared_llm)
+
+
+class MissingMethod(RuntimeError):
+    """A method that cannot be measured here; the message says why (reported, never faked)."""
+
+
+def qa_stage(results: Results, root: Path, ws: Path, test_json: Path, n: int, args: argparse.Namespace,
+             shared_llm: dict[str, Any]) -> None:
+    """QA F1 / EM of the generator (tuned with --lm-adapter) given each retriever's top-3 chunks."""
+    from ragtune.config import SearchConfig
+    from ragtune.datasets import load_dataset
+    from ragtune.eval.runner import EvalSettings, evaluate
+    from ragtune.llm import load_llm
+    from ragtune.retrieve.search import Searcher
+
+    adapter = str(args.lm_adapter) if args.lm_adapter else None
+    llm = load_llm(adapter=adapter) if adapter else (shared_llm.get("base_llm") or load_llm())
+    items = load_dataset("hotpotqa", test_json, split="all", limit=n)
+    corpus = results.data["corpora"]["hotpotqa"]
+    for method in ("base", "contrastive", "unsupervised", "lsr_base_lm", "lsr_tuned_lm"):
+        if "ndcg@10" not in corpus.get(method, {}):
+            continue
+        searcher = Searcher(ws, SearchConfig(retriever=None if method == "base" else str(root / method)))
+        settings = EvalSettings(setting="retrieved", k=3, retrieval_mode="dense", prompt="short", batch_size=4)
+        t0 = time.perf_counter()
+        run = evaluate(items, llm, settings, root / "qa" / method, searcher, {"name": method})
+        corpus[method]["qa_retrieved_top3"] = {"f1": run.scores.get("f1"), "em": run.scores.get("em"),
+                                               "n": run.scores.get("n"), "generator": adapter or "base",
+                                               "seconds": round(time.perf_counter() - t0, 1)}
+        results.save()
+        print(f"hotpotqa {method} QA F1 (top-3, {n} q) {run.scores.get('f1')}", flush=True)
+
+
 def print_table(results: Results) -> None:
-    rows = []
-    base = results.data["systems"].get("base", {}).get("dense", {})
-    for name, modes in results.data["systems"].items():
-        for mode, s in modes.items():
-            if not isinstance(s, dict) or "recall@5" not in s:
+    print("| corpus | method | mode | nDCG@10 | R@10 | R@100 | MRR@10 | vs base | train s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, corpus in results.data["corpora"].items():
+        for m in METHODS:
+            e = corpus.get(m, {})
+            if "ndcg@10" not in e:
+                print(f"| {name} | {m} | – | missing: {e.get('missing', 'not run')} | | | | | | |")
                 continue
-            rel = s["recall@5"] / base["recall@5"] - 1 if base.get("recall@5") else float("nan")
-            rows.append(f"| {name} | {mode} | {s['recall@2']:.3f} | {s['recall@5']:.3f} | {s['recall@10']:.3f} | "
-                        f"{s['all_gold@10']:.3f} | {s['mrr']:.3f} | {s['ndcg@10']:.3f} | {rel:+.1%} |")
-    print("| system | mode | R@2 | R@5 | R@10 | all-gold@10 | MRR | nDCG@10 | R@5 vs base dense |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    for name, t in results.data["training"].items():
-        print(f"{name}: {t['rows']} rows, {t['steps']} steps, train {t['train_s']}s (+{t['prepare_s']}s prep), "
-              f"peak RSS {t['peak_rss_mb']} MB")
+            print(f"| {name} | {m} | {e['mode']} | {e['ndcg@10']:.4f} | {e['recall@10']:.4f} | "
+                  f"{e['recall@100']:.4f} | {e['mrr@10']:.4f} | {e.get('vs_base', 1.0):.3f} | "
+                  f"{e.get('train_s', '')} | {e.get('peak_rss_mb', '')} |")
+        print(f"| {name} | best: {corpus.get('best')} | | | | | | | | |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small corpus and training sets (under 10 minutes)")
+    parser.add_argument("--quick", action="store_true", help="small corpora and training (under 10 minutes)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep indexes and caches here between runs")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--train-questions", type=int, default=None,
-                        help="questions for contrastive (default: every train-split question)")
-    parser.add_argument("--contrastive-tower", choices=("query", "both"), default="query",
-                        help="query: query encoder vs the frozen index; both: MNRL and a re-embedded index copy")
-    parser.add_argument("--rerank-questions", type=int, default=None, help="questions for the reranker")
-    parser.add_argument("--rerank-candidates", type=int, default=20, help="first-stage hits the reranker reads")
+    parser.add_argument("--corpora", default="hotpotqa,scifact", help="comma list: hotpotqa, scifact")
+    parser.add_argument("--lm-adapter", type=Path, default=None,
+                        help="the RAFT-tuned generator's LoRA adapter (lsr_tuned_lm, QA F1); default: the demo's, "
+                             "when `make demo` has trained it")
+    parser.add_argument("--test-queries", type=int, default=None, help="held-out queries per corpus (default all)")
+    parser.add_argument("--train-queries", type=int, default=None, help="train queries per corpus (default all)")
     parser.add_argument("--lsr-questions", type=int, default=None, help="questions the LM scores for LSR")
     parser.add_argument("--top-k", type=int, default=None, help="LSR: chunks per question scored by the LM")
-    parser.add_argument("--qa-questions", type=int, default=None, help="eval questions answered for QA F1 (0: skip)")
+    parser.add_argument("--rerank-questions", type=int, default=None, help="questions for the reranker")
+    parser.add_argument("--rerank-candidates", type=int, default=20, help="first-stage documents reranked")
+    parser.add_argument("--qa-questions", type=int, default=None, help="HotpotQA test questions answered (0: skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--skip", default="", help="comma list of stages to skip: lsr,contrastive,reranker,qa")
+    parser.add_argument("--skip", default="", help="comma list of methods (and qa) to skip")
     args = parser.parse_args()
-    if not HOTPOT.exists():
-        sys.exit(f"{HOTPOT} is absent (only CI has ../shared)")
+    corpora = [c for c in args.corpora.split(",") if c]
+    sources = {"hotpotqa": HOTPOT, "scifact": SCIFACT}
+    if bad := [c for c in corpora if c not in sources]:
+        sys.exit(f"unknown corpus {bad[0]!r}: choose from {', '.join(sources)}")
+    if absent := [str(sources[c]) for c in corpora if not sources[c].exists()]:
+        sys.exit(f"{', '.join(absent)} absent (only CI has ../shared)")
+    if args.lm_adapter is None and DEMO_ADAPTER.is_dir():
+        args.lm_adapter = DEMO_ADAPTER
     import torch
 
     torch.set_num_threads(args.threads)
-    quick = args.quick
-    train_n = args.train_questions or (60 if quick else None)
-    rerank_n = args.rerank_questions or (60 if quick else 250)
-    lsr_n = args.lsr_questions or (40 if quick else 150)
-    top_k = args.top_k or 5
-    qa_n = args.qa_questions if args.qa_questions is not None else (0 if quick else 30)
+    sizes = Sizes(args.quick, args)
     skip = set(filter(None, args.skip.split(",")))
-    out = args.out or ROOT / "benchmarks" / "results" / ("retriever_quick.json" if quick else "retriever.json")
-    workdir = args.workdir or Path(os.environ.get("TMPDIR", "/tmp")) / ("ragtune-bench-retriever" +
-                                                                         ("-quick" if quick else ""))
-    workdir.mkdir(parents=True, exist_ok=True)
-
-    data = json.loads(HOTPOT.read_text(encoding="utf-8"))
-    eval_qs = sorted((q for q in data if is_eval(q["_id"])), key=lambda q: q["_id"])
-    train_qs = sorted((q for q in data if not is_eval(q["_id"])), key=lambda q: q["_id"])
-    if quick:
-        eval_qs, train_qs = eval_qs[:50], train_qs[:train_n]
-        corpus = workdir / "hotpot_quick.json"
-        corpus.write_text(json.dumps(eval_qs + train_qs), encoding="utf-8")
-    else:
-        corpus = HOTPOT
-    train_file = workdir / "hotpot_train.json"
-    train_file.write_text(json.dumps(train_qs), encoding="utf-8")
-    eval_file = workdir / "hotpot_eval.json"
-    eval_file.write_text(json.dumps(eval_qs), encoding="utf-8")
-
-    results = Results(out, keep=bool(skip), meta={
-        "quick": quick, "corpus": str(corpus.name), "eval_questions": len(eval_qs), "train_questions_available":
-        len(train_qs), "contrastive_questions": train_n or len(train_qs), "reranker_questions": rerank_n,
-        "lsr_questions": lsr_n,
-        "lsr_top_k": top_k, "rerank_candidates": args.rerank_candidates,
-        "qa_questions": qa_n, "threads": args.threads, "embedder": "all-MiniLM-L6-v2 (bundled)",
-        "lm": "SmolLM2-135M-Instruct (bundled)", "contrastive_tower": args.contrastive_tower,
+    out = args.out or ROOT / "benchmarks" / "results" / ("retriever_quick.json" if args.quick else "retriever.json")
+    workdir = args.workdir or Path(os.environ.get("TMPDIR", "/tmp")) / (
+        "ragtune-bench-retriever" + ("-quick" if args.quick else ""))
+    results = Results(out, meta={
+        "quick": args.quick, "corpora": corpora, "split": "test (held-out queries only)",
+        "metrics": list(BEIR_METRICS), "headline_mode": {m: HEADLINE_MODE.get(m, "dense") for m in METHODS},
+        "embedder": "all-MiniLM-L6-v2 (bundled)", "lm": "SmolLM2-135M-Instruct (bundled)",
+        "lm_adapter": str(args.lm_adapter) if args.lm_adapter else None, "threads": args.threads,
+        "sizes": {k: v for k, v in vars(sizes).items()}, "rerank_candidates": args.rerank_candidates,
+        "command": " ".join(sys.argv),
     })
     started = time.perf_counter()
-
-    # 1. the base index (incremental: a kept workdir makes this a no-op)
-    base_ws = workdir / "base"
-    t0 = time.perf_counter()
-    summary = ingest([corpus], base_ws)
-    results.data["meta"].update(chunks=summary.chunks_total, ingest_s=round(time.perf_counter() - t0, 1))
-    print(f"index: {summary.chunks_total} chunks ({summary.chunks_added} embedded now, "
-          f"{time.perf_counter() - t0:.0f}s)", flush=True)
-
-    # 2. training data: RAFT records of the train questions (gold paragraphs, answers); no teacher needed
-    from ragtune.synth.from_qa import FromQAConfig, synthesize_from_qa
-
-    raft = base_ws / "synth" / "raft.jsonl"
-    # rewritten each run (seconds, no teacher): a kept workdir's file may predate a FromQAConfig field
-    synthesize_from_qa("hotpotqa", train_file, base_ws, FromQAConfig(split="train", distractor_source="own"),
-                       out=raft, overwrite=True)
-
-    base = Searcher(base_ws)
-    results.system("base", dense=quality(base, eval_qs, "dense"), hybrid=quality(base, eval_qs, "hybrid"),
-                   bm25=quality(base, eval_qs, "bm25"))
-    print(f"base dense R@5 {results.data['systems']['base']['dense']['recall@5']:.3f}", flush=True)
-
-    con_ws = workdir / "contrastive_ws" if args.contrastive_tower == "both" else base_ws
-    con_out = workdir / "contrastive"
-    if "contrastive" not in skip:
-        from ragtune.train.retriever.contrastive import ContrastiveConfig, train_contrastive
-
-        shutil.rmtree(con_out, ignore_errors=True)
-        if args.contrastive_tower == "both":
-            shutil.rmtree(con_ws, ignore_errors=True)
-            shutil.copytree(base_ws, con_ws)
-        r = train_contrastive(con_ws, raft, ContrastiveConfig(limit=train_n, tower=args.contrastive_tower),
-                              out=con_out, progress=True)
-        results.training("contrastive", r)
-        con = Searcher(con_ws, SearchConfig(retriever=str(con_out)))
-        results.system("contrastive", dense=quality(con, eval_qs, "dense"), hybrid=quality(con, eval_qs, "hybrid"))
-        print(f"contrastive dense R@5 {results.data['systems']['contrastive']['dense']['recall@5']:.3f}",
-              flush=True)
-
-    llm = None
-    if "lsr" not in skip:
-        from ragtune.llm import load_llm
-        from ragtune.train.retriever.lsr import LSRConfig, train_lsr
-
-        llm = load_llm()
-        r = train_lsr(base_ws, raft, LSRConfig(top_k=top_k, limit=lsr_n, batch_size=8, epochs=2), out=workdir / "lsr",
-                      llm=llm, progress=True)
-        results.training("lsr", r)
-        lsr = Searcher(base_ws, SearchConfig(retriever=str(workdir / "lsr")))
-        results.system("lsr", dense=quality(lsr, eval_qs, "dense"), hybrid=quality(lsr, eval_qs, "hybrid"))
-        print(f"lsr dense R@5 {results.data['systems']['lsr']['dense']['recall@5']:.3f}", flush=True)
-
-    if "reranker" not in skip:
-        from ragtune.train.retriever.reranker import RerankerConfig, train_reranker
-
-        r = train_reranker(base_ws, raft, RerankerConfig(limit=rerank_n, loss="listwise", negatives=2, batch_size=8),
-                           out=workdir / "reranker", progress=True)
-        results.training("reranker", r)
-        reranked = Searcher(base_ws, SearchConfig(reranker=str(workdir / "reranker"),
-                                                  rerank_candidates=args.rerank_candidates))
-        results.system("base+reranker", dense=quality(reranked, eval_qs, "dense"),
-                       hybrid=quality(reranked, eval_qs, "hybrid"), rerank_candidates=args.rerank_candidates)
-        for mode in ("dense", "hybrid"):  # against the first stage it reorders, not only against base dense
-            got = results.data["systems"]["base+reranker"][mode]["recall@5"]
-            first = results.data["systems"]["base"][mode]["recall@5"]
-            results.data["systems"]["base+reranker"][mode]["recall@5.vs_first_stage"] = round(got / first, 3)
-            print(f"base+reranker {mode} R@5 {got:.3f} (first stage {first:.3f})", flush=True)
-        results.save()
-
-    if qa_n and "qa" not in skip:
-        from ragtune.llm import load_llm
-
-        llm = llm or load_llm()
-        systems = {"base": base}
-        if (workdir / "lsr" / "retriever.json").exists():
-            systems["lsr"] = Searcher(base_ws, SearchConfig(retriever=str(workdir / "lsr")))
-        if (con_out / "retriever.json").exists():
-            systems["contrastive"] = Searcher(con_ws, SearchConfig(retriever=str(con_out)))
-        for name, searcher in systems.items():
-            t0 = time.perf_counter()
-            scores = qa_f1(searcher, eval_file, qa_n, llm, workdir / "qa" / name)
-            results.system(name, qa_retrieved_top3={**scores, "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"{name} QA F1 (top-3 retrieved, {qa_n} q) {scores.get('f1')}", flush=True)
-
+    shared_llm: dict[str, Any] = {}
+    for name in corpora:
+        run_corpus(name, results, workdir, sizes, args, skip, shared_llm)
     results.data["meta"].update(total_s=round(time.perf_counter() - started, 1), peak_rss_mb=round(peak_rss_mb()))
     results.save()
     print_table(results)
