@@ -3,6 +3,7 @@
     nice -n 19 python benchmarks/serve.py                    # 8 and 32 clients x 40 s per system, 32 new tokens
     nice -n 19 python benchmarks/serve.py --quick            # 8 clients x 20 s, 16 new tokens (a smoke run)
     python benchmarks/serve.py --systems ragtune-llamacpp,wrapper --clients 8 --seconds 60
+    python benchmarks/serve.py --systems ragtune-llamacpp --slots 2 --quick --out /tmp/s2.json   # a slot count
 
 Systems (each in its own fresh process, one after the other, never two at once, on the same questions):
 - `wrapper`: what a user would otherwise write: ragtune's Searcher, the same RAG prompt and the bundled model
@@ -10,8 +11,9 @@ Systems (each in its own fresh process, one after the other, never two at once, 
   (`llm.generate([messages])` under a lock). No streaming: its time to first token is its latency.
 - `wrapper-llamacpp`: the same wrapper over the llama.cpp engine (`load_llm(engine="llamacpp")`, one sequence at a
   time): what batching adds, with the engine held equal.
-- `ragtune-llamacpp`: `ragtune serve --engine llamacpp --slots MAX_CLIENTS`: continuous batching over llama.cpp's
-  parallel slots, streaming.
+- `ragtune-llamacpp`: `ragtune serve --engine llamacpp --slots N` (`--slots`, default the engine's
+  `DEFAULT_SLOTS`, 4): continuous batching over llama.cpp's parallel slots, one prompt read at a time (in chunks,
+  between the other slots' tokens), the other clients queued in order; streaming.
 - `ragtune-transformers`: `ragtune serve` on transformers (request batching through `llm.server.Batcher`).
 
 Each client loops until the window closes: ask a HotpotQA question (k=5 chunks, semantic cache off, so every request
@@ -203,14 +205,14 @@ def wait_idle(url: str, limit_s: float = 600.0) -> float:
     raise RuntimeError(f"{url} still busy after {limit_s:.0f} s")
 
 
-def start(system: str, ws: Path, clients: int, max_tokens: int):
+def start(system: str, ws: Path, slots: int, max_tokens: int):
     from serve_support import Server
 
     if system.startswith("wrapper"):
         return BaselineServer(ws, max_tokens, "llamacpp" if system == "wrapper-llamacpp" else "transformers")
     args = ["--max-tokens", str(max_tokens), "--no-cache"]
     if system == "ragtune-llamacpp":
-        args += ["--engine", "llamacpp", "--slots", str(clients), "--slot-ctx", "2048"]
+        args += ["--engine", "llamacpp", "--slots", str(slots), "--slot-ctx", "2048"]
     return Server(ws, *args, timeout=1200.0)
 
 
@@ -221,6 +223,7 @@ def main() -> None:
     parser.add_argument("--clients", default=None, help="comma list (default 8,32; --quick: 8)")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--slots", type=int, help="ragtune-llamacpp's slots (default: the engine's DEFAULT_SLOTS)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ragtune-bench-serve"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
@@ -237,6 +240,7 @@ def main() -> None:
 
     from ragtune.config import IngestConfig
     from ragtune.index.ingest import ingest
+    from ragtune.llm.llamacpp_slots import DEFAULT_SLOTS
     from ragtune.serve.tenants import TenantStore
 
     quick = args.quick
@@ -247,6 +251,7 @@ def main() -> None:
     client_counts = [int(c) for c in (args.clients or ("8" if quick else "8,32")).split(",")]
     seconds = args.seconds or (20.0 if quick else 40.0)
     max_tokens = args.max_tokens or (16 if quick else 32)
+    slots = args.slots or DEFAULT_SLOTS
     n_questions = 30
     out = args.out or ROOT / "benchmarks" / "results" / ("serve_quick.json" if quick else "serve.json")
 
@@ -264,7 +269,7 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for system in systems:
         started = time.perf_counter()
-        server = start(system, ws, max(client_counts), max_tokens)  # llama.cpp: as many slots as clients at most
+        server = start(system, ws, slots, max_tokens)
         up = round(time.perf_counter() - started, 1)
         try:
             for clients in client_counts:
@@ -298,7 +303,7 @@ def main() -> None:
                   f"{x['p50_s']!s:>8}{x['p95_s']!s:>8}{x['ttft_p50_s']!s:>8}")
     print(f"best_rps_ratio (best ragtune engine / wrapper, 8 clients): {best_rps_ratio}")
     meta = {"quick": quick, "clients": client_counts, "window_s": seconds, "max_tokens": max_tokens,
-            "questions": n_questions, "chunks": summary.chunks_total, "k": 5, "systems": systems,
+            "questions": n_questions, "chunks": summary.chunks_total, "k": 5, "systems": systems, "slots": slots,
             "model": "smollm2-135m-instruct (bundled): transformers fp32; llama.cpp the same weights at f16",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS')} (every server), shared with other jobs",
