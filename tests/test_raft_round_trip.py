@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ragtune.llm.base import Generation, GenerationConfig, Message
 from ragtune.synth import filters
@@ -176,9 +177,10 @@ def test_new_settings_leave_old_fingerprints_alone_and_are_checked():
     default = RaftConfig().fingerprint()
     assert "round_trip" not in default and "resample" not in default  # files written before them still resume
     assert RaftConfig(round_trip="both", resample=1).fingerprint()["round_trip"] == "both"
-    for bad in (dict(round_trip="sometimes"), dict(student_match=1.5), dict(resample=-1)):
-        with pytest.raises(SynthConfigError):
-            RaftConfig(**bad).check()
+    for bad, option in ((dict(round_trip="sometimes"), "--round-trip"), (dict(student_match=1.5), "--student-match"),
+                        (dict(resample=-1), "--resample")):
+        with pytest.raises(ValidationError, match=option):
+            RaftConfig(**bad)
 
 
 def test_cli_passes_the_new_options_and_reports_a_bad_mode(mini_ws, tmp_path):

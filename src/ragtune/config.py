@@ -1,15 +1,20 @@
 """Settings of each stage as pydantic models, with defaults that run offline on a laptop.
 
-The CLI builds these from its options; `ragtune run CONFIG.yaml` (later) reads the same models from YAML.
+The CLI builds these from its options; `ragtune run CONFIG.yaml` reads the same models from YAML. This module also
+holds what every stage's settings share (`StrictSettings`, `setting_error`, `one_of`, `at_least`, `between`,
+`validation_message`), so a bad value reads the same in every stage: one line that names the command-line option.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from ragtune.models import default_embedder
+
+Number = TypeVar("Number", int, float)
 
 ChunkerName = Literal["tokens", "sentences", "paragraphs", "semantic"]
 SearchMode = Literal["hybrid", "dense", "bm25"]
@@ -17,6 +22,49 @@ QueryTransform = Literal["none", "rewrite", "hyde", "subqueries", "multi", "hop"
 LinkMerge = Literal["rrf", "after"]
 ParentLevel = Literal["none", "chunk", "document"]
 RouteMode = Literal["off", "auto", "llm"]
+SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
+
+
+class StrictSettings(BaseModel):
+    """Base of a stage's settings: an unknown field is an error (a typo must not silently run with the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def setting_error(message: str) -> PydanticCustomError:
+    """A validation error whose text is exactly `message` (a plain ValueError would read "Value error, ..."). The
+    message travels as context, so braces in a user's value cannot break the template."""
+    return PydanticCustomError("setting", "{message}", {"message": message})
+
+
+def one_of(value: str, choices: tuple[str, ...], option: str) -> str:
+    if value not in choices:
+        raise setting_error(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def at_least(value: Number | None, low: Number, option: str) -> Number | None:
+    """`value` when it is None or >= `low`; else an error naming `option`."""
+    if value is not None and value < low:
+        raise setting_error(f"{option} must be >= {low}, got {value}")
+    return value
+
+
+def between(value: Number, low: Number, high: Number, option: str) -> Number:
+    if not low <= value <= high:
+        raise setting_error(f"{option} must be between {low} and {high}, got {value}")
+    return value
+
+
+def validation_message(exc: Exception) -> str:
+    """A validation error's first problem as `field: message` (the message alone for a rule across fields),
+    instead of pydantic's multi-line report."""
+    errors: list[Any] = getattr(exc, "errors", lambda: [])()
+    if errors:
+        e = errors[0]
+        loc = ".".join(str(x) for x in e.get("loc", ()))
+        return f"{loc}: {e.get('msg')}" if loc else str(e.get("msg"))
+    return str(exc)
 
 
 class IngestConfig(BaseModel):

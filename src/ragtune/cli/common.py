@@ -4,10 +4,15 @@ error looks the same whichever command raised it."""
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+SettingsT = TypeVar("SettingsT", bound="BaseModel")
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one line each: greppable in logs
 out = Console(soft_wrap=True)  # stdout too: a long result line is one line in a log or a pipe
@@ -31,14 +36,22 @@ def shown(text: str) -> str:
 
 
 def pydantic_message(exc: Exception) -> str:
-    """A validation error's first problem as `field: message` (the message alone for a rule across fields),
-    instead of pydantic's multi-line report."""
-    errors: list = getattr(exc, "errors", lambda: [])()
-    if errors:
-        e = errors[0]
-        loc = ".".join(str(x) for x in e.get("loc", ()))
-        return f"{loc}: {e.get('msg')}" if loc else str(e.get("msg"))
-    return str(exc)
+    """A validation error's first problem as one line (`ragtune.config.validation_message`; imported when an error
+    happens, so a command's start does not pay for pydantic)."""
+    from ragtune.config import validation_message
+
+    return validation_message(exc)
+
+
+def settings_from_options(model: type[SettingsT], **values: Any) -> SettingsT:
+    """A stage's settings model built from a command's options; a bad value is one line naming the option, and exit
+    code 2 (before any model loads)."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        fail(pydantic_message(exc))
 
 
 class InterruptLatch:

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ragtune.cli import options as opt
-from ragtune.cli.common import console, out
+from ragtune.cli.common import console, out, pydantic_message, settings_from_options
 from ragtune.cli.common import fail as _fail
 from ragtune.cli.options import WorkspaceOption, engine_option, json_option
 from ragtune.progress import Reporter
@@ -146,15 +146,16 @@ def eval_command(
     items = _load_items(data, split, limit)
     fmt, path = data
     try:
-        spec = SystemSpec(
+        spec = settings_from_options(
+            SystemSpec,
             name=run_name or "",
             model=model,
             adapter=adapter,
-            setting=setting,  # type: ignore[arg-type]
+            setting=setting,
             distractors=distractors,
             k=k,
             retrieval_mode=mode,
-            prompt=prompt,  # type: ignore[arg-type]
+            prompt=prompt,
             max_new_tokens=max_new_tokens,
             seed=seed,
             dtype=dtype,
@@ -164,8 +165,8 @@ def eval_command(
         )
         settings = spec.settings(batch_size)
         ks = spec.ks()
-    except ValueError as exc:
-        _fail(str(exc))
+    except ValueError as exc:  # --batch-size: checked by EvalSettings
+        _fail(pydantic_message(exc))
     if adapter and not Path(adapter).exists():
         _fail(f"adapter folder not found: {adapter}")
     from ragtune.models import default_generator

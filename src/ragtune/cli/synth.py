@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from ragtune.cli.common import console
+from ragtune.cli.common import console, settings_from_options
 from ragtune.cli.common import out as out_console
 from ragtune.cli.options import workspace_option
 from ragtune.synth.raft import SynthSummary
@@ -148,7 +148,8 @@ def raft_cmd(
     """
     from ragtune.synth.raft import RaftConfig, synthesize_raft
 
-    config = RaftConfig(
+    config = settings_from_options(
+        RaftConfig,
         questions_per_chunk=questions_per_chunk,
         distractors=distractors,
         p_oracle=p_oracle,
@@ -171,12 +172,6 @@ def raft_cmd(
         dedup_threshold=dedup_threshold,
         max_answer_words=max_answer_words,
     )
-    if teacher_context not in ("all", "oracle"):
-        raise typer.BadParameter("must be 'all' or 'oracle'", param_hint="--teacher-context")
-    if prompt_style not in ("fewshot", "instruct", "auto"):
-        raise typer.BadParameter("must be fewshot, instruct or auto", param_hint="--prompt-style")
-    if cot_style not in ("full", "short"):
-        raise typer.BadParameter("must be 'full' or 'short'", param_hint="--cot-style")
     from ragtune.workspace import Workspace
 
     if out is None and not Workspace(workspace).index_settings_path.exists():
@@ -256,16 +251,8 @@ def from_qa_cmd(
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="FORMAT")
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist", param_hint="PATH")
-    if cot not in ("evidence", "evidence-short", "teacher"):
-        raise typer.BadParameter("must be 'evidence', 'evidence-short' or 'teacher'", param_hint="--cot")
-    if split not in ("train", "eval", "all"):
-        raise typer.BadParameter("must be train, eval or all", param_hint="--split")
-    if distractor_source not in ("auto", "own", "index", "pool"):
-        raise typer.BadParameter("must be auto, own, index or pool", param_hint="--distractor-source")
-    llm = None
-    if cot == "teacher":
-        llm = _teacher(teacher, None, base_url, api_key, concurrency, 120.0)
-    config = FromQAConfig(
+    config = settings_from_options(  # checked before a teacher loads
+        FromQAConfig,
         cot=cot,
         distractors=distractors,
         distractors_max=distractors_max,
@@ -278,6 +265,9 @@ def from_qa_cmd(
         retries=retries,
         include_unanswerable=include_unanswerable,
     )
+    llm = None
+    if cot == "teacher":
+        llm = _teacher(teacher, None, base_url, api_key, concurrency, 120.0)
     summary = _run(
         synthesize_from_qa, fmt, path, workspace, config, teacher=llm, out=out, overwrite=overwrite, progress=True
     )
@@ -298,9 +288,7 @@ def pairs_cmd(
     """(question, positive chunk, mined hard negatives) for retriever training."""
     from ragtune.synth.pairs import PairsConfig, build_pairs
 
-    if mode not in ("hybrid", "dense", "bm25"):
-        raise typer.BadParameter("must be hybrid, dense or bm25", param_hint="--mode")
-    config = PairsConfig(negatives=negatives, mode=mode, split=split, mine=mine)
+    config = settings_from_options(PairsConfig, negatives=negatives, mode=mode, split=split, mine=mine)
     summary = _run(build_pairs, workspace, config, source=source, out=out, overwrite=overwrite, progress=True)
     _print_summary("synth pairs", summary)
 
@@ -327,10 +315,11 @@ def preferences_cmd(
     """DPO pairs: chosen = the validated answer; rejected = the student's wrong (or distractor-citing) answer."""
     from ragtune.synth.preferences import PreferencesConfig, build_preferences
 
-    llm = _teacher(student, adapter, base_url, api_key, concurrency, 120.0, what="--student")
-    config = PreferencesConfig(
-        limit=limit, split=split, max_new_tokens=max_tokens, concurrency=concurrency, synthetic=synthetic, seed=seed
+    config = settings_from_options(  # checked before the student loads
+        PreferencesConfig, limit=limit, split=split, max_new_tokens=max_tokens, concurrency=concurrency,
+        synthetic=synthetic, seed=seed,
     )
+    llm = _teacher(student, adapter, base_url, api_key, concurrency, 120.0, what="--student")
     summary = _run(
         build_preferences, workspace, llm, config, source=source, out=out, overwrite=overwrite, progress=True
     )
@@ -350,7 +339,8 @@ def from_feedback_cmd(
     """Served answers' feedback -> SFT examples, DPO pairs and retriever pairs (plus curated RAFT examples)."""
     from ragtune.synth.from_feedback import FromFeedbackConfig, build_from_feedback
 
-    s = _run(build_from_feedback, workspace, FromFeedbackConfig(tenant=tenant, reviewed_only=reviewed_only), out)
+    config = settings_from_options(FromFeedbackConfig, tenant=tenant, reviewed_only=reviewed_only)
+    s = _run(build_from_feedback, workspace, config, out)
     out_console.print(
         f"[bold]synth from-feedback[/bold]: {s.feedback_rows} feedback rows ({s.skipped_rejected} rejected, "
         f"{s.skipped_unreviewed} unreviewed skipped) -> {s.sft} SFT examples, {s.preferences} DPO pairs, {s.pairs} "

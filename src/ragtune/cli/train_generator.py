@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import typer
 
-from ragtune.cli.common import console, out, pydantic_message
+from ragtune.cli.common import console, out
 from ragtune.cli.common import fail as _fail
+from ragtune.cli.common import settings_from_options as _settings
 from ragtune.cli.options import WorkspaceOption, json_option
-
-if TYPE_CHECKING:
-    from pydantic import BaseModel
 
 ModelOption = typer.Option(
     None, "--model", "-m", help="Base generator: bundled name, local folder, .gguf file or hub id. Default: the "
@@ -42,21 +40,10 @@ MergeOption = typer.Option(False, "--merge", help="Write a merged model folder i
 ResumeOption = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (after a kill).")
 OverwriteOption = typer.Option(False, "--overwrite", help="Discard the run's earlier checkpoints and start again.")
 JsonOption = json_option("Print the run summary as JSON.")
-SettingsT = TypeVar("SettingsT", bound="BaseModel")
 
 
 def _lora(r: int, alpha: int | None, dropout: float, target_modules: str, layers: str = "all") -> dict[str, Any]:
     return {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": target_modules, "layers": layers}
-
-
-def _settings(model: type[SettingsT], **values: Any) -> SettingsT:
-    """The trainer's settings from the options; a bad value is one line naming the option, and exit code 2."""
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        _fail(pydantic_message(exc))
 
 
 def _run(fn, *args: Any, **kwargs: Any):

@@ -18,60 +18,22 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ragtune import metrics
 from ragtune.datasets import QAItem
+from ragtune.eval.settings import EvalSettings as EvalSettings  # the settings, importable where they always were
+from ragtune.eval.settings import SystemSpec as SystemSpec
+from ragtune.eval.settings import parse_distractors as parse_distractors
 from ragtune.hashing import file_hash, short_id
 from ragtune.llm.base import LLM, GenerationConfig, Message
-from ragtune.prompts import PROMPT_STYLES, PromptStyle, build_messages
+from ragtune.prompts import build_messages
 from ragtune.records import ContextDoc
 from ragtune.workspace import Manifest, Workspace, write_json_atomic
 
-Setting = Literal["closed-book", "oracle", "retrieved"]
-SETTINGS: tuple[str, ...] = ("closed-book", "oracle", "retrieved")
 ProgressCallback = Callable[[int, int], None]  # (questions done, questions total)
-
-DEFAULT_MAX_NEW_TOKENS = {"short": 32, "cot": 256}
-
-
-@dataclass
-class EvalSettings:
-    """What is shown to the generator and how it decodes. Part of every run's identity (a changed setting reruns)."""
-
-    setting: Setting = "oracle"
-    distractors: int = 0
-    k: int = 5
-    retrieval_mode: str = "hybrid"
-    prompt: PromptStyle = "short"
-    max_new_tokens: int | None = None
-    batch_size: int = 8
-    seed: int = 0
-    allow_unanswerable: bool | None = None  # None: only when the question set has unanswerable questions
-    search: dict[str, Any] = field(default_factory=dict)  # retrieved setting: SearchConfig fields (transform, ...)
-
-    def __post_init__(self) -> None:
-        if self.setting not in SETTINGS:
-            raise ValueError(f"unknown setting {self.setting!r}; expected one of: {', '.join(SETTINGS)}")
-        if self.prompt not in PROMPT_STYLES:
-            raise ValueError(f"unknown prompt style {self.prompt!r}; expected one of: {', '.join(PROMPT_STYLES)}")
-        if self.distractors < 0 or self.k < 1 or self.batch_size < 1:
-            raise ValueError("distractors must be >= 0, k and batch size >= 1")
-
-    @property
-    def new_tokens(self) -> int:
-        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[self.prompt]
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that change outputs (batch size does not: greedy decoding is per sequence)."""
-        data = asdict(self)
-        data.pop("batch_size")
-        if not data["search"]:  # runs made before search options existed keep their signature (and answers)
-            data.pop("search")
-        data["max_new_tokens"] = self.new_tokens
-        return data
 
 
 @dataclass
@@ -376,35 +338,12 @@ def write_run_files(result: RunResult) -> None:
     tmp.replace(run_dir / "predictions.jsonl")
     write_json_atomic(
         run_dir / "scores.json",
-        {"system": result.extra.get("system", {}), "settings": asdict(result.settings), "scores": result.scores},
+        {"system": result.extra.get("system", {}), "settings": result.settings.model_dump(), "scores": result.scores},
     )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Sweeps, run names, manifests
-
-
-def parse_distractors(value: str | int | Sequence[int] | None) -> list[int]:
-    """`3`, `"0..9"`, `"0-9"` or `"0,1,3"` to a sorted list of K values (a sweep when there are several)."""
-    if value is None:
-        return [0]
-    if isinstance(value, int):
-        values = [value]
-    elif isinstance(value, str):
-        text = value.replace(" ", "")
-        range_match = re.fullmatch(r"(\d+)(?:\.\.|-)(\d+)", text)
-        if range_match:
-            lo, hi = int(range_match.group(1)), int(range_match.group(2))
-            values = list(range(min(lo, hi), max(lo, hi) + 1))
-        elif re.fullmatch(r"\d+(,\d+)*", text):
-            values = [int(v) for v in text.split(",")]
-        else:
-            raise ValueError(f"--distractors {value!r}: expected K, A..B or a comma list such as 0,1,3")
-    else:
-        values = [int(v) for v in value]
-    if any(v < 0 for v in values):
-        raise ValueError("distractor counts must be >= 0")
-    return sorted(set(values))
 
 
 def evaluate_sweep(
@@ -422,7 +361,7 @@ def evaluate_sweep(
     results: dict[int, RunResult] = {}
     total = len(items) * len(ks)
     for n, k in enumerate(ks):
-        sub = EvalSettings(**{**asdict(settings), "distractors": k})
+        sub = EvalSettings.model_validate({**settings.model_dump(), "distractors": k})
         sub_dir = Path(run_dir) / f"k{k}" if run_dir is not None else None
 
         def relay(done: int, _total: int, offset: int = n * len(items)) -> None:
@@ -513,89 +452,6 @@ def write_manifest(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Systems (what `ragtune eval` and `ragtune compare` run)
-
-
-@dataclass
-class SystemSpec:
-    """A system to evaluate: a generator (model + optional LoRA adapter) and how it is shown documents."""
-
-    name: str = ""
-    model: str | None = None
-    adapter: str | None = None
-    setting: Setting = "oracle"
-    distractors: str | int | list[int] = 0
-    k: int = 5
-    retrieval_mode: str = "hybrid"
-    prompt: PromptStyle = "short"
-    max_new_tokens: int | None = None
-    seed: int = 0
-    search: dict[str, Any] | None = None  # retrieved setting: SearchConfig fields, e.g. {"transform": "hyde"}
-    # Local models: None (fp32 on CPU) | auto (bf16 where the CPU has it) | float32 | bfloat16 | float16. bf16
-    # generates ~2x faster on a CPU with AVX512-BF16 / AMX (measured here), with answers that differ slightly from
-    # fp32's, so the resolved dtype is part of the signature.
-    dtype: str | None = None
-    # Which engine generates: transformers (None) | ct2 | llamacpp | vllm. Answers differ by engine (kernels,
-    # quantised weights), so an engine other than transformers is part of the signature.
-    engine: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SystemSpec:
-        aliases = {"mode": "retrieval_mode", "top_k": "k", "prompt_style": "prompt"}
-        data = {aliases.get(k, k): v for k, v in data.items()}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown system field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def ks(self) -> list[int]:
-        return parse_distractors(self.distractors) if self.setting == "oracle" else [0]
-
-    @property
-    def explicit_dtype(self) -> str | None:
-        """The dtype when one was asked for, `auto` resolved for this machine (bf16 on a CPU with native bf16), so an
-        auto run never reuses fp32 answers; None for the default (fp32 on CPU, or an auto that resolves to fp32), so
-        answers kept before the field existed keep their signature and run folder."""
-        if self.dtype in (None, "auto"):
-            if self.dtype is None or (self.model or "").startswith("openai:"):
-                return None
-            from ragtune.llm import resolve_dtype
-
-            resolved = resolve_dtype("auto")
-            return None if resolved == "float32" else resolved
-        return self.dtype
-
-    def settings(self, batch_size: int) -> EvalSettings:
-        return EvalSettings(
-            setting=self.setting,
-            distractors=self.ks()[0],
-            k=self.k,
-            retrieval_mode=self.retrieval_mode,
-            prompt=self.prompt,
-            max_new_tokens=self.max_new_tokens,
-            batch_size=batch_size,
-            seed=self.seed,
-            search=dict(self.search or {}) if self.setting == "retrieved" else {},
-        )
-
-    def describe(self) -> dict[str, Any]:
-        from ragtune.models import default_generator
-
-        return {
-            "name": self.name,
-            "model": self.model or default_generator(),
-            "adapter": self.adapter,
-            "setting": self.setting,
-            "distractors": self.ks() if self.setting == "oracle" else None,
-            "k": self.k if self.setting == "retrieved" else None,
-            "retrieval_mode": self.retrieval_mode if self.setting == "retrieved" else None,
-            "search": (self.search or None) if self.setting == "retrieved" else None,
-            "prompt": self.prompt,
-            "max_new_tokens": self.settings(1).new_tokens,
-            "seed": self.seed,
-            "dtype": self.dtype,
-            "engine": self.engine or "transformers",
-        }
 
 
 @dataclass

@@ -1,29 +1,28 @@
 """The `ragtune.yaml` of `ragtune run`: every stage's own settings, nested by stage, validated on load.
 
 Each section is the stage's own config model (`IngestConfig`, `FromQAConfig`, `RaftConfig`, `SFTRunConfig`,
-`LSRConfig`, `ContrastiveConfig`, the systems of `ragtune compare`) plus the few keys the command line would have
-given (paths, data, names). A pydantic stage config is the section's base class (`train` is an `SFTRunConfig`, its
-checks included); sections of a stage whose config is still a dataclass (synth's) are built from its fields. Either
-way a field added to the stage appears here with the stage's default and never drifts. Unknown keys are errors
-that name the key and the allowed ones (`extra="forbid"`): a typo must not silently run the default.
+`LSRConfig`, `ContrastiveConfig`, the `SystemSpec`s of `ragtune compare`) plus the few keys the command line would
+have given (paths, data, names): `train` is an `SFTRunConfig`, `synth.from_qa` a `FromQAConfig`, `synth.raft` a
+`RaftConfig`, checks included. So a field added to a stage appears here with the stage's default and never drifts,
+and a bad value fails when the file is read, with the command's own message (`synth.raft.p_oracle: --p-oracle must
+be between 0 and 1, got 1.5`), not when the stage runs. Unknown keys are errors that name the key and the allowed
+ones (`extra="forbid"`): a typo must not silently run the default.
 
 Relative paths in the file are relative to the file's own folder, so a config works from any working directory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ragtune.config import IngestConfig
-from ragtune.synth.from_qa import FromQAConfig
-from ragtune.synth.raft import RaftConfig
+from ragtune.synth.config import FromQAConfig, RaftConfig
 from ragtune.train.config import SFTRunConfig
 
 STAGES = ("ingest", "search", "synth", "train", "retriever", "compare")
@@ -37,37 +36,6 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _from_dataclass(cls: type, name: str, doc: str, command: str) -> type[BaseModel]:
-    """A strict pydantic model with the dataclass's fields and defaults; each field describes the CLI option that
-    sets the same thing (whose --help says what it does)."""
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        kind: Any = hints[f.name]
-        description = f"as `--{f.name.replace('_', '-')}` of `{command}`"
-        if f.default_factory is not dataclasses.MISSING:
-            fields[f.name] = (kind, Field(default_factory=f.default_factory, description=description))
-        else:
-            fields[f.name] = (kind, Field(default=f.default, description=description))
-    model = create_model(name, __base__=_Strict, __doc__=doc, **fields)
-    return model
-
-
-def to_dataclass(cls: type, section: BaseModel) -> Any:
-    """The stage's dataclass config from its section."""
-    return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
-
-
-FromQASection = _from_dataclass(
-    FromQAConfig, "FromQASection", "RAFT examples from a labelled QA set (`ragtune synth from-qa`).",
-    "ragtune synth from-qa",
-)
-RaftSection = _from_dataclass(
-    RaftConfig, "RaftSection", "RAFT examples written by a teacher from the indexed chunks (`ragtune synth raft`).",
-    "ragtune synth raft",
-)
 
 
 class WorkspaceSection(_Strict):
@@ -135,10 +103,10 @@ class SynthSection(_Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the server's API key "
                              "(keys never go into this file).")
     timeout: float = Field(120.0, gt=0, description="Seconds per request to a teacher server.")
-    from_qa: FromQASection = Field(default_factory=FromQASection,  # type: ignore[valid-type]
-                                   description="Settings of from-qa.")
-    raft: RaftSection = Field(default_factory=RaftSection,  # type: ignore[valid-type]
-                              description="Settings of raft.")
+    from_qa: FromQAConfig = Field(default_factory=FromQAConfig, description="Settings of from-qa: the fields of "
+                                  "FromQAConfig, as the options of `ragtune synth from-qa`.")
+    raft: RaftConfig = Field(default_factory=RaftConfig, description="Settings of raft: the fields of RaftConfig, as "
+                             "the options of `ragtune synth raft`.")
     export: list[ExportItem] = Field(default_factory=list, description="Exports written after synthesis.")
 
     @model_validator(mode="after")

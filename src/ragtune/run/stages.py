@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.run.config import TRAINED, RunConfig, to_dataclass
+from ragtune.run.config import TRAINED, RunConfig
 from ragtune.workspace import Workspace
 
 
@@ -150,8 +150,7 @@ def run_search(cfg: RunConfig, ctx: Context) -> Outcome:
 def _synth_reads_index(cfg: RunConfig) -> bool:
     s = cfg.synth
     assert s is not None
-    from_qa: Any = s.from_qa
-    return s.method == "raft" or from_qa.distractor_source in ("auto", "index")
+    return s.method == "raft" or s.from_qa.distractor_source in ("auto", "index")
 
 
 def plan_synth(cfg: RunConfig) -> Plan:
@@ -166,8 +165,7 @@ def _teacher(cfg: RunConfig) -> Any:
 
     s = cfg.synth
     assert s is not None
-    settings: Any = s.raft if s.method == "raft" else s.from_qa
-    concurrency = settings.concurrency
+    concurrency = s.raft.concurrency if s.method == "raft" else s.from_qa.concurrency
     try:
         return load_llm(s.teacher, base_url=s.base_url or os.environ.get("OPENAI_BASE_URL"),
                         api_key=os.environ.get(s.api_key_env), concurrency=concurrency, timeout=s.timeout)
@@ -177,8 +175,8 @@ def _teacher(cfg: RunConfig) -> Any:
 
 def run_synth(cfg: RunConfig, ctx: Context) -> Outcome:
     from ragtune.synth.export import ExportError, export
-    from ragtune.synth.from_qa import FromQAConfig, synthesize_from_qa
-    from ragtune.synth.raft import RaftConfig, SynthConfigError, synthesize_raft
+    from ragtune.synth.from_qa import synthesize_from_qa
+    from ragtune.synth.raft import SynthConfigError, synthesize_raft
 
     s = cfg.synth
     assert s is not None
@@ -186,12 +184,11 @@ def run_synth(cfg: RunConfig, ctx: Context) -> Outcome:
     try:
         if s.method == "from-qa":
             assert s.data is not None
-            config = to_dataclass(FromQAConfig, s.from_qa)
-            teacher = _teacher(cfg) if config.cot == "teacher" else None
-            summary = synthesize_from_qa(s.data.format, _data_path(cfg, s.data), ctx.workspace, config,
+            teacher = _teacher(cfg) if s.from_qa.cot == "teacher" else None
+            summary = synthesize_from_qa(s.data.format, _data_path(cfg, s.data), ctx.workspace, s.from_qa,
                                          teacher=teacher, overwrite=overwrite, progress=True)
         else:
-            summary = synthesize_raft(ctx.workspace, _teacher(cfg), to_dataclass(RaftConfig, s.raft),
+            summary = synthesize_raft(ctx.workspace, _teacher(cfg), s.raft,
                                       overwrite=overwrite, progress=True)
         if summary.errors:
             raise StageError(f"synth: {len(summary.errors)} failed waves (run again to resume): {summary.errors[0]}")

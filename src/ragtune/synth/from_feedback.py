@@ -34,6 +34,7 @@ from ragtune.datasets.base import sentence_with
 from ragtune.prompts import ANSWER_TAG
 from ragtune.records import ContextDoc
 from ragtune.splits import split_of
+from ragtune.synth.config import FromFeedbackConfig as FromFeedbackConfig  # re-exported: this builder's settings
 from ragtune.synth.export import _write_jsonl
 from ragtune.synth.from_qa import evidence_cot_short
 from ragtune.synth.records import Group, PairExample, RaftExample
@@ -50,12 +51,6 @@ def feedback_db_path(workspace: Workspace | str | os.PathLike[str]) -> Path:
 
 class FeedbackDataError(FileNotFoundError):
     """No feedback database where one was expected."""
-
-
-@dataclass
-class FromFeedbackConfig:
-    tenant: str | None = None  # None: every tenant's feedback (the operator trains one model for all)
-    reviewed_only: bool = False  # True: only feedback a curator accepted or edited
 
 
 @dataclass

@@ -13,7 +13,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, shown_text
 from ragtune.records import ContextDoc
 from ragtune.splits import keep, split_of
 from ragtune.synth import prompts
+from ragtune.synth.config import FromQAConfig as FromQAConfig  # re-exported: the settings of this builder
 from ragtune.synth.distractors import DistractorPool, Exclusion, HardNegativeMiner, assemble, pick_distractors
 from ragtune.synth.raft import (
     SynthConfigError,
@@ -42,7 +43,6 @@ from ragtune.workspace import Manifest, Workspace
 
 STAGE = "synth-raft"
 FORMATS = ("hotpotqa", "squad", "nq", "jsonl")
-COT_MODES = ("evidence", "evidence-short", "teacher")
 
 
 @dataclass
@@ -56,68 +56,6 @@ class QARecord:
     evidence: list[tuple[str, str]] = field(default_factory=list)  # (title, sentence) to quote
     own_distractors: list[ContextDoc] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class FromQAConfig:
-    cot: str = "evidence"  # "evidence-short" (quotes and answer only) or "teacher"
-    distractors: int = 3
-    # With a maximum, each example draws its own k from distractors..distractors_max (seeded by its id): a student
-    # trained at one k learns to answer from that many documents only (RAFT trained at k=1 fell from 1.86x the base
-    # F1 at K=3 to 1.02x at K=6 in benchmarks/raft_hotpotqa.py).
-    distractors_max: int | None = None
-    p_oracle: float = 0.8
-    distractor_source: str = "auto"  # auto | own | index | pool
-    split: str = "train"
-    limit: int | None = None
-    seed: int = 0
-    concurrency: int = 8
-    retries: int = 1
-    teacher_context: str = "all"
-    answer_tokens: int = 384
-    include_unanswerable: bool = False
-
-    FINGERPRINT = (
-        "cot",
-        "distractors",
-        "distractors_max",
-        "p_oracle",
-        "distractor_source",
-        "split",
-        "seed",
-        "retries",
-        "teacher_context",
-        "answer_tokens",
-        "include_unanswerable",
-    )
-
-    def check(self) -> None:
-        if self.cot not in COT_MODES:
-            raise SynthConfigError(f"--cot must be one of {', '.join(COT_MODES)}")
-        if not 0.0 <= self.p_oracle <= 1.0:
-            raise SynthConfigError(f"--p-oracle must be between 0 and 1, got {self.p_oracle}")
-        if self.distractors < 0:
-            raise SynthConfigError("--distractors must be >= 0")
-        if self.distractors_max is not None and self.distractors_max < self.distractors:
-            raise SynthConfigError(
-                f"--distractors-max ({self.distractors_max}) must be >= --distractors ({self.distractors})"
-            )
-
-    @property
-    def most_distractors(self) -> int:
-        return self.distractors if self.distractors_max is None else self.distractors_max
-
-    def draw_distractors(self, rng: random.Random) -> int:
-        """This example's k: fixed, or uniform over distractors..distractors_max."""
-        if self.distractors_max is None:
-            return self.distractors
-        return rng.randint(self.distractors, self.distractors_max)
-        if self.distractor_source not in ("auto", "own", "index", "pool"):
-            raise SynthConfigError("--distractor-source must be auto, own, index or pool")
-        if self.split not in ("train", "eval", "all"):
-            raise SynthConfigError("--split must be train, eval or all")
-        if self.concurrency < 1:
-            raise SynthConfigError("--concurrency must be >= 1")
 
 
 # ---- readers -------------------------------------------------------------------------------------------------------
@@ -264,7 +202,6 @@ def synthesize_from_qa(
 ) -> SynthSummary:
     """RAFT examples from a labelled set, appended per record to `out` (default WORKSPACE/synth/raft.jsonl)."""
     config = config or FromQAConfig()
-    config.check()
     if config.cot == "teacher" and teacher is None:
         raise SynthConfigError("--cot teacher needs --teacher MODEL")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
@@ -312,7 +249,7 @@ def synthesize_from_qa(
     check_resume(ws, STAGE, out, fingerprint, overwrite)
     manifest = Manifest(
         stage=STAGE,
-        config=asdict(config) | {"format": fmt, "teacher": teacher_name},
+        config=config.model_dump() | {"format": fmt, "teacher": teacher_name},
         inputs={"path": str(Path(path).resolve())},
         extra={"fingerprint": fingerprint, "out": str(out), "status": "running", "distractor_source": source},
     )

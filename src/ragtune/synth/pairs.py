@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ragtune.records import ContextDoc
+from ragtune.synth.config import PairsConfig as PairsConfig  # re-exported: the settings of this builder
 from ragtune.synth.distractors import Exclusion, HardNegativeMiner
 from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft
 from ragtune.synth.records import Group, PairExample, RaftExample
@@ -22,21 +22,6 @@ from ragtune.synth.store import GroupFile, read_raft
 from ragtune.workspace import Workspace
 
 STAGE = "synth-pairs"
-
-
-@dataclass
-class PairsConfig:
-    negatives: int = 3
-    mode: str = "hybrid"
-    depth: int = 30
-    split: str = "train"
-    mine: bool | None = None  # None: mine when the workspace has an index
-
-    def check(self) -> None:
-        if self.negatives < 0:
-            raise SynthConfigError("--negatives must be >= 0")
-        if self.split not in ("train", "eval", "all"):
-            raise SynthConfigError("--split must be train, eval or all")
 
 
 def build_pairs(
@@ -50,7 +35,6 @@ def build_pairs(
 ) -> SynthSummary:
     """Write pairs for every RAFT example in `source` (default WORKSPACE/synth/raft.jsonl) to synth/pairs.jsonl."""
     config = config or PairsConfig()
-    config.check()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     source = Path(source) if source else ws.raft_path
     out = Path(out) if out else ws.pairs_path

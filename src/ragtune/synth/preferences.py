@@ -12,13 +12,13 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ragtune.hashing import short_id
 from ragtune.llm.base import LLM, GenerationConfig
-from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, STUDENT_SYSTEM, shown_text
+from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, shown_text
 from ragtune.synth import prompts
+from ragtune.synth.config import PreferencesConfig as PreferencesConfig  # re-exported: this builder's settings
 from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft
 from ragtune.synth.records import Group, PreferenceExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
@@ -26,24 +26,6 @@ from ragtune.synth.validate import clean_quotes, normalize_ws, quote_verbatim, s
 from ragtune.workspace import Workspace
 
 STAGE = "synth-preferences"
-
-
-@dataclass
-class PreferencesConfig:
-    limit: int | None = None
-    split: str = "train"
-    max_new_tokens: int = 256
-    concurrency: int = 8
-    synthetic: bool = True
-    seed: int = 0
-    system_prompt: str | None = STUDENT_SYSTEM
-    f1_threshold: float = 0.5
-
-    def check(self) -> None:
-        if self.split not in ("train", "eval", "all"):
-            raise SynthConfigError("--split must be train, eval or all")
-        if self.concurrency < 1:
-            raise SynthConfigError("--concurrency must be >= 1")
 
 
 def _tokens(text: str) -> list[str]:
@@ -107,7 +89,6 @@ def build_preferences(
 ) -> SynthSummary:
     """Write DPO pairs for the oracle-kept RAFT examples in `source` to WORKSPACE/synth/preferences.jsonl."""
     config = config or PreferencesConfig()
-    config.check()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     source = Path(source) if source else ws.raft_path
     out = Path(out) if out else ws.preferences_path

@@ -10,8 +10,8 @@ Two prompt styles (`teacher_prompts.py`): `instruct` asks for questions, then qu
 strong teacher); `fewshot` asks a small local teacher for one (question, short answer) per focus sentence. Either
 way the evidence is located in the oracle by `grounding.py` when the teacher's own quotes are not verbatim, and every
 question passes the filters of `filters.py`; rejections go to a 0600 side file, and a quality report (JSON + md)
-is written beside the output. This module owns the settings, the run, resume and the manifest; one wave's teacher
-calls and filters are in `raft_wave.py`.
+is written beside the output. This module owns the run, resume and the manifest (the settings, `RaftConfig`, are in
+`config.py`); one wave's teacher calls and filters are in `raft_wave.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ragtune.hashing import short_id
 from ragtune.llm.base import LLM, GenerationConfig, Message
 from ragtune.records import Chunk
 from ragtune.synth import filters, prompts, raft_wave, teacher_prompts
+from ragtune.synth.config import RaftConfig as RaftConfig  # re-exported: the settings of this builder
 from ragtune.synth.distractors import DistractorPool, HardNegativeMiner
 from ragtune.synth.quality import TeacherClock, write_quality_report
 from ragtune.synth.quality import report_paths as report_paths  # re-exported: callers find the report through raft
@@ -40,111 +41,6 @@ STAGE = "synth-raft"
 
 class SynthConfigError(ValueError):
     """Bad settings, or settings that conflict with the run already in the output file."""
-
-
-@dataclass
-class RaftConfig:
-    """Settings of `ragtune synth raft`. Fields in `FINGERPRINT` must match to resume into an existing file."""
-
-    questions_per_chunk: int = 3
-    distractors: int = 3
-    p_oracle: float = 0.8
-    hard_negatives: bool = False
-    search_mode: str = "hybrid"
-    limit: int | None = None
-    seed: int = 0
-    concurrency: int = 8
-    retries: int = 1
-    teacher_context: str = "all"  # "all": the teacher sees oracle + distractors, as the student will; "oracle"
-    min_quotes: int = 1
-    question_tokens: int = 160
-    answer_tokens: int = 384
-    temperature: float = 0.0
-    min_chunk_words: int = 12
-    # prompts and grounding
-    prompt_style: str = "auto"  # fewshot (small local teachers) | instruct (strong ones) | auto: by teacher
-    ground: bool = True  # locate the evidence in the chunk when the teacher's quotes are not verbatim
-    cot_style: str = "full"  # grounded chain of thought: "full" (connecting prose) or "short" (quotes + answer)
-    fuzzy_threshold: float = 85.0  # 0-100 partial ratio for the fuzzy tier of answer alignment
-    max_quotes: int = 2
-    resample: int = 0  # few-shot: re-ask a slot whose candidate was rejected, up to N times, sampling
-    resample_temperature: float = 0.8
-    # filters (each counted; rejections kept in rejected.jsonl)
-    copy_threshold: float = 0.8  # a question this similar (0-1 character ratio) to a chunk sentence is a copy
-    round_trip_k: int = 5  # the source chunk must be in the retriever's top k for the question; 0 turns it off
-    round_trip: str = "retriever"  # retriever | student (shown the chunk, it answers as the teacher did) | either
-    # (the retriever, else the student) | both (the retriever, then the student)
-    student_match: float = 0.5  # 0-1 agreement (F1 or answer recall) the student's answer needs with the teacher's
-    dedup_threshold: float = 0.9  # MiniLM cosine at or above which a question duplicates an earlier one; 1+ = off
-    max_question_words: int = 30
-    max_answer_words: int = 12  # answers longer than this (after shortening) are rejected
-    short_answer_words: int = 6  # a longer teacher answer is shortened to the part the question does not say
-    max_cot_words: int = 160
-
-    FINGERPRINT = (
-        "questions_per_chunk",
-        "distractors",
-        "p_oracle",
-        "hard_negatives",
-        "search_mode",
-        "seed",
-        "retries",
-        "teacher_context",
-        "min_quotes",
-        "question_tokens",
-        "answer_tokens",
-        "temperature",
-        "min_chunk_words",
-        "prompt_style",
-        "ground",
-        "cot_style",
-        "fuzzy_threshold",
-        "max_quotes",
-        "copy_threshold",
-        "round_trip_k",
-        "dedup_threshold",
-        "max_question_words",
-        "max_answer_words",
-        "short_answer_words",
-        "max_cot_words",
-    )
-    # settings added later, with the value every file written before them implies: in the fingerprint only when
-    # set otherwise, so those files still resume
-    FINGERPRINT_LATER = {"round_trip": "retriever", "student_match": 0.5, "resample": 0, "resample_temperature": 0.8}
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings a resumed run must share with the file it appends to."""
-        data = {k: getattr(self, k) for k in self.FINGERPRINT}
-        return data | {k: getattr(self, k) for k, default in self.FINGERPRINT_LATER.items()
-                       if getattr(self, k) != default}
-
-    def check(self) -> None:
-        if not 0.0 <= self.p_oracle <= 1.0:
-            raise SynthConfigError(f"--p-oracle must be between 0 and 1, got {self.p_oracle}")
-        if self.distractors < 0:
-            raise SynthConfigError("--distractors must be >= 0")
-        if self.questions_per_chunk < 1:
-            raise SynthConfigError("--questions-per-chunk must be >= 1")
-        if self.concurrency < 1:
-            raise SynthConfigError("--concurrency must be >= 1")
-        if self.teacher_context not in ("all", "oracle"):
-            raise SynthConfigError("--teacher-context must be 'all' or 'oracle'")
-        if self.limit is not None and self.limit < 1:
-            raise SynthConfigError("--limit must be >= 1")
-        if self.prompt_style not in teacher_prompts.STYLES:
-            raise SynthConfigError(f"--prompt-style must be one of {', '.join(teacher_prompts.STYLES)}")
-        if self.cot_style not in ("full", "short"):
-            raise SynthConfigError("--cot-style must be 'full' or 'short'")
-        if not 0.0 <= self.fuzzy_threshold <= 100.0:
-            raise SynthConfigError("--fuzzy-threshold must be between 0 and 100")
-        if self.round_trip_k < 0 or self.max_quotes < 1:
-            raise SynthConfigError("--round-trip-k must be >= 0 and --max-quotes >= 1")
-        if self.round_trip not in filters.ROUND_TRIP_MODES:
-            raise SynthConfigError(f"--round-trip must be one of {', '.join(filters.ROUND_TRIP_MODES)}")
-        if not 0.0 <= self.student_match <= 1.0:
-            raise SynthConfigError("--student-match must be between 0 and 1")
-        if self.resample < 0 or self.resample_temperature <= 0:
-            raise SynthConfigError("--resample must be >= 0 and --resample-temperature > 0")
 
 
 @dataclass
@@ -350,7 +246,6 @@ def synthesize_raft(
     `student` answers the questions in the `student` / `either` / `both` round-trip modes; by default the teacher itself
     when it is local (the bundled model is also the default student), else the bundled model."""
     config = config or RaftConfig()
-    config.check()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     ws.ensure()
     out = Path(out) if out else ws.root / "synth" / "raft.jsonl"
@@ -384,7 +279,7 @@ def synthesize_raft(
 
     manifest = Manifest(
         stage=STAGE,
-        config=asdict(config) | {"teacher": teacher.name, "prompt_style_used": style},
+        config=config.model_dump() | {"teacher": teacher.name, "prompt_style_used": style},
         inputs={"chunks": short_id(*sorted(c.chunk_id for c in eligible))},
         extra={"fingerprint": fingerprint, "out": str(out), "status": "running", "round_trip": round_trip_note},
     )

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, field_validator, model_validator
+
+from ragtune.config import StrictSettings as _Settings
+from ragtune.config import one_of as _one_of
+from ragtune.config import setting_error as _bad
 
 METHODS = ("lora", "qlora", "full")
 DATA_MODES = ("raft", "radit")
@@ -52,22 +55,6 @@ def parse_layers(text: str, num_layers: int | None) -> list[int] | None:
     if num_layers is not None and high >= num_layers:
         raise TrainConfigError(f"--lora-layers {text}: the model's layers are 0-{num_layers - 1}")
     return None if num_layers is None else list(range(low, high + 1))
-
-
-def _bad(message: str) -> PydanticCustomError:
-    """A validation error whose text is exactly `message` (a plain ValueError would read "Value error, ..."). The
-    message travels as context, so braces in a user's value cannot break the template."""
-    return PydanticCustomError("train_setting", "{message}", {"message": message})
-
-
-def _one_of(value: str, choices: tuple[str, ...], option: str) -> str:
-    if value not in choices:
-        raise _bad(f"{option} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class LoraSettings(_Settings):
