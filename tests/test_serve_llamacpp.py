@@ -57,7 +57,7 @@ def _adapter(folder: Path) -> Path:
     with torch.no_grad():
         for name, param in peft.named_parameters():
             if "lora_B" in name:
-                param.normal_(0.0, 0.05)  # strong: it changes short answers
+                param.normal_(0.0, 0.2)  # strong: 0.05 left all three 12-token RAG answers as the base gave them
     peft.save_pretrained(folder)
     return folder
 
@@ -85,6 +85,20 @@ def test_concurrent_requests_are_decoded_together_and_answer_as_alone(env):
     tokens = sum(r.usage.completion_tokens + 1 for r in together)
     assert health(env)["batches"] - steps < tokens  # steps carried several requests' tokens
     assert all(r.model == BASE and r.model_extra["citations"] for r in together)
+
+
+def test_a_burst_of_sixteen_clients_on_four_slots_all_get_their_answers(env):
+    """Four times as many clients as slots, all at once: every request finishes (the later ones wait in the queue,
+    in order, while the engine reads one prompt at a time and keeps decoding the others), each with the answer it
+    gets alone, and the server is idle and healthy afterwards."""
+    alone = {q: ask(env, q).choices[0].message.content for q in QUESTIONS}
+    asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(16)]
+    with ThreadPoolExecutor(len(asked)) as pool:
+        replies = list(pool.map(lambda q: ask(env, q), asked))
+    assert [r.choices[0].message.content for r in replies] == [alone[q] for q in asked]
+    assert all(r.usage.completion_tokens > 0 for r in replies)
+    state = health(env)
+    assert state["status"] == "ok" and state["queued"] == 0 and state["busy_s"] is None
 
 
 def test_streaming_sends_pieces_that_add_up_to_the_answer(env):
