@@ -43,13 +43,13 @@ def pydantic_message(exc: Exception) -> str:
     return validation_message(exc)
 
 
-def settings_from_options(model: type[SettingsT], **values: Any) -> SettingsT:
+def settings_from_options(settings: type[SettingsT], /, **values: Any) -> SettingsT:
     """A stage's settings model built from a command's options; a bad value is one line naming the option, and exit
-    code 2 (before any model loads)."""
+    code 2 (before any model loads). Positional-only, so a field may be called `model` (`SystemSpec.model`)."""
     from pydantic import ValidationError
 
     try:
-        return model.model_validate(values)
+        return settings.model_validate(values)
     except ValidationError as exc:
         fail(pydantic_message(exc))
 

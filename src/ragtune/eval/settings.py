@@ -60,33 +60,35 @@ def _prompt(value: Any) -> Any:
     return value
 
 
-# The fields EvalSettings and SystemSpec share, each with its check (before the Literal's own, for the message).
-SettingField = Annotated[Setting, BeforeValidator(_setting)]
-PromptField = Annotated[PromptStyle, BeforeValidator(_prompt)]
-TopK = Annotated[int, AfterValidator(lambda v: at_least(v, 1, "--top-k"))]
-RetrievalMode = Annotated[str, AfterValidator(lambda v: one_of(v, SEARCH_MODES, "--mode"))]
-MaxNewTokens = Annotated[int | None, AfterValidator(lambda v: at_least(v, 1, "--max-new-tokens"))]
-
-SETTING_HELP = "closed-book: the question alone | oracle: gold documents + K distractors | retrieved: the top-k " \
-               "hits of the workspace index (`--setting`)."
-PROMPT_HELP = "short: answer only | cot: the RAFT chain-of-thought student prompt (quotes, then <ANSWER>:) " \
-              "(`--prompt`)."
+# The fields EvalSettings and SystemSpec share, each with its check (setting and prompt: before the Literal's own,
+# for the message) and its description, declared once.
+SettingField = Annotated[Setting, BeforeValidator(_setting), Field(
+    description="closed-book: the question alone | oracle: gold documents + K distractors | retrieved: the top-k "
+    "hits of the workspace index (`--setting`).")]
+TopK = Annotated[int, AfterValidator(lambda v: at_least(v, 1, "--top-k")), Field(
+    description="Retrieved setting: chunks shown (`--top-k`).")]
+RetrievalMode = Annotated[str, AfterValidator(lambda v: one_of(v, SEARCH_MODES, "--mode")), Field(
+    description="Retrieved setting: hybrid | dense | bm25 (`--mode`).")]
+PromptField = Annotated[PromptStyle, BeforeValidator(_prompt), Field(
+    description="short: answer only | cot: the RAFT chain-of-thought student prompt (quotes, then <ANSWER>:) "
+    "(`--prompt`).")]
+MaxNewTokens = Annotated[int | None, AfterValidator(lambda v: at_least(v, 1, "--max-new-tokens")), Field(
+    description="Token budget of an answer; None: 32 (short), 256 (cot) (`--max-new-tokens`).")]
+Seed = Annotated[int, Field(description="Seed of distractor draws and generation (`--seed`).")]
 
 
 class EvalSettings(StrictSettings):
     """What is shown to the generator and how it decodes. Part of every run's identity (a changed setting reruns)."""
 
-    setting: SettingField = Field(default="oracle", description=SETTING_HELP)
+    setting: SettingField = "oracle"
     distractors: int = Field(default=0, description="Oracle setting: K distractors shown with the gold documents "
                              "(`--distractors`).")
-    k: TopK = Field(default=5, description="Retrieved setting: chunks shown (`--top-k`).")
-    retrieval_mode: RetrievalMode = Field(default="hybrid", description="Retrieved setting: hybrid | dense | bm25 "
-                                          "(`--mode`).")
-    prompt: PromptField = Field(default="short", description=PROMPT_HELP)
-    max_new_tokens: MaxNewTokens = Field(default=None, description="Token budget of an answer; None: 32 (short), "
-                                         "256 (cot) (`--max-new-tokens`).")
+    k: TopK = 5
+    retrieval_mode: RetrievalMode = "hybrid"
+    prompt: PromptField = "short"
+    max_new_tokens: MaxNewTokens = None
     batch_size: int = Field(default=8, description="Questions per generation batch, length-sorted (`--batch-size`).")
-    seed: int = Field(default=0, description="Seed of distractor draws and generation (`--seed`).")
+    seed: Seed = 0
     allow_unanswerable: bool | None = Field(default=None, description="Let the prompt allow 'unanswerable'; None: "
                                             "only when the question set has unanswerable questions.")
     search: dict[str, Any] = Field(default_factory=dict, description="Retrieved setting: SearchConfig fields "
@@ -123,16 +125,14 @@ class SystemSpec(StrictSettings):
     model: str | None = Field(default=None, description="Generator: bundled name, local folder, .gguf, hub id or "
                               "openai:NAME; None: the bundled SmolLM2-135M-Instruct (`--model`).")
     adapter: str | None = Field(default=None, description="A LoRA adapter folder (`--adapter`).")
-    setting: SettingField = Field(default="oracle", description=SETTING_HELP)
+    setting: SettingField = "oracle"
     distractors: str | int | list[int] = Field(default=0, description="Oracle setting: K distractors, or a sweep "
                                                "such as 0..9 or 0,2,4: the robustness curve (`--distractors`).")
-    k: TopK = Field(default=5, description="Retrieved setting: chunks shown (`--top-k`).")
-    retrieval_mode: RetrievalMode = Field(default="hybrid", description="Retrieved setting: hybrid | dense | bm25 "
-                                          "(`--mode`).")
-    prompt: PromptField = Field(default="short", description=PROMPT_HELP)
-    max_new_tokens: MaxNewTokens = Field(default=None, description="Token budget of an answer; None: 32 (short), "
-                                         "256 (cot) (`--max-new-tokens`).")
-    seed: int = Field(default=0, description="Seed of distractor draws and generation (`--seed`).")
+    k: TopK = 5
+    retrieval_mode: RetrievalMode = "hybrid"
+    prompt: PromptField = "short"
+    max_new_tokens: MaxNewTokens = None
+    seed: Seed = 0
     search: dict[str, Any] | None = Field(default=None, description="Retrieved setting: SearchConfig fields, e.g. "
                                           "{transform: hyde} or {retriever: PATH}.")
     # bf16 generates ~2x faster on a CPU with AVX512-BF16 / AMX (measured here), with answers that differ slightly

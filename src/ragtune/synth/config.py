@@ -14,9 +14,9 @@ others stay importable where they always were.
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from ragtune.config import SEARCH_MODES, StrictSettings, at_least, between, one_of, setting_error
 from ragtune.prompts import STUDENT_SYSTEM
@@ -28,6 +28,11 @@ TEACHER_CONTEXTS = ("all", "oracle")
 COT_STYLES = ("full", "short")
 COT_MODES = ("evidence", "evidence-short", "teacher")
 DISTRACTOR_SOURCES = ("auto", "own", "index", "pool")
+
+
+# train | eval | all, and the teacher's view: the same check in every builder that takes them
+SplitName = Annotated[str, AfterValidator(lambda v: one_of(v, SPLITS, "--split"))]
+TeacherContext = Annotated[str, AfterValidator(lambda v: one_of(v, TEACHER_CONTEXTS, "--teacher-context"))]
 
 
 def _option(info: ValidationInfo) -> str:
@@ -52,8 +57,9 @@ class RaftConfig(StrictSettings):
     concurrency: int = Field(default=8, description="Chunks per wave: batch size (local teacher) or requests in "
                              "flight (server) (`--concurrency`).")
     retries: int = Field(default=1, description="Re-asks of the teacher for an invalid answer (`--retries`).")
-    teacher_context: str = Field(default="all", description="all: the teacher sees oracle + distractors, as the "
-                                 "student will | oracle: the oracle only (`--teacher-context`).")
+    teacher_context: TeacherContext = Field(default="all", description="all: the teacher sees oracle + "
+                                            "distractors, as the student will | oracle: the oracle only "
+                                            "(`--teacher-context`).")
     min_quotes: int = Field(default=1, description="Verbatim quotes a valid answer needs.")
     question_tokens: int = Field(default=160, description="Token budget of the teacher's questions "
                                  "(`--question-tokens`).")
@@ -168,11 +174,6 @@ class RaftConfig(StrictSettings):
             raise setting_error(f"resample_temperature must be > 0, got {value}")
         return value
 
-    @field_validator("teacher_context")
-    @classmethod
-    def _teacher_context(cls, value: str) -> str:
-        return one_of(value, TEACHER_CONTEXTS, "--teacher-context")
-
     @field_validator("prompt_style")
     @classmethod
     def _prompt_style(cls, value: str) -> str:
@@ -210,13 +211,14 @@ class FromQAConfig(StrictSettings):
                             "(`--p-oracle`).")
     distractor_source: str = Field(default="auto", description="auto | own (the example's context) | index (the "
                                    "workspace's) | pool (the data set's other documents) (`--distractor-source`).")
-    split: str = Field(default="train", description="train | eval | all: the hash split of the questions used "
-                       "(`--split`).")
+    split: SplitName = Field(default="train", description="train | eval | all: the hash split of the questions "
+                             "used (`--split`).")
     limit: int | None = Field(default=None, description="The first N questions (`--limit`).")
     seed: int = Field(default=0, description="Seed of distractor and oracle draws (`--seed`).")
     concurrency: int = Field(default=8, description="Teacher batch size or requests in flight (`--concurrency`).")
     retries: int = Field(default=1, description="Re-asks of the teacher for an invalid answer (`--retries`).")
-    teacher_context: str = Field(default="all", description="cot teacher: all (oracle + distractors) | oracle.")
+    teacher_context: TeacherContext = Field(default="all", description="cot teacher: all (oracle + distractors) | "
+                                            "oracle.")
     answer_tokens: int = Field(default=384, description="cot teacher: token budget of an answer.")
     include_unanswerable: bool = Field(default=False, description="Keep SQuAD 2.0's impossible questions "
                                        "(`--include-unanswerable`).")
@@ -265,16 +267,6 @@ class FromQAConfig(StrictSettings):
     def _distractor_source(cls, value: str) -> str:
         return one_of(value, DISTRACTOR_SOURCES, "--distractor-source")
 
-    @field_validator("split")
-    @classmethod
-    def _split(cls, value: str) -> str:
-        return one_of(value, SPLITS, "--split")
-
-    @field_validator("teacher_context")
-    @classmethod
-    def _teacher_context(cls, value: str) -> str:
-        return one_of(value, TEACHER_CONTEXTS, "teacher_context")
-
     @model_validator(mode="after")
     def _distractor_range(self) -> Any:
         if self.distractors_max is not None and self.distractors_max < self.distractors:
@@ -300,8 +292,8 @@ class PairsConfig(StrictSettings):
     mode: str = Field(default="hybrid", description="Search mode that mines negatives: hybrid | dense | bm25 "
                       "(`--mode`).")
     depth: int = Field(default=30, description="Hits searched per question for negatives.")
-    split: str = Field(default="train", description="train | eval | all: the hash split of the RAFT examples used "
-                       "(`--split`).")
+    split: SplitName = Field(default="train", description="train | eval | all: the hash split of the RAFT examples "
+                             "used (`--split`).")
     mine: bool | None = Field(default=None, description="Mine negatives from the index; None: when the workspace has "
                               "one, else the example's own distractors (`--mine/--no-mine`).")
 
@@ -320,18 +312,14 @@ class PairsConfig(StrictSettings):
     def _mode(cls, value: str) -> str:
         return one_of(value, SEARCH_MODES, "--mode")
 
-    @field_validator("split")
-    @classmethod
-    def _split(cls, value: str) -> str:
-        return one_of(value, SPLITS, "--split")
 
 
 class PreferencesConfig(StrictSettings):
     """Settings of `ragtune synth preferences`: DPO pairs from the student's own mistakes."""
 
     limit: int | None = Field(default=None, description="The first N RAFT examples (`--limit`).")
-    split: str = Field(default="train", description="train | eval | all: the hash split of the RAFT examples used "
-                       "(`--split`).")
+    split: SplitName = Field(default="train", description="train | eval | all: the hash split of the RAFT examples "
+                             "used (`--split`).")
     max_new_tokens: int = Field(default=256, description="Token budget of the student's answer (`--max-tokens`).")
     concurrency: int = Field(default=8, description="Student batch size or requests in flight (`--concurrency`).")
     synthetic: bool = Field(default=True, description="When the student is right, reject an answer that cites a "
@@ -351,11 +339,6 @@ class PreferencesConfig(StrictSettings):
     @classmethod
     def _max_new_tokens(cls, value: int) -> int | None:
         return at_least(value, 8, "--max-tokens")
-
-    @field_validator("split")
-    @classmethod
-    def _split(cls, value: str) -> str:
-        return one_of(value, SPLITS, "--split")
 
     @field_validator("f1_threshold")
     @classmethod
