@@ -106,8 +106,12 @@ def doc_from_record(record: Any, where: str) -> BeirDoc | None:
     text = str(record.get("text") or "").strip() or title
     if not text:
         return None
-    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-    return BeirDoc(doc_id=str(record["_id"]), title=title, text=text, metadata=metadata)
+    return BeirDoc(doc_id=str(record["_id"]), title=title, text=text, metadata=_metadata(record))
+
+
+def _metadata(record: dict[str, Any]) -> dict[str, Any]:
+    value = record.get("metadata")
+    return value if isinstance(value, dict) else {}
 
 
 def iter_corpus_rows(rows: Iterable[tuple[int, Any]], where: str) -> Iterator[BeirDoc]:
@@ -129,9 +133,8 @@ def read_queries(path: str | Path) -> dict[str, BeirQuery]:
     for lineno, record in read_rows(Path(path)):
         if not isinstance(record, dict) or record.get("_id") in (None, "") or not str(record.get("text", "")).strip():
             raise DatasetError(f"{path}:{lineno}: a BEIR query line is an object with '_id' and 'text'")
-        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
         qid = str(record["_id"])
-        out[qid] = BeirQuery(query_id=qid, text=str(record["text"]).strip(), metadata=metadata)
+        out[qid] = BeirQuery(query_id=qid, text=str(record["text"]).strip(), metadata=_metadata(record))
     return out
 
 
@@ -182,10 +185,10 @@ def load_beir(folder: str | Path, splits: Iterable[str] | None = None, corpus: b
         raise DatasetError(f"{folder}: no queries.jsonl")
     docs: dict[str, BeirDoc] = {}
     if corpus:
-        path = corpus_file(folder)
-        if path is None:
+        found = corpus_file(folder)
+        if found is None:
             raise DatasetError(f"{folder}: no corpus.jsonl")
-        docs = {d.doc_id: d for d in iter_corpus(path)}
+        docs = {d.doc_id: d for d in iter_corpus(found)}
     return BeirDataset(folder=str(folder), corpus=docs, queries=queries,
                        qrels={name: read_qrels(files[name]) for name in wanted})
 

@@ -41,7 +41,7 @@ class RetrievalEvalConfig(BaseModel):
     """What to evaluate: each retriever (name -> trained retriever folder, None = the index's own embedder) in each
     mode, and each mode again through a reranker when one is given."""
 
-    retrievers: dict[str, str | None] = Field(default_factory=lambda: {"base": None})
+    retrievers: dict[str, str | None] = Field(default_factory=lambda: dict[str, str | None](base=None))
     modes: list[str] = Field(default_factory=lambda: list(MODES))
     reranker: str | None = None
     rerank_candidates: int = Field(default=100, ge=1)
