@@ -38,13 +38,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.llm.base import Generation, GenerationConfig, Message
 from ragtune.llm.llamacpp_backend import LlamaCppLLM, _truncate_and_hold, resolve_gguf
-from ragtune.llm.server import GenerationTimeout, stall_health
+from ragtune.llm.server import GivesUpJobs, stall_health
 
 BASE = ""  # the adapter name of the base weights (no LoRA)
 # Measured on the 2-core CPU with the bundled model and ~900-token RAG prompts (8 clients, 32 new tokens): 2, 4 and
@@ -80,7 +80,7 @@ class _Slot:
     rng: Any = None
 
 
-class SlotEngine:
+class SlotEngine(GivesUpJobs):
     """`slots` sequences decoded together by llama.cpp for `llm`'s weights; `adapters` maps a request's model name
     to a LoRA (a GGUF LoRA file or a PEFT adapter folder, converted once); the base weights are named `base_name`.
     At most `prefill_slots` slots read their prompt at once, `prefill_chunk` prompt tokens a step; `n_batch` bounds
@@ -199,20 +199,6 @@ class SlotEngine:
         self._loras.clear()
 
     # -- the loop ----------------------------------------------------------------------------------------------------
-    def _give_up(self, job: _Job) -> bool:
-        """Settle a job that must not run on (cancelled, past its deadline); True when it was settled."""
-        if job.future.done():
-            return True
-        if job.cancel is not None and job.cancel.is_set():
-            self.cancelled += 1
-            job.future.set_exception(CancelledError("the caller gave up this request"))
-            return True
-        if job.deadline is not None and time.monotonic() > job.deadline:
-            self.timed_out += 1
-            job.future.set_exception(GenerationTimeout(f"no answer within {job.deadline - job.queued:.0f} s"))
-            return True
-        return False
-
     def _admit(self, job: _Job, slot: _Slot) -> None:
         keep = _shared(slot.cached, job.ids) if slot.adapter == job.adapter else 0
         keep = min(keep, len(job.ids) - 1)  # read at least the last prompt token: its logits give the first token
@@ -229,7 +215,7 @@ class SlotEngine:
         with self._wake:
             if not self._queue and not any(s.job for s in self.slots) and not self._closed.is_set():
                 self._wake.wait(timeout=0.2)
-            kept = [job for job in self._queue if not self._give_up(job)]
+            kept = [job for job in self._queue if not self._given_up(job)]
             if len(kept) < len(self._queue):
                 self._queue = deque(kept)
             reading = sum(1 for s in self.slots if s.job is not None and s.reading)
@@ -259,7 +245,7 @@ class SlotEngine:
             try:
                 self._take_jobs()
                 for slot in self.slots:  # cancelled or expired since the last step
-                    if slot.job is not None and self._give_up(slot.job):
+                    if slot.job is not None and self._given_up(slot.job):
                         slot.job = None
                 active = [s for s in self.slots if s.job is not None]
                 if active:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ragtune.llm.base import LLM, GenerationConfig, Message
 
@@ -30,6 +30,37 @@ log = logging.getLogger("ragtune.llm")
 
 class GenerationTimeout(TimeoutError):
     """A job ran past its deadline (`Batcher.timeout_s`): it was skipped in the queue or stopped at the next token."""
+
+
+class _Settleable(Protocol):
+    """What `GivesUpJobs` reads of a queued job (the batcher's and the slot engine's job records both have it)."""
+
+    future: Future
+    cancel: threading.Event | None
+    deadline: float | None
+    queued: float
+
+
+class GivesUpJobs:
+    """Settles the jobs a worker must not run on, and counts them: one rule for the batcher and the slot engine, so a
+    cancelled or expired request fails the same way (CancelledError / GenerationTimeout) whichever engine serves it."""
+
+    cancelled = 0  # jobs given up by their caller (their future raises CancelledError)
+    timed_out = 0  # jobs past their deadline (their future raises GenerationTimeout)
+
+    def _given_up(self, job: _Settleable) -> bool:
+        """Settle a job that must not run on (cancelled, past its deadline); True when it is settled."""
+        if job.future.done():
+            return True
+        if job.cancel is not None and job.cancel.is_set():
+            self.cancelled += 1
+            job.future.set_exception(CancelledError("the caller gave up this request"))
+            return True
+        if job.deadline is not None and time.monotonic() > job.deadline:
+            self.timed_out += 1
+            job.future.set_exception(GenerationTimeout(f"no answer within {job.deadline - job.queued:.0f} s"))
+            return True
+        return False
 
 
 @dataclass
@@ -79,7 +110,7 @@ def stall_health(busy_since: float | None, last_progress: float, queued: int, st
             "busy_s": None if busy_since is None else round(now - busy_since, 1)}
 
 
-class Batcher:
+class Batcher(GivesUpJobs):
     """One worker thread that drains a queue of chat jobs into `llm.generate` calls of up to `max_batch`."""
 
     def __init__(self, llm: LLM, max_batch: int = 16, batch_wait_ms: float = 20.0, timeout_s: float | None = None):
@@ -121,20 +152,6 @@ class Batcher:
         waited that long without the worker taking any (a wedged model, a prefill that never ends)."""
         return stall_health(self.busy_since, self.last_progress, self.jobs.qsize(), stall_after_s, "a batch has been "
                             "generating")
-
-    def _given_up(self, job: _Job) -> bool:
-        if job.future.done():
-            return True
-        if job.cancel is not None and job.cancel.is_set():
-            self.cancelled += 1
-            job.future.set_exception(CancelledError("the caller gave up this request"))
-            return True
-        if job.expired():
-            self.timed_out += 1
-            job.future.set_exception(GenerationTimeout(f"no answer within {job.deadline - job.queued:.0f} s"
-                                                       if job.deadline else "deadline passed"))
-            return True
-        return False
 
     @staticmethod
     def _fan_out(jobs: list[_Job]) -> Callable[[int, str], None]:
