@@ -82,6 +82,7 @@ def _scores_table(title: str, scores: dict[str, Any]) -> Table:
     return table
 
 
+@opt.with_search_options
 def eval_command(
     workspace: Path = WorkspaceOption,
     data: tuple[str, Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
@@ -97,15 +98,7 @@ def eval_command(
     distractors: str = typer.Option("0", "--distractors", help=DISTRACTORS_HELP),
     k: int = typer.Option(5, "-k", "--top-k", help="Retrieved setting: number of chunks shown."),
     mode: str = typer.Option("hybrid", "--mode", help="Retrieved setting: hybrid | dense | bm25."),
-    retriever: Path = opt.RetrieverOption,
-    rerank: str = opt.RerankOption,
-    rerank_candidates: int = opt.RerankCandidatesOption,
-    transform: str = opt.TransformOption,
-    transform_model: str = opt.TransformModelOption,
-    window: int = opt.WindowOption,
-    parent: bool = opt.ParentOption,
-    parent_level: str = opt.ParentLevelOption,
-    route: str = opt.RouteOption,
+    search: dict[str, Any] = opt.SearchOptions,
     prompt: str = typer.Option(
         "short",
         "--prompt",
@@ -160,8 +153,7 @@ def eval_command(
             seed=seed,
             dtype=dtype,
             engine=_engine(engine),
-            search=opt.search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window,
-                                        parent, parent_level, route) or None,
+            search=search or None,
         )
         settings = spec.settings(batch_size)
         ks = spec.ks()

@@ -7,6 +7,10 @@ field through `ragtune.retrieve.options.search_overrides`, the library half that
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -61,3 +65,39 @@ ParentLevelOption = typer.Option("chunk", "--parent-level", help="With --parent:
 RouteOption = typer.Option("off", "--route", help="off | auto (rules: summarise / overview / compare questions go to "
                            "the document-summary level, fact questions to chunks) | llm (an LLM decides). Needs "
                            "`ingest --summaries`.")
+
+# The search options in the order `search_overrides` takes them (and `--help` lists them): (parameter, type, option).
+SEARCH_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("retriever", Path, RetrieverOption),
+    ("rerank", str, RerankOption),
+    ("rerank_candidates", int, RerankCandidatesOption),
+    ("transform", str, TransformOption),
+    ("transform_model", str, TransformModelOption),
+    ("window", int, WindowOption),
+    ("parent", bool, ParentOption),
+    ("parent_level", str, ParentLevelOption),
+    ("route", str, RouteOption),
+)
+SearchOptions: Any = None  # the default of a command's `search` parameter, which `with_search_options` replaces
+
+
+def with_search_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command every search option, declared once: its `search: dict = SearchOptions` parameter is replaced,
+    in place (so `--help` lists the options where the parameter stood), by `--retriever`, `--rerank`, ... `--route`,
+    and the command is called with `search=` the `SearchConfig` overrides they make (`search_overrides`)."""
+    signature = inspect.signature(command)
+    params = list(signature.parameters.values())
+    at = [p.name for p in params].index("search")
+    kind = params[at].kind
+    searched = [inspect.Parameter(name, kind, default=option, annotation=type_)
+                for name, type_, option in SEARCH_OPTIONS]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        values = [kwargs.pop(name) for name, _, _ in SEARCH_OPTIONS]
+        return command(**kwargs, search=search_overrides(*values))
+
+    run.__signature__ = signature.replace(parameters=params[:at] + searched + params[at + 1 :])  # type: ignore[attr-defined]
+    hints = {k: v for k, v in inspect.get_annotations(command, eval_str=True).items() if k != "search"}
+    run.__annotations__ = hints | {name: type_ for name, type_, _ in SEARCH_OPTIONS}
+    return run

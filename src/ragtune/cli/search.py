@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -14,6 +15,7 @@ from ragtune.cli.common import console, fail, out, pydantic_message
 from ragtune.cli.options import WorkspaceOption, json_option
 
 
+@opt.with_search_options
 def search(
     query: str = typer.Argument(..., help="What to look for."),
     workspace: Path = WorkspaceOption,
@@ -26,15 +28,7 @@ def search(
     candidates: int = typer.Option(50, help="Hybrid: candidates taken from each leg before fusion."),
     dense_weight: float = typer.Option(1.0, help="Hybrid: weight of the dense ranking in RRF."),
     bm25_weight: float = typer.Option(1.0, help="Hybrid: weight of the BM25 ranking in RRF."),
-    retriever: Path = opt.RetrieverOption,
-    rerank: str = opt.RerankOption,
-    rerank_candidates: int = opt.RerankCandidatesOption,
-    transform: str = opt.TransformOption,
-    transform_model: str = opt.TransformModelOption,
-    window: int = opt.WindowOption,
-    parent: bool = opt.ParentOption,
-    parent_level: str = opt.ParentLevelOption,
-    route: str = opt.RouteOption,
+    search: dict[str, Any] = opt.SearchOptions,
     explain: bool = typer.Option(False, "--explain", help="Print the route and the query variants searched."),
 ) -> None:
     """Search the indexed chunks, optionally with query transforms, small-to-big, routing and a reranker."""
@@ -50,8 +44,7 @@ def search(
         filters = parse_filters(filter)
         config = SearchConfig.model_validate(dict(
             mode=mode, k=k, candidates=candidates, dense_weight=dense_weight, bm25_weight=bm25_weight,
-            **opt.search_overrides(retriever, rerank, rerank_candidates, transform, transform_model, window,
-                                   parent, parent_level, route),
+            **search,
         ))
         searcher = Searcher(workspace, config)
         hits = searcher.search(query, k=k, mode=mode, filters=filters)
