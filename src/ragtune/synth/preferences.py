@@ -19,7 +19,7 @@ from ragtune.llm.base import LLM, GenerationConfig
 from ragtune.prompts import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, shown_text
 from ragtune.synth import prompts
 from ragtune.synth.config import PreferencesConfig as PreferencesConfig  # re-exported: this builder's settings
-from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft
+from ragtune.synth.raft import SynthConfigError, SynthSummary, _progress, start_from_raft, write_groups
 from ragtune.synth.records import Group, PreferenceExample, RaftExample
 from ragtune.synth.store import GroupFile, read_raft
 from ragtune.synth.validate import clean_quotes, normalize_ws, quote_verbatim, split_answer
@@ -128,13 +128,7 @@ def build_preferences(
                 if not any(g not in store_file.done for g in wave):
                     continue
                 groups = _preference_wave([by_group[g] for g in work], work, student, config, gen_config)
-                for group in groups:
-                    if group.group_id in store_file.done:
-                        continue
-                    store_file.append(group)
-                    summary.groups_written += 1
-                    summary.examples_written += len(group.examples)
-                    bar.update(task, advance=1, examples=summary.examples_written)
+                write_groups(groups, store_file, summary, bar, task)
         summary.examples_total = store_file.examples
         summary.counts = dict(store_file.counts)
     summary.usage = student.usage.to_dict()

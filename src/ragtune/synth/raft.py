@@ -369,10 +369,16 @@ def run_waves(items: Sequence[Any], item_id: Callable[[Any], str], wave_size: in
             summary.errors.append(f"{type(exc).__name__}: {exc}")
             bar.update(task, advance=len(pending))
             continue
-        for group in groups:
-            if group.group_id in store_file.done:
-                continue
-            store_file.append(group)
-            summary.groups_written += 1
-            summary.examples_written += len(group.examples)
-            bar.update(task, advance=1, examples=summary.examples_written)
+        write_groups(groups, store_file, summary, bar, task)
+
+
+def write_groups(groups: Sequence[Group], store_file: GroupFile, summary: SynthSummary, bar: Any, task: Any) -> None:
+    """Append each group the file does not hold yet (a recomputed wave repeats finished ones), counting it in
+    `summary` and on the bar; shared by every builder that writes groups in waves."""
+    for group in groups:
+        if group.group_id in store_file.done:
+            continue
+        store_file.append(group)
+        summary.groups_written += 1
+        summary.examples_written += len(group.examples)
+        bar.update(task, advance=1, examples=summary.examples_written)
