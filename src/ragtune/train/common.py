@@ -392,6 +392,18 @@ class TrainResult:
         return asdict(self)
 
 
+def build_trainer(trainer_class: Any, label: str, settings: RunSettings, folder: Path, quiet: bool, *, model: Any,
+                  args: Any, dataset: Any, tokenizer: Any, peft_config: Any, **extra: Any) -> tuple[Any, Any]:
+    """(trainer, progress): a TRL trainer over `dataset` with ragtune's progress bar as its one callback and
+    transformers' stdout printer removed; the one way SFT, DPO and DAP build theirs (`extra`: e.g. DPO's ref_model)."""
+    progress = progress_callback(label, quiet=quiet, max_minutes=settings.max_minutes, folder=folder,
+                                 warmup_ratio=settings.warmup_ratio)
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            peft_config=peft_config, callbacks=[progress], **extra)
+    quiet_trainer(trainer)
+    return trainer, progress
+
+
 def run_dir(workspace: str | os.PathLike[str], name: str) -> Path:
     return Workspace(workspace).train_dir(name)
 

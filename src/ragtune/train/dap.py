@@ -13,12 +13,11 @@ from typing import Any
 from ragtune.train import data as train_data
 from ragtune.train.common import (
     TrainResult,
+    build_trainer,
     is_main_process,
     load_model_for_training,
     lora_config,
     prepare_run,
-    progress_callback,
-    quiet_trainer,
     run_dir,
     stderr_log,
     train_and_finish,
@@ -61,17 +60,9 @@ def train_dap(
         packing_strategy="wrapped",
         completion_only_loss=False,
     )
-    progress = progress_callback("dap", quiet=quiet, max_minutes=config.max_minutes, folder=folder,
-                                 warmup_ratio=config.warmup_ratio)
-    trainer = SFTTrainer(
-        model=net,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora_config(config, net),
-        callbacks=[progress],
-    )
-    quiet_trainer(trainer)
+    trainer, progress = build_trainer(SFTTrainer, "dap", config, folder, quiet, model=net, args=args,
+                                      dataset=Dataset.from_list(rows), tokenizer=tokenizer,
+                                      peft_config=lora_config(config, net))
     if is_main_process() and not quiet:
         say(f"domain-adaptive pre-training on {len(rows)} chunks ({packed_rows(trainer)} packed rows)")
     index_manifest = Workspace(workspace).read_manifest("ingest") or {}

@@ -14,12 +14,11 @@ from ragtune.hashing import file_hash
 from ragtune.train import data as train_data
 from ragtune.train.common import (
     TrainResult,
+    build_trainer,
     is_main_process,
     load_model_for_training,
     lora_config,
     prepare_run,
-    progress_callback,
-    quiet_trainer,
     run_dir,
     stderr_log,
     train_and_finish,
@@ -71,18 +70,9 @@ def train_dpo(
         net = PeftModel.from_pretrained(net, config.adapter, is_trainable=True)
         peft_config = None  # the model already carries the adapter being trained
     args = DPOConfig(**trainer_arguments(config, folder / "checkpoints"), beta=config.beta)
-    progress = progress_callback("dpo", quiet=quiet, max_minutes=config.max_minutes, folder=folder,
-                                 warmup_ratio=config.warmup_ratio)
-    trainer = DPOTrainer(
-        model=net,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[progress],
-    )
-    quiet_trainer(trainer)
+    trainer, progress = build_trainer(DPOTrainer, "dpo", config, folder, quiet, model=net, args=args,
+                                      dataset=Dataset.from_list(rows), tokenizer=tokenizer, peft_config=peft_config,
+                                      ref_model=ref_model)
     if is_main_process() and not quiet:
         say(f"DPO on {len(rows)} preference pairs (beta {config.beta}"
             + (f", continuing {config.adapter}" if config.adapter else "") + ")")

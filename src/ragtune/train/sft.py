@@ -16,14 +16,13 @@ from ragtune.hashing import file_hash
 from ragtune.train import data as train_data
 from ragtune.train.common import (
     TrainResult,
+    build_trainer,
     is_main_process,
     load_model_for_training,
     lora_config,
     micro_batch,
     pick_device,
     prepare_run,
-    progress_callback,
-    quiet_trainer,
     run_dir,
     stderr_log,
     train_and_finish,
@@ -111,21 +110,13 @@ def build_sft_trainer(
         and micro_batch(config) > 1 else "random",
         completion_only_loss=True,
     )
-    progress = progress_callback(f"sft {config.method}", quiet=quiet, max_minutes=config.max_minutes, folder=folder,
-                                 warmup_ratio=config.warmup_ratio)
     # On a CPU, TRL's fused LM head scores every position (prompt included) against the 49k-word vocabulary; the
     # answer-only head scores just the answer tokens: same loss, ~1.5x the tokens/s (see ragtune.train.fast_loss).
     answer_only = config.answer_only_head and pick_device(config.device) == "cpu"
     trainer_class = sft_trainer_class() if answer_only else SFTTrainer
-    trainer = trainer_class(
-        model=net,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(config, net),
-        callbacks=[progress],
-    )
-    quiet_trainer(trainer)
+    trainer, progress = build_trainer(trainer_class, f"sft {config.method}", config, folder, quiet, model=net,
+                                      args=args, dataset=dataset, tokenizer=tokenizer,
+                                      peft_config=lora_config(config, net))
     if answer_only:
         install_answer_only_head(trainer.model)
     return PreparedSFT(trainer, progress, len(rows), base_path)
