@@ -23,12 +23,13 @@ def open_text(path: str | Path) -> IO[str]:
     return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
 
 
-def read_jsonl(path: str | Path, objects: bool = True, error: type[Exception] = JsonlError
-               ) -> Iterator[tuple[int, Any]]:
+def read_jsonl(path: str | Path, objects: bool = True, error: type[Exception] = JsonlError,
+               torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record) for each non-blank line, in file order.
 
     `objects=True` requires every record to be a JSON object. A line that breaks the format raises `error` with
-    "PATH:LINE: ..." and stops the read there.
+    "PATH:LINE: ..." and stops the read there. `torn_tail=True`: a last line that is not JSON and has no newline (an
+    interrupted writer's, e.g. a killed synth run) ends the read instead, as a resume would drop it too.
     """
     with open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
@@ -37,6 +38,8 @@ def read_jsonl(path: str | Path, objects: bool = True, error: type[Exception] = 
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
+                if torn_tail and not line.endswith("\n"):
+                    break
                 raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if objects and not isinstance(record, dict):
                 raise error(f"{path}:{lineno}: expected a JSON object per line")

@@ -9,7 +9,6 @@ the index's chunks, so training sees exactly the text the index embeds (title li
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from ragtune.index.settings import index_text
+from ragtune.jsonl import read_jsonl
 from ragtune.metrics import normalize_answer
 from ragtune.splits import split_of
 from ragtune.synth.records import PairExample, RaftExample
@@ -43,23 +43,12 @@ class TrainQuestion(BaseModel):
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, example) from a synth group file or a plain JSONL file of examples."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if not line.endswith("\n"):
-                    break  # a torn last line of an interrupted synth run: resume would drop it too
-                raise RetrieverDataError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise RetrieverDataError(f"{path}:{lineno}: expected a JSON object")
-            if "group_id" in record and "examples" in record:
-                for example in record["examples"]:
-                    yield lineno, example
-            else:
-                yield lineno, record
+    for lineno, record in read_jsonl(path, error=RetrieverDataError, torn_tail=True):
+        if "group_id" in record and "examples" in record:
+            for example in record["examples"]:
+                yield lineno, example
+        else:
+            yield lineno, record
 
 
 def _from_raft(e: RaftExample) -> TrainQuestion:
