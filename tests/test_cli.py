@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 # The command tree users, the Makefile and the tests call: renaming or dropping one is a breaking change.
 COMMANDS = {"ingest", "search", "models", "synth", "export", "eval", "compare", "train", "export-model", "serve",
-            "tenants", "init", "run"}
+            "tenants", "init", "run", "eval-retrieval"}
 SUBCOMMANDS = {
     "synth": {"raft", "from-qa", "pairs", "preferences", "from-feedback"},
     "train": {"sft", "dpo", "dap", "retriever", "reranker"},

@@ -487,9 +487,14 @@ def _is_nq(record: Any) -> bool:
 
 
 def _beir_corpus_of(folder: Path) -> Path | None:
+    """The corpus file when `folder` is a BEIR folder. A folder that cannot be looked into is not one: the walk's
+    listing of it then reports the problem once, as for any other unreadable folder."""
     from ragtune.datasets.beir import corpus_file, is_beir_folder
 
-    return corpus_file(folder) if is_beir_folder(folder) else None
+    try:
+        return corpus_file(folder) if is_beir_folder(folder) else None
+    except OSError:
+        return None
 
 
 def _kind_for(path: Path, options: LoadOptions) -> str:
