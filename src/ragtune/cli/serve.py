@@ -128,7 +128,7 @@ def serve(
                                     "request log."),
     max_batch: int = typer.Option(None, "--max-batch", help="Most requests generated together (16)."),
     slots: int = typer.Option(None, "--slots", help="llama.cpp engine: sequences decoded together, continuous "
-                              "batching (8; 0: one request at a time)."),
+                              "batching (4; 0: one request at a time)."),
     slot_ctx: int = typer.Option(None, "--slot-ctx", help="llama.cpp engine: tokens per slot, prompt + answer "
                                  "(2048)."),
     dtype: str = typer.Option(None, "--dtype", help="Local model dtype: auto | float32 | bfloat16 | float16."),
