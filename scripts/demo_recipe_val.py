@@ -6,8 +6,9 @@ well as the 100-step one on questions the demo never evaluates. This script buil
 questions by id of `../shared/data/hotpotqa` that fall in ragtune's *train* hash split and are not among the demo's
 300), writes one `ragtune run` config per candidate recipe (the demo's config with its train section changed and its
 compare section pointed at that set), runs train + compare for each in its own workspace copied from an existing demo
-workspace (so ingest and synth are reused, and the reference recipe reuses the demo's adapter), and prints each
-candidate's F1, EM and degenerate rate with the paired interval against the base model.
+workspace (so ingest and synth are reused, and the reference recipe reuses the demo's adapter), and writes each
+candidate's per-system scores (F1, EM, degenerate rate) and paired intervals against the base model to
+OUT/summary.json, also printed.
 
     python scripts/demo_recipe_val.py --demo-workspace ragtune-workspace/demo --out /tmp/recipe-val \
         --candidate s100:max_steps=100 --candidate s60:max_steps=60 --candidate b1:batch_size=1
@@ -18,7 +19,6 @@ Cost on the 2-core CPU: ~4 min of evaluation per candidate (60 questions) plus i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -26,20 +26,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ragtune.splits import split_of
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "examples" / "demo" / "ragtune.yaml"
 DEMO_QUESTIONS = ROOT / "examples" / "hotpotqa_demo" / "hotpotqa_300.json"
 SHARED = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1_subset.json"
 
 
-def is_train(record_id: str) -> bool:
-    """ragtune.splits.split_of without importing the package (this script only drives the CLI)."""
-    return int(hashlib.sha1(record_id.encode("utf-8")).hexdigest(), 16) % 5 != 0
-
-
 def build_questions(source: Path, n: int, out: Path) -> int:
     demo = {r["_id"] for r in json.loads(DEMO_QUESTIONS.read_text())}
-    rows = sorted((r for r in json.loads(source.read_text()) if r["_id"] not in demo and is_train(r["_id"])),
+    rows = sorted((r for r in json.loads(source.read_text()) if r["_id"] not in demo and split_of(r["_id"]) == "train"),
                   key=lambda r: r["_id"])[:n]
     out.write_text(json.dumps(rows))
     return len(rows)
@@ -84,7 +81,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     questions = args.out / "questions.json"
     n = build_questions(args.source, args.questions, questions)
-    table = []
+    summary = {}
     for spec in args.candidate:
         name, _, rest = spec.partition(":")
         changes = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
@@ -99,9 +96,8 @@ def main() -> None:
         if rc:
             print(f"{name}: ragtune run failed (rc {rc}), see {args.out / (name + '.log')}", file=sys.stderr)
             continue
-        table.append((name, json.loads((workspace / "report-val" / "report.json").read_text())))
-    summary = {name: {"systems": report["systems"], "paired_vs_baseline": report["paired_vs_baseline"]}
-               for name, report in table}
+        report = json.loads((workspace / "report-val" / "report.json").read_text())
+        summary[name] = {"systems": report["systems"], "paired_vs_baseline": report["paired_vs_baseline"]}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1)[:20000])
 
