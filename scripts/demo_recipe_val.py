@@ -74,6 +74,8 @@ def main() -> None:
                         help="NAME:key=value[,key=value] of the demo's train section, e.g. s60:max_steps=60.")
     parser.add_argument("--questions", type=int, default=60, help="Train-split questions to evaluate on.")
     parser.add_argument("--source", type=Path, default=SHARED, help="HotpotQA JSON to draw them from.")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="Also write the compact table (e.g. benchmarks/results/demo_recipe_val.json).")
     parser.add_argument("--ragtune", default=str(ROOT / ".venv" / "bin" / "ragtune"))
     args = parser.parse_args()
     if not args.source.exists():
@@ -81,7 +83,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     questions = args.out / "questions.json"
     n = build_questions(args.source, args.questions, questions)
-    summary = {}
+    summary: dict = {}
+    tuned: dict[str, dict] = {}
     for spec in args.candidate:
         name, _, rest = spec.partition(":")
         changes = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
@@ -98,8 +101,42 @@ def main() -> None:
             continue
         report = json.loads((workspace / "report-val" / "report.json").read_text())
         summary[name] = {"systems": report["systems"], "paired_vs_baseline": report["paired_vs_baseline"]}
+        tuned[name] = read_tuned(workspace)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary, indent=1)[:20000])
+    table = compact(summary, tuned, changes_of={s.partition(":")[0]: s.partition(":")[2] for s in args.candidate})
+    table["questions"] = n
+    print(json.dumps(table, indent=1))
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(table, indent=1) + "\n")
+
+
+def read_tuned(workspace: Path) -> dict[str, dict]:
+    """The tuned system's per-question predictions, by question id (for the paired comparison of two recipes)."""
+    path = workspace / "report-val" / "predictions" / "RAFT-LoRA-tuned.jsonl"
+    return {row["id"]: row for row in map(json.loads, path.read_text().splitlines())}
+
+
+def compact(summary: dict, tuned: dict[str, dict], changes_of: dict[str, str]) -> dict:
+    """Per candidate: the tuned system's scores, its paired F1 gain over the base prompt, and (after the first) its
+    paired F1 difference from the first candidate on the same questions: the number a recipe is chosen by, beside
+    the degenerate and loop rates, which must not rise."""
+    from ragtune.metrics import paired_bootstrap
+
+    out: dict = {"candidates": {}}
+    first = next(iter(tuned), None)
+    for name, entry in summary.items():
+        scores = next(s["scores"] for s in entry["systems"] if s["name"] == "RAFT-LoRA tuned")
+        row = {"changes": changes_of.get(name, ""),
+               **{k: scores.get(k) for k in ("f1", "em", "degenerate_rate", "loop_rate", "quote_precision")},
+               "vs_base": entry["paired_vs_baseline"]}
+        if first is not None and name != first:
+            ids = sorted(tuned[first])
+            ref, cand = [tuned[first][i]["f1"] for i in ids], [tuned[name][i]["f1"] for i in ids]
+            diff, low, high = paired_bootstrap(ref, cand)
+            row[f"f1_minus_{first}"] = {"diff": 100 * diff, "ci_low": 100 * low, "ci_high": 100 * high}
+        out["candidates"][name] = row
+    return out
 
 
 if __name__ == "__main__":
