@@ -101,6 +101,15 @@ def _losses(run: dict[str, Any]) -> list[float]:
     return [float(x) for x in curve.get("loss", [])]
 
 
+def _commit() -> str:
+    """The commit the demo ran at (`+dirty` when the tree had changes), so a figure can be traced to its code."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["idle", "busy"], default=None, help="run one mode; the other is kept "
@@ -117,6 +126,7 @@ def main() -> None:
     if args.only and args.out.exists():
         results = json.loads(args.out.read_text(encoding="utf-8"))
     results["machine"] = {"cpus": os.cpu_count(), "load_before": os.getloadavg()}
+    results["commit"] = _commit()
     for mode in [args.only] if args.only else ["idle", "busy"]:
         print(f"make demo ({mode}) ...", flush=True)
         results[mode] = run_demo(mode, RESULTS)
