@@ -143,6 +143,36 @@ def test_distilled_reranker_and_its_calibrated_gate(tiny_ws, tmp_path):  # noqa:
     hits = gated_search(Searcher(tiny_ws), Reranker(str(out)), QUESTION, 4, threshold, candidates=8)
     assert len(hits) == 4
 
+    # Every search that loads the folder applies its gate: set one this query falls on either side of
+    from ragtune.index.rerank import top_margin
+
+    first = Searcher(tiny_ws).search(QUESTION, k=8, mode="hybrid")
+    margin = top_margin(first)
+    assert math.isfinite(margin)
+    reranked = [h.chunk_id for h in Reranker(str(out)).rerank(QUESTION, first, 4)]
+    assert reranked != [h.chunk_id for h in first[:4]]  # else the test could not tell the two apart
+
+    def search(threshold, gate=True, mode="hybrid"):
+        spec = json.loads((out / "reranker.json").read_text())
+        spec["gate"] = {**spec["gate"], "threshold": threshold}
+        (out / "reranker.json").write_text(json.dumps(spec))
+        searcher = Searcher(tiny_ws, SearchConfig(reranker=str(out), rerank_candidates=8, rerank_gate=gate))
+        hits = searcher.search(QUESTION, k=4, mode=mode)
+        return [h.chunk_id for h in hits], searcher.pipeline.last_trace["reranked"]
+
+    certain = margin / 2 if margin > 0 else 0.0  # the margin is not below it: the first stage is trusted
+    assert search(certain) == ([h.chunk_id for h in first[:4]], False)
+    assert search(margin * 2 + 1.0) == (reranked, True)  # uncertain: reranked
+    assert search(None) == (reranked, True)  # calibrated to "always"
+    assert search(certain, gate=False) == (reranked, True)  # --no-rerank-gate
+    assert search(certain, mode="dense")[1] is True  # a hybrid gate says nothing about dense margins
+    from ragtune.cli import app
+
+    r = CliRunner().invoke(app, ["search", QUESTION, "-w", str(tiny_ws), "-k", "4", "--rerank", str(out),
+                                 "--rerank-candidates", "8", "--no-rerank-gate", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [h["chunk_id"] for h in json.loads(r.stdout)] == reranked
+
 
 def test_cli_runs_unsupervised_and_checks_lsr_options(tiny_ws, tmp_path):  # noqa: F811
     from ragtune.cli import app

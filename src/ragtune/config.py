@@ -119,6 +119,10 @@ class SearchConfig(BaseModel):
     # `llm:` alone is the bundled generator). See `ragtune.retrieve.llm_rerank`.
     reranker: str | None = None
     rerank_candidates: int = 20
+    # Apply the gate a trained reranker folder carries (`train reranker --gate`): rerank only the queries whose
+    # first-stage top-1 minus top-2 score is below its threshold, in the mode it was calibrated for, and only on the
+    # plain first stage (a query transform or small-to-big changes the scores it was calibrated on).
+    rerank_gate: bool = True
     # Advanced retrieval (`ragtune.retrieve`); each is off by default and measured in benchmarks/retrieval.py.
     # A query transform through an LLM, cached on disk per (model, transform, query); "hop" needs no LLM: a second
     # search with the query plus the top hit's text, fused with the first (multi-hop questions).

@@ -51,6 +51,9 @@ RerankOption = typer.Option(None, "--rerank", help="Rerank the top --rerank-cand
                             "cross-encoder:PATH, a `ragtune train reranker` folder or hub id) or an LLM judging "
                             "relevance by P(yes) (llm:MODEL; llm: alone is the bundled model).")
 RerankCandidatesOption = typer.Option(20, "--rerank-candidates", help="With --rerank: first-stage hits it reads.")
+RerankGateOption = typer.Option(True, "--rerank-gate/--no-rerank-gate", help="With --rerank FOLDER: apply the gate "
+                                "`train reranker --gate` calibrated (rerank only when the first stage's top-1 minus "
+                                "top-2 score is below its threshold); --no-rerank-gate reranks every query.")
 TransformOption = typer.Option("none", "--transform", help="Query transform: none | rewrite | hyde (embed a "
                                "hypothetical answer) | subqueries (decompose, retrieve each, fuse) | multi "
                                "(paraphrases fused by RRF), each through an LLM and cached per (model, query) | hop "
@@ -71,6 +74,7 @@ SEARCH_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("retriever", Path, RetrieverOption),
     ("rerank", str, RerankOption),
     ("rerank_candidates", int, RerankCandidatesOption),
+    ("rerank_gate", bool, RerankGateOption),
     ("transform", str, TransformOption),
     ("transform_model", str, TransformModelOption),
     ("window", int, WindowOption),

@@ -3,17 +3,59 @@
 A bi-encoder compares two vectors computed apart; a cross-encoder attends across query and chunk, which ranks better
 and costs one forward pass per candidate, so it only sees the first stage's top candidates. The model is any
 sentence-transformers CrossEncoder folder (what `ragtune train reranker` writes) or hub id.
+
+A trained folder may also carry a calibrated gate (`ragtune train reranker --gate`, in its reranker.json): rerank
+only when the first stage is uncertain, i.e. when its top-1 minus top-2 score is below a threshold. The gate is read
+here, where the reranker is loaded, so every search that reranks (`ragtune search`, eval, serve) applies it.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ragtune.index.settings import index_text
 from ragtune.records import Hit
 
 _LOADED: dict[str, object] = {}
+SPEC_FILE = "reranker.json"  # what `ragtune train reranker` writes beside the weights
+
+
+def top_margin(hits: Sequence[Hit]) -> float:
+    """Top-1 minus top-2 first-stage score; infinite (certain) with fewer than two hits."""
+    return hits[0].score - hits[1].score if len(hits) >= 2 else math.inf
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Rerank a query only when the first stage's `top_margin` is below `threshold` (None: always rerank). Margins
+    are on the first stage's own scale, so a gate holds for the mode it was calibrated in only."""
+
+    threshold: float | None
+    mode: str
+
+    def reranks(self, hits: Sequence[Hit], mode: str) -> bool:
+        if mode != self.mode or self.threshold is None:
+            return True
+        return top_margin(hits) < self.threshold
+
+
+def load_gate(ref: str) -> Gate | None:
+    """The calibrated gate stored in a reranker folder's reranker.json, or None (a hub id, or no gate)."""
+    path = Path(ref).expanduser() / SPEC_FILE
+    if not path.is_file():
+        return None
+    try:
+        gate = json.loads(path.read_text(encoding="utf-8")).get("gate")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(gate, dict) or "mode" not in gate:
+        return None
+    threshold = gate.get("threshold")
+    return Gate(None if threshold is None else float(threshold), str(gate["mode"]))
 
 
 def load_cross_encoder(ref: str, device: str | None = None):
@@ -42,6 +84,7 @@ class Reranker:
         self.model = load_cross_encoder(ref, device)
         self.batch_size = batch_size
         self.embed_title = embed_title
+        self.gate = load_gate(ref)
 
     def scores(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

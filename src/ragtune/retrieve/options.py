@@ -11,8 +11,9 @@ from ragtune.config import SearchConfig
 
 
 def search_overrides(retriever: Path | str | None = None, rerank: str | None = None, rerank_candidates: int = 20,
-                     transform: str = "none", transform_model: str | None = None, window: int = 0,
-                     parent: bool = False, parent_level: str = "chunk", route: str = "off") -> dict[str, Any]:
+                     rerank_gate: bool = True, transform: str = "none", transform_model: str | None = None,
+                     window: int = 0, parent: bool = False, parent_level: str = "chunk",
+                     route: str = "off") -> dict[str, Any]:
     """The SearchConfig fields these options set, leaving out the ones left at their default."""
     values: dict[str, Any] = {
         "retriever": str(retriever) if retriever else None, "reranker": rerank, "transform": transform,
@@ -21,5 +22,6 @@ def search_overrides(retriever: Path | str | None = None, rerank: str | None = N
     }
     if rerank:
         values["rerank_candidates"] = rerank_candidates
+        values["rerank_gate"] = rerank_gate
     defaults = SearchConfig()
     return {k: v for k, v in values.items() if v != getattr(defaults, k)}

@@ -184,6 +184,15 @@ class RetrievalPipeline:
         transformer = self.transformer
         return [Variant(query, query)] if transformer is None else transformer.variants(query, generated)
 
+    def gate_reranks(self, hits: list[Hit], mode: str, plain: bool) -> bool:
+        """Whether the reranker runs on these first-stage hits: always, unless its folder carries a calibrated gate
+        (`ragtune.index.rerank.Gate`), `rerank_gate` is on and the first stage is the plain one it was calibrated on
+        (no query transform, no small-to-big), and the gate finds the first stage certain enough."""
+        gate = getattr(self.reranker, "gate", None)
+        if gate is None or not self.config.rerank_gate or not plain:
+            return True
+        return gate.reranks(hits, mode)
+
     def search(self, query: str, k: int, mode: str, filters: dict[str, str] | None = None,
                generated: list[str] | None = None) -> list[Hit]:
         """The top-k hits. `generated` passes transform outputs computed ahead (batched) instead of asking the LLM."""
@@ -220,13 +229,15 @@ class RetrievalPipeline:
             hits = to_parents(hits, cfg.parent, self.searcher.hit, self.order("chunks"), first_k, filters)
         elif small_to_big:
             hits = expand_windows(hits, self.order(SENTENCES), cfg.window, first_k, filters)
-        if self.reranker is not None:
-            hits = self.reranker.rerank(query, hits, k)
+        reranker, reranked = self.reranker, False
+        if reranker is not None and self.gate_reranks(hits, mode, plain=cfg.transform == "none" and not small_to_big):
+            hits, reranked = reranker.rerank(query, hits, k), True
         if decided is not None:
             hits = [h.model_copy(update={"metadata": {**h.metadata, "level": name, "route": decided.reason}})
                     for h in hits]
         self.last_trace = {"level": name, "route": decided.reason if decided else None,
-                           "variants": [v.__dict__ for v in variants], "reranker": cfg.reranker}
+                           "variants": [v.__dict__ for v in variants], "reranker": cfg.reranker,
+                           "reranked": reranked}
         if links is not None:
             self.last_trace["links"] = links
         return hits[:k]

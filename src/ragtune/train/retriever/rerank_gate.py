@@ -6,7 +6,8 @@ scores: the margin between its top-1 and top-2 hit. The gate reranks a query whe
 the threshold is the one that maximises nDCG@k summed over the training questions (ties: the smaller threshold,
 fewer reranker calls), then the same threshold is measured on held-out questions against never and always
 reranking. Margins are on the first stage's scale (cosine for dense, fused RRF for hybrid): a gate is calibrated
-per mode. `calibrate_gate` stores it in the reranker's folder (reranker.json, "gate"); `gated_search` applies it.
+per mode. `calibrate_gate` stores it in the reranker's folder (reranker.json, "gate"); every search that loads the
+reranker applies it (`ragtune.index.rerank.Gate`, `SearchConfig.rerank_gate`); `gated_search` applies a given one.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ragtune import metrics
-from ragtune.index.rerank import Reranker
+from ragtune.index.rerank import SPEC_FILE, Reranker, top_margin
 from ragtune.records import Hit
 from ragtune.retrieve.search import Searcher
 from ragtune.train.retriever.contrastive import held_out_questions
 from ragtune.train.retriever.data import Resolved
 from ragtune.train.retriever.lsr import prepare
-from ragtune.train.retriever.reranker import SPEC_FILE
 from ragtune.workspace import Workspace
 
 NEVER = 0.0  # margins are >= 0, and the gate reranks below the threshold: 0 never reranks
@@ -49,11 +49,6 @@ class GateReport:
     k: int
     train: dict[str, float] = field(default_factory=dict)
     held_out: dict[str, float] = field(default_factory=dict)
-
-
-def top_margin(hits: list[Hit]) -> float:
-    """Top-1 minus top-2 first-stage score; infinite (certain) with fewer than two hits."""
-    return hits[0].score - hits[1].score if len(hits) >= 2 else math.inf
 
 
 def outcomes(searcher: Searcher, reranker: Reranker, questions: list[Resolved], mode: str, candidates: int,

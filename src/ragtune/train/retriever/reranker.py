@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from ragtune.index.rerank import SPEC_FILE
 from ragtune.models import resolve_embedder
 from ragtune.retrieve.search import Searcher
 from ragtune.train.retriever.common import TrainResult, peak_rss_mb, run_trainer
@@ -50,8 +51,6 @@ from ragtune.train.retriever.lsr import (
     write_manifest,
 )
 from ragtune.workspace import Workspace
-
-SPEC_FILE = "reranker.json"
 
 
 class RerankerConfig(BaseModel):
