@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ragtune.metrics import paired_bootstrap
 from ragtune.splits import split_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,8 +86,10 @@ def main() -> None:
     n = build_questions(args.source, args.questions, questions)
     summary: dict = {}
     tuned: dict[str, dict] = {}
+    changes_of: dict[str, str] = {}
     for spec in args.candidate:
         name, _, rest = spec.partition(":")
+        changes_of[name] = rest
         changes = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
         workspace = args.out / f"ws-{name}"
         if not workspace.exists():
@@ -103,7 +106,7 @@ def main() -> None:
         summary[name] = {"systems": report["systems"], "paired_vs_baseline": report["paired_vs_baseline"]}
         tuned[name] = read_tuned(workspace)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    table = compact(summary, tuned, changes_of={s.partition(":")[0]: s.partition(":")[2] for s in args.candidate})
+    table = compact(summary, tuned, changes_of)
     table["questions"] = n
     print(json.dumps(table, indent=1))
     if args.save:
@@ -121,8 +124,6 @@ def compact(summary: dict, tuned: dict[str, dict], changes_of: dict[str, str]) -
     """Per candidate: the tuned system's scores, its paired F1 gain over the base prompt, and (after the first) its
     paired F1 difference from the first candidate on the same questions: the number a recipe is chosen by, beside
     the degenerate and loop rates, which must not rise."""
-    from ragtune.metrics import paired_bootstrap
-
     out: dict = {"candidates": {}}
     first = next(iter(tuned), None)
     for name, entry in summary.items():

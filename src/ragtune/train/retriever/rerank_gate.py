@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune import metrics
-from ragtune.index.rerank import SPEC_FILE, Reranker, top_margin
+from ragtune.index.rerank import SPEC_FILE, Gate, Reranker, top_margin
 from ragtune.records import Hit
 from ragtune.retrieve.search import Searcher
 from ragtune.train.retriever.contrastive import held_out_questions
@@ -130,6 +130,6 @@ def gated_search(searcher: Searcher, reranker: Reranker, query: str, k: int, thr
     """The first stage's top-k, reranked from its top `candidates` only when its margin is below `threshold`
     (None: always)."""
     hits = searcher.search(query, k=candidates, mode=mode)
-    if threshold is None or top_margin(hits) < threshold:
+    if Gate(threshold, mode).reranks(hits, mode):
         return reranker.rerank(query, hits, k)
     return hits[:k]
