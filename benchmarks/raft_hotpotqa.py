@@ -134,6 +134,23 @@ def measure_throughput(workspace: Path, args: argparse.Namespace) -> dict[str, A
 # ---- quality ---------------------------------------------------------------------------------------------------------
 
 
+def holdout_split(data: Path, n: int, ws: Path) -> tuple[Path, Path | None]:
+    """The training source without its first `n` train-split questions (sorted by id), and those questions.
+
+    Why: a recipe (distractor counts, dropout) must be chosen on questions the student never trained on and the
+    benchmark never scores; the eval split is for the final figure only. With n = 0 the data is used as it is."""
+    if n <= 0:
+        return data, None
+    from ragtune.splits import split_of
+
+    rows = json.loads(data.read_text(encoding="utf-8"))
+    held = {r["_id"] for r in sorted((r for r in rows if split_of(r["_id"]) == "train"), key=lambda r: r["_id"])[:n]}
+    train, val = ws / f"train_without_holdout{n}.json", ws / f"holdout{n}.json"
+    train.write_text(json.dumps([r for r in rows if r["_id"] not in held]), encoding="utf-8")
+    val.write_text(json.dumps([r for r in rows if r["_id"] in held]), encoding="utf-8")
+    return train, val
+
+
 def evaluate_systems(items, ks, base, tuned, adapter, args, searcher=None, after_k=None) -> dict[str, Any]:
     """Each (setting, K, prompt, model) run keeps its answers under WORKSPACE/eval-cache: greedy decoding makes them
     a pure function of model weights, prompts and settings (all in the runner's resume signature, with the adapter's
@@ -154,9 +171,9 @@ def evaluate_systems(items, ks, base, tuned, adapter, args, searcher=None, after
                   "dtype": args.eval_dtype}
         # one folder per question set too: a run on other questions (a --quick check) must not replace the answers
         # of a long sweep that is being finished over several sessions
-        model = "tuned" if is_tuned else "base"
+        model = f"tuned-{system['adapter_weights'][:8]}" if is_tuned else "base"  # candidates share one cache
         name = f"{setting}-k{k}-{prompt}-{model}-{args.eval_dtype}-q{len(items)}-{question_set}"
-        run_dir = args.workspace / "eval-cache" / name
+        run_dir = (args.eval_cache or args.workspace / "eval-cache") / name
         t0 = time.perf_counter()
         result = evaluate(items, llm, settings, run_dir=run_dir, searcher=searcher, system=system)
         scores, seconds = result.scores, time.perf_counter() - t0
@@ -249,6 +266,11 @@ def main() -> None:
     p.add_argument("--train-distractors", default="1",
                    help="k distractors in the training examples: N, or LO-HI to draw each example's k from a range")
     p.add_argument("--p-oracle", type=float, default=1.0)
+    p.add_argument("--holdout", type=int, default=0, help="leave the first N train-split questions (by id) out of "
+                   "the RAFT training data, so recipes can be compared on them with --eval-on val (default 0)")
+    p.add_argument("--eval-on", choices=("eval", "val"), default="eval", help="eval: the first --questions "
+                   "eval-split questions (the benchmark); val: the --holdout train-split questions, for choosing a "
+                   "recipe without looking at the eval split")
     p.add_argument("--cot", default="evidence-short")
     p.add_argument("--retrieved-k", type=int, default=4)
     p.add_argument("--short-tokens", type=int, default=32)
@@ -261,6 +283,8 @@ def main() -> None:
     p.add_argument("--only-throughput", action="store_true", help="measure only ragtune's trainer vs plain TRL and "
                    "write it as `throughput` into the existing results JSON (the quality sweep there is kept as is)")
     p.add_argument("--skip-retrieved", action="store_true")
+    p.add_argument("--eval-cache", type=Path, default=None, help="folder of cached answers (default "
+                   "WORKSPACE/eval-cache); candidates trained in their own workspaces share the base model's answers")
     p.add_argument("--adapter", default=None, help="evaluate this adapter instead of training one")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/"
                    "raft_hotpotqa[_quick].json)")
@@ -290,9 +314,13 @@ def main() -> None:
     from ragtune.train.sft import train_sft
 
     ws = args.workspace
+    ws.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if args.eval_on == "val" and args.holdout <= 0:
+        sys.exit("--eval-on val needs --holdout N: the validation questions are the held-out train-split ones")
+    train_data, val_data = holdout_split(args.data, args.holdout, ws)
     low, _, high = str(args.train_distractors).partition("-")
-    synth = synthesize_from_qa("hotpotqa", args.data, ws, FromQAConfig(
+    synth = synthesize_from_qa("hotpotqa", train_data, ws, FromQAConfig(
         cot=args.cot, distractors=int(low), distractors_max=int(high) if high else None, p_oracle=args.p_oracle,
         split="train"), overwrite=True)
     print(f"RAFT data: {synth.examples_total} train-split examples ({args.cot}, K={args.train_distractors}, "
@@ -333,7 +361,10 @@ def main() -> None:
         training["config"] = result.config
         training["loss_curve"] = result.history
 
-    items = load_dataset("hotpotqa", args.data, split="eval", limit=questions)
+    if args.eval_on == "val":
+        items = load_dataset("hotpotqa", val_data, split="train", limit=questions)
+    else:
+        items = load_dataset("hotpotqa", args.data, split="eval", limit=questions)
     if args.eval_dtype is None:
         from ragtune.train.common import cpu_has_fast_bf16
 
@@ -391,7 +422,8 @@ def main() -> None:
         retrieved = evaluate_systems(items, [0], base, tuned, adapter, args, searcher=Searcher(corpus_ws))
         summary = write(per_k, retrieved)
 
-    print_table(per_k, f"HotpotQA, {len(items)} eval questions, oracle (2 gold) + K distractors, F1 x100")
+    which = "held-out train-split" if args.eval_on == "val" else "eval"
+    print_table(per_k, f"HotpotQA, {len(items)} {which} questions, oracle (2 gold) + K distractors, F1 x100")
     if retrieved:
         print_table(retrieved, f"Open setting: hybrid top-{args.retrieved_k} over the questions' pooled paragraphs")
     print(f"\nmean over K: base best F1 {summary['base']['f1']:.1f} (EM {summary['base']['em']:.1f}) -> tuned F1 "
