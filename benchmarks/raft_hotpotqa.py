@@ -141,10 +141,10 @@ def holdout_split(data: Path, n: int, ws: Path) -> tuple[Path, Path | None]:
     benchmark never scores; the eval split is for the final figure only. With n = 0 the data is used as it is."""
     if n <= 0:
         return data, None
-    from ragtune.splits import split_of
+    from ragtune.datasets import load_dataset
 
     rows = json.loads(data.read_text(encoding="utf-8"))
-    held = {r["_id"] for r in sorted((r for r in rows if split_of(r["_id"]) == "train"), key=lambda r: r["_id"])[:n]}
+    held = {it.id for it in load_dataset("hotpotqa", data, split="train", limit=n)}  # the runs' own id order
     train, val = ws / f"train_without_holdout{n}.json", ws / f"holdout{n}.json"
     train.write_text(json.dumps([r for r in rows if r["_id"] not in held]), encoding="utf-8")
     val.write_text(json.dumps([r for r in rows if r["_id"] in held]), encoding="utf-8")
