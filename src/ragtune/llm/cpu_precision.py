@@ -30,12 +30,67 @@ def has_onednn_bf16_math() -> bool:
     return matmul is not None and hasattr(matmul, "fp32_precision")
 
 
+# A bf16x3-style product stays within ~2e-4 of float64 on the probe below; a single-pass bf16 product is off by ~0.4.
+PROBE_MAX_ERROR = 1e-2
+# (rows, inner, outer) of the products a small decoder's prompt pass runs: q/k/v/o, MLP up and down.
+_PROBE_SHAPES = ((160, 576, 576), (160, 576, 1536), (160, 1536, 576))
+_probe_result: tuple[bool, float] | None = None
+
+
+def bf16_math_error() -> float:
+    """Largest absolute error, against float64, of fp32 products run in oneDNN's bf16 math mode on this host.
+
+    Why measure instead of trusting the flag: what the mode does is the kernel's choice. On an EPYC with
+    AVX512-BF16 oneDNN splits each operand into bf16 parts (error 1.5e-4, like sgemm's 6e-5); on another host or
+    oneDNN build the same setting ran single-pass bf16 products and moved SmolLM2's logits by 0.39, which flips
+    greedy answers. The probe costs a few milliseconds and is run once per process."""
+    import torch
+
+    matmul: Any = getattr(torch.backends.mkldnn, "matmul")  # noqa: B009 - absent from torch's type stubs
+    generator = torch.Generator().manual_seed(0)
+    saved = matmul.fp32_precision
+    worst = 0.0
+    try:
+        for rows, inner, outer in _PROBE_SHAPES:
+            a = torch.randn(rows, inner, generator=generator)
+            b = torch.randn(outer, inner, generator=generator)
+            exact = a.double() @ b.double().T
+            matmul.fp32_precision = "bf16"
+            with torch.inference_mode():
+                got = torch.nn.functional.linear(a, b)
+            worst = max(worst, (got.double() - exact).abs().max().item())
+    finally:
+        matmul.fp32_precision = saved
+    return worst
+
+
+def bf16_math_keeps_fp32_accuracy() -> tuple[bool, float]:
+    """(accurate, measured error): whether oneDNN's bf16 math mode keeps fp32-grade products on this host (cached)."""
+    global _probe_result
+    if _probe_result is None:
+        if not has_onednn_bf16_math():
+            _probe_result = (False, float("inf"))
+        else:
+            error = bf16_math_error()
+            _probe_result = (error < PROBE_MAX_ERROR, error)
+    return _probe_result
+
+
 def fast_fp32_prefill(model: Any) -> bool:
     """Run `model`'s multi-token forward passes (prompt prefill, log-likelihood scoring) in oneDNN's bf16 math mode
     and its one-token decoding steps in the default fp32 kernels. Returns False (and changes nothing) where the torch
-    build lacks the switch. The switch is process-wide: it is set for the length of each forward pass and restored
-    after it (also when the pass raises), so another model in the process keeps its own kernels."""
-    if not has_onednn_bf16_math():
+    build lacks the switch or where the mode's products on this host are not fp32-grade (`bf16_math_error`): a
+    faster prompt pass is only worth having when the answers stay fp32's. The switch is process-wide: it is set for
+    the length of each forward pass and restored after it (also when the pass raises), so another model in the
+    process keeps its own kernels."""
+    accurate, error = bf16_math_keeps_fp32_accuracy()
+    if not accurate:
+        if error != float("inf"):
+            import logging
+
+            logging.getLogger(__name__).info(
+                "fast fp32 prefill off: oneDNN's bf16 math mode is off by %.3g on this host (limit %g)",
+                error, PROBE_MAX_ERROR)
         return False
     import torch
 
