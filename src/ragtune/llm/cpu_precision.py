@@ -76,11 +76,46 @@ def bf16_math_keeps_fp32_accuracy() -> tuple[bool, float]:
     return _probe_result
 
 
+# fp32-grade prompt passes move SmolLM2's logits by ~1e-4; single-pass bf16 products move them by ~0.4.
+MODEL_MAX_SHIFT = 5e-2
+
+
+def logits_shift_in_bf16_math(model: Any) -> float | None:
+    """Largest change of `model`'s logits on a fixed 2 x 64-token prompt pass when its fp32 matmuls run in oneDNN's
+    bf16 math mode; None for a model this cannot probe (no `config.vocab_size`, no `.logits`). The host probe checks
+    the kernels on random matrices; this one checks them on the weights and shapes that will actually run, once per
+    loaded model (two short forward passes)."""
+    import torch
+
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(vocab, int) or vocab < 2:
+        return None
+    matmul: Any = getattr(torch.backends.mkldnn, "matmul")  # noqa: B009 - absent from torch's type stubs
+    ids = torch.randint(0, vocab, (2, 64), generator=torch.Generator().manual_seed(0))
+    try:
+        ids = ids.to(next(model.parameters()).device)
+    except StopIteration:
+        return None
+    saved = matmul.fp32_precision
+    try:
+        with torch.inference_mode():
+            matmul.fp32_precision = "ieee"
+            ref = getattr(model(input_ids=ids), "logits", None)
+            matmul.fp32_precision = "bf16"
+            got = getattr(model(input_ids=ids), "logits", None)
+    finally:
+        matmul.fp32_precision = saved
+    if ref is None or got is None:
+        return None
+    return float((got.float() - ref.float()).abs().max().item())
+
+
 def fast_fp32_prefill(model: Any) -> bool:
     """Run `model`'s multi-token forward passes (prompt prefill, log-likelihood scoring) in oneDNN's bf16 math mode
     and its one-token decoding steps in the default fp32 kernels. Returns False (and changes nothing) where the torch
-    build lacks the switch or where the mode's products on this host are not fp32-grade (`bf16_math_error`): a
-    faster prompt pass is only worth having when the answers stay fp32's. The switch is process-wide: it is set for
+    build lacks the switch, where the mode's products on this host are not fp32-grade (`bf16_math_error`) or where
+    it moves this model's logits (`logits_shift_in_bf16_math`): a faster prompt pass is only worth having when the
+    answers stay fp32's. The switch is process-wide: it is set for
     the length of each forward pass and restored after it (also when the pass raises), so another model in the
     process keeps its own kernels."""
     accurate, error = bf16_math_keeps_fp32_accuracy()
@@ -90,11 +125,21 @@ def fast_fp32_prefill(model: Any) -> bool:
 
             logging.getLogger(__name__).info(
                 "fast fp32 prefill off: oneDNN's bf16 math mode is off by %.3g on this host (limit %g)",
-                error, PROBE_MAX_ERROR)
+                error,
+                PROBE_MAX_ERROR,
+            )
         return False
     import torch
 
     matmul: Any = getattr(torch.backends.mkldnn, "matmul")  # noqa: B009 - absent from torch's type stubs
+    shift = logits_shift_in_bf16_math(model)
+    if shift is not None and shift >= MODEL_MAX_SHIFT:
+        import logging
+
+        logging.getLogger(__name__).info(
+            "fast fp32 prefill off: it moves this model's logits by %.3g (limit %g)", shift, MODEL_MAX_SHIFT
+        )
+        return False
     saved: list[str] = []
 
     def pick_kernels(module: Any, args: tuple, kwargs: dict) -> None:
