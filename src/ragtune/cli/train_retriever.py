@@ -8,12 +8,12 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ragtune.cli.common import console
+from ragtune.cli.common import console, shown
 from ragtune.cli.common import fail as _fail
 from ragtune.cli.common import out as out_console
 from ragtune.cli.options import workspace_option
 
-METHODS = ("lsr", "contrastive", "unsupervised")
+METHODS = ("lsr", "contrastive", "unsupervised", "gpl")
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -66,7 +66,8 @@ def retriever_cmd(
     workspace: Path = workspace_option(..., help="Workspace whose index the retriever serves.", envvar=None),
     method: str = typer.Option("lsr", "--method", "-m", help="lsr: RA-DIT LM-supervised retrieval, trains a query "
                                "tower, index untouched | contrastive: in-batch (+ mined hard) negatives; see --tower "
-                               "| unsupervised: pairs from the corpus alone (see --pairs), no --data needed."),
+                               "| unsupervised: pairs from the corpus alone (see --pairs), no --data needed | gpl: "
+                               "MarginMSE on a cross-encoder's margins (--cross-encoder), index re-embedded."),
     data: Path = typer.Option(None, "--data", help="RAFT file (synth/raft.jsonl: questions with answers) or pairs "
                               "file (synth/pairs.jsonl). Only its train-split questions are used (unsupervised: "
                               "only its eval-split questions, to score before / after)."),
@@ -76,6 +77,8 @@ def retriever_cmd(
                                    "dual loop)."),
     gold_weight: float = typer.Option(None, "--gold-weight", help="LSR: loss = (1 - W) KL + W gold-label InfoNCE "
                                       "over the whole index (default 0: LSR alone)."),
+    cross_encoder: str = typer.Option(None, "--cross-encoder", help="gpl (required): the teacher, a folder from "
+                                      "`ragtune train reranker` or a hub id any CrossEncoder loads."),
     pairs: str = typer.Option(None, "--pairs", help="unsupervised: ict (a sentence vs the rest of its chunk), crop "
                               "(two random spans of a chunk) or both, comma-separated (default ict,crop)."),
     max_pairs: int = typer.Option(None, "--max-pairs", help="unsupervised: at most this many pairs (default 2000)."),
@@ -86,7 +89,7 @@ def retriever_cmd(
                               "indexed chunk a negative, index untouched; the default) | both "
                               "(MultipleNegativesRankingLoss, both towers, index re-embedded)."),
     negatives: int = typer.Option(None, "--negatives", help="both towers: mined hard negatives per row (default: "
-                                  "0 contrastive, 3 unsupervised)."),
+                                  "0 contrastive, 3 unsupervised, 3 gpl)."),
     max_seq_length: int = typer.Option(None, "--max-seq-length", help="contrastive, both towers: truncate training "
                                        "texts to this many tokens (default 128; the index still embeds whole chunks)."),
     epochs: float = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
@@ -94,7 +97,7 @@ def retriever_cmd(
     lr: float = typer.Option(None, "--lr", help="Learning rate (default: the method's, see the README)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Default: the method's (16 for lsr, 32 contrastive)."),
     limit: int = typer.Option(None, "--limit", help="Train on the first N questions only."),
-    reembed: bool = typer.Option(True, "--reembed/--no-reembed", help="contrastive: re-embed the index afterwards."),
+    reembed: bool = typer.Option(True, "--reembed/--no-reembed", help="contrastive, gpl: re-embed the index after."),
     eval_data: Path = typer.Option(None, "--eval-data", help="RAFT or pairs file whose eval-split questions score "
                                    "the retriever before and after (default: those of --data, if any)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default WORKSPACE/train/retriever-METHOD)."),
@@ -108,12 +111,16 @@ def retriever_cmd(
     hard negatives), batches without duplicate chunks; the index is re-embedded with the new model (--tower query:
     the query encoder alone against the frozen index, no re-embedding). unsupervised: inverse-cloze and cropped
     pairs from the indexed chunks, hard negatives mined with the base retriever (same-document and
-    too-close-to-the-positive hits filtered), then contrastive training as for --tower.
+    too-close-to-the-positive hits filtered), then contrastive training as for --tower. gpl (GPL): negatives mined
+    with the base retriever, (question, chunk) pairs scored by --cross-encoder, both towers trained with MarginMSE
+    on its margins CE(q, pos) - CE(q, neg) (soft labels tolerate false negatives); the index is re-embedded.
     """
     if method not in METHODS:
         _fail(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     if data is None and method != "unsupervised":
         _fail(f"--method {method} needs --data (a RAFT or pairs file)")
+    if method == "gpl" and not cross_encoder:
+        _fail("--method gpl needs --cross-encoder (a folder from `ragtune train reranker`, or a hub id)")
     if data is not None and not data.is_file():
         _fail(f"--data {data} does not exist")
     if eval_data is not None and not eval_data.is_file():
@@ -134,6 +141,16 @@ def retriever_cmd(
                 pairs=kinds, max_pairs=max_pairs, tower=tower, negatives=negatives, max_seq_length=max_seq_length,
                 epochs=epochs, lr=lr, batch_size=batch_size))
             result = train_unsupervised(workspace, uconfig, out=out, eval_data=eval_data or data, progress=True)
+        elif method == "gpl":
+            from ragtune.train.retriever.gpl import CrossEncoderLoadError, GPLConfig, train_gpl
+
+            gconfig = GPLConfig(cross_encoder=cross_encoder, limit=limit, reembed=reembed, seed=seed, max_steps=steps,
+                                **_given(negatives=negatives, max_seq_length=max_seq_length, epochs=epochs, lr=lr,
+                                         batch_size=batch_size))
+            try:
+                result = train_gpl(workspace, data, gconfig, out=out, eval_data=eval_data, progress=True)
+            except CrossEncoderLoadError as exc:
+                _fail(f"--cross-encoder {shown(str(exc))}")
         else:
             from ragtune.train.retriever.contrastive import ContrastiveConfig, train_contrastive
 

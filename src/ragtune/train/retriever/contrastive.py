@@ -17,6 +17,7 @@ whole-corpus re-embedding alone costs more than training on every question (see 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -114,10 +115,12 @@ def fit_query_tower(base: str, doc_vectors: np.ndarray, queries: list[str], posi
     return Fit(save_query_tower(model, out, method, base), steps, losses, seconds)
 
 
-def fit_both_towers(base: str, rows: dict[str, list[str]], out: Path, method: str, config: Any,
-                    progress: bool = False, title: str = "contrastive training") -> Fit:
+def fit_both_towers(base: str, rows: dict[str, list[Any]], out: Path, method: str, config: Any,
+                    progress: bool = False, title: str = "contrastive training",
+                    loss_of: Callable[[Any], Any] | None = None) -> Fit:
     """MultipleNegativesRankingLoss over (anchor, positive, negative_1..n) rows, batches without duplicate texts;
-    the model is saved under out/model and the spec names it as both towers (the index must be re-embedded)."""
+    the model is saved under out/model and the spec names it as both towers (the index must be re-embedded).
+    `loss_of(model)`, when given, builds another loss over the same rows (GPL's MarginMSE reads a `label` column)."""
     import torch
     from datasets import Dataset
     from sentence_transformers import (
@@ -134,7 +137,7 @@ def fit_both_towers(base: str, rows: dict[str, list[str]], out: Path, method: st
     full_length = model.max_seq_length
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
-    loss = MultipleNegativesRankingLoss(model, scale=config.scale)
+    loss = loss_of(model) if loss_of is not None else MultipleNegativesRankingLoss(model, scale=config.scale)
     steps, losses, seconds = run_trainer(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model,
                                          dataset, loss, config, title, progress,
                                          batch_sampler=BatchSamplers.NO_DUPLICATES)
