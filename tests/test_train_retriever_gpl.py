@@ -84,6 +84,7 @@ def test_labels_are_the_teachers_margins_recomputed_independently(tiny_ws, teach
 
 def test_negatives_are_never_the_positive_or_from_a_gold_document(tiny_ws, gpl_run):  # noqa: F811
     _, out, _ = gpl_run
+    assert (out / "gpl_rows.jsonl").stat().st_mode & 0o777 == 0o600  # users' questions: the owner's only
     chunks = IndexChunks(Searcher(tiny_ws))
     gold = {r.question.question: r for r in map(chunks.resolve, load_questions(tiny_ws / "synth" / "raft.jsonl"))
             if r is not None}

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ragtune.retrieve.search import Searcher
+from ragtune.synth.filters import open_private
 from ragtune.train.retriever.common import TrainResult, peak_rss_mb, retrieval_scores
 from ragtune.train.retriever.contrastive import fit_both_towers, held_out_questions, reembed_with
 from ragtune.train.retriever.data import IndexChunks, Resolved, RetrieverDataError
@@ -180,6 +181,8 @@ def train_gpl(
     rows: dict[str, list[Any]] = {"anchor": [], "positive": [], **{f"negative_{j + 1}": [] for j in range(k)},
                                   "label": []}
     out.mkdir(parents=True, exist_ok=True)
+    (out / ROWS_FILE).unlink(missing_ok=True)
+    open_private(out / ROWS_FILE)  # users' questions and chunks: readable by the owner only
     with (out / ROWS_FILE).open("w", encoding="utf-8") as f:
         for row, (i, pos) in enumerate(kept):
             r = resolved[i]
