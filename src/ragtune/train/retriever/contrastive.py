@@ -203,15 +203,23 @@ def train_contrastive(
     result = TrainResult(out=out, method="contrastive", examples=len(rows["anchor"]), steps=fit.steps,
                          train_seconds=fit.seconds, prepare_seconds=prepare_seconds, peak_rss_mb=peak_rss_mb(),
                          losses=fit.losses, counts=counts, before=before)
-    if config.reembed:
+    return finish_both_towers(ws, fit, result, chunks, held_out, config.reembed, progress,
+                              "train-retriever-contrastive", data, config.model_dump())
+
+
+def finish_both_towers(ws: Workspace, fit: Any, result: TrainResult, chunks: IndexChunks, held_out: list,
+                       reembed: bool, progress: bool, stage: str, data: str | Path, config: dict) -> TrainResult:
+    """After a both-towers fit: re-embed the index with the new model (when asked) and score the held-out questions
+    on it, then save the retriever spec with its before / after metrics and the workspace manifest."""
+    if reembed:
         reembed_with(ws, fit, result, progress)
         if held_out:
             result.after = retrieval_scores(Searcher(ws), chunks, held_out)
     result.extra["eval_questions"] = len(held_out)
     result.peak_rss_mb = peak_rss_mb()
     fit.spec.metrics = {"before": result.before, "after": result.after}
-    fit.spec.save(out)
-    write_manifest(ws, "train-retriever-contrastive", data, config.model_dump(), result)
+    fit.spec.save(result.out)
+    write_manifest(ws, stage, data, config, result)
     return result
 
 

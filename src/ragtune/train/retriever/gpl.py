@@ -36,9 +36,9 @@ from pydantic import BaseModel, Field
 from ragtune.retrieve.search import Searcher
 from ragtune.synth.filters import open_private
 from ragtune.train.retriever.common import TrainResult, peak_rss_mb, retrieval_scores
-from ragtune.train.retriever.contrastive import fit_both_towers, held_out_questions, reembed_with
+from ragtune.train.retriever.contrastive import finish_both_towers, fit_both_towers, held_out_questions
 from ragtune.train.retriever.data import IndexChunks, Resolved, RetrieverDataError
-from ragtune.train.retriever.lsr import prepare, write_manifest
+from ragtune.train.retriever.lsr import prepare
 from ragtune.train.retriever.progress import bar
 from ragtune.workspace import Workspace
 
@@ -209,13 +209,5 @@ def train_gpl(
                          counts=counts, before=before,
                          extra={"cross_encoder": config.cross_encoder, "labels": stats, "scale": scale,
                                 "base_margin_std": float(base_margins.std()), "rows_file": str(out / ROWS_FILE)})
-    if config.reembed:
-        reembed_with(ws, fit, result, progress)
-        if held_out:
-            result.after = retrieval_scores(Searcher(ws), chunks, held_out)
-    result.extra["eval_questions"] = len(held_out)
-    result.peak_rss_mb = peak_rss_mb()
-    fit.spec.metrics = {"before": result.before, "after": result.after}
-    fit.spec.save(out)
-    write_manifest(ws, "train-retriever-gpl", data, config.model_dump(), result)
-    return result
+    return finish_both_towers(ws, fit, result, chunks, held_out, config.reembed, progress, "train-retriever-gpl",
+                              data, config.model_dump())
