@@ -19,7 +19,10 @@ Both are measured, against plain fp32 and bf16 on the same questions, in benchma
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def has_onednn_bf16_math() -> bool:
@@ -68,11 +71,8 @@ def bf16_math_keeps_fp32_accuracy() -> tuple[bool, float]:
     """(accurate, measured error): whether oneDNN's bf16 math mode keeps fp32-grade products on this host (cached)."""
     global _probe_result
     if _probe_result is None:
-        if not has_onednn_bf16_math():
-            _probe_result = (False, float("inf"))
-        else:
-            error = bf16_math_error()
-            _probe_result = (error < PROBE_MAX_ERROR, error)
+        error = bf16_math_error() if has_onednn_bf16_math() else float("inf")
+        _probe_result = (error < PROBE_MAX_ERROR, error)
     return _probe_result
 
 
@@ -115,31 +115,22 @@ def fast_fp32_prefill(model: Any) -> bool:
     and its one-token decoding steps in the default fp32 kernels. Returns False (and changes nothing) where the torch
     build lacks the switch, where the mode's products on this host are not fp32-grade (`bf16_math_error`) or where
     it moves this model's logits (`logits_shift_in_bf16_math`): a faster prompt pass is only worth having when the
-    answers stay fp32's. The switch is process-wide: it is set for
-    the length of each forward pass and restored after it (also when the pass raises), so another model in the
-    process keeps its own kernels."""
+    answers stay fp32's. The switch is process-wide: it is set for the length of each forward pass and restored
+    after it (also when the pass raises), so another model in the process keeps its own kernels."""
+    if not has_onednn_bf16_math():
+        return False
     accurate, error = bf16_math_keeps_fp32_accuracy()
     if not accurate:
-        if error != float("inf"):
-            import logging
-
-            logging.getLogger(__name__).info(
-                "fast fp32 prefill off: oneDNN's bf16 math mode is off by %.3g on this host (limit %g)",
-                error,
-                PROBE_MAX_ERROR,
-            )
+        log.info("fast fp32 prefill off: oneDNN's bf16 math mode is off by %.3g on this host (limit %g)", error,
+                 PROBE_MAX_ERROR)
+        return False
+    shift = logits_shift_in_bf16_math(model)
+    if shift is not None and shift >= MODEL_MAX_SHIFT:
+        log.info("fast fp32 prefill off: it moves this model's logits by %.3g (limit %g)", shift, MODEL_MAX_SHIFT)
         return False
     import torch
 
     matmul: Any = getattr(torch.backends.mkldnn, "matmul")  # noqa: B009 - absent from torch's type stubs
-    shift = logits_shift_in_bf16_math(model)
-    if shift is not None and shift >= MODEL_MAX_SHIFT:
-        import logging
-
-        logging.getLogger(__name__).info(
-            "fast fp32 prefill off: it moves this model's logits by %.3g (limit %g)", shift, MODEL_MAX_SHIFT
-        )
-        return False
     saved: list[str] = []
 
     def pick_kernels(module: Any, args: tuple, kwargs: dict) -> None:

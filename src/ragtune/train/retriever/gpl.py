@@ -73,14 +73,11 @@ def load_teacher(ref: str) -> Any:
 
     try:
         return load_cross_encoder(ref)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # OSError, ValueError, RuntimeError, and assorted types for a folder without weights
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CrossEncoderLoadError(
             f"{ref!r} cannot be loaded as a cross-encoder ({first}); pass a folder written by `ragtune train "
             "reranker` or a hub id (offline: one already in the local cache)") from exc
-    except Exception as exc:  # transformers raises assorted types for a folder without weights
-        raise CrossEncoderLoadError(f"{ref!r} cannot be loaded as a cross-encoder ({type(exc).__name__}: {exc})"
-                                    ) from exc
 
 
 def teacher_scores(teacher: Any, pairs: list[tuple[str, str]], batch_size: int = 32, progress: bool = False
