@@ -1,7 +1,8 @@
 """Serving under load, per engine: N concurrent clients for a fixed window against a real server process on loopback.
 
-    nice -n 19 python benchmarks/serve.py                    # 8 and 32 clients x 40 s per system, 32 new tokens
-    nice -n 19 python benchmarks/serve.py --quick            # 8 clients x 20 s, 16 new tokens (a smoke run)
+    python benchmarks/serve.py                 # 8 and 32 clients per system; answers of up to 160 tokens (90 s
+                                               # windows), then of up to 32 (40 s windows)
+    python benchmarks/serve.py --quick         # 8 clients x 20 s, 16 new tokens (a smoke run)
     python benchmarks/serve.py --systems ragtune-llamacpp,wrapper --clients 8 --seconds 60
     python benchmarks/serve.py --systems ragtune-llamacpp --slots 2 --quick --out /tmp/s2.json   # a slot count
 
@@ -9,19 +10,23 @@ Systems (each in its own fresh process, one after the other, never two at once, 
 - `wrapper`: what a user would otherwise write: ragtune's Searcher, the same RAG prompt and the bundled model
   (transformers, fp32) behind a hand-written FastAPI route that answers one request at a time
   (`llm.generate([messages])` under a lock). No streaming: its time to first token is its latency.
-- `wrapper-llamacpp`: the same wrapper over the llama.cpp engine (`load_llm(engine="llamacpp")`, one sequence at a
-  time): what batching adds, with the engine held equal.
-- `ragtune-llamacpp`: `ragtune serve --engine llamacpp --slots N` (`--slots`, default the engine's
-  `DEFAULT_SLOTS`, 4): continuous batching over llama.cpp's parallel slots, one prompt read at a time (in chunks,
-  between the other slots' tokens), the other clients queued in order; streaming.
+- `wrapper-llamacpp`: the same wrapper over the llama.cpp engine (`load_llm(engine="llamacpp", dtype=...)`, one
+  sequence at a time): what batching adds, with the engine and its weights held equal.
+- `ragtune-llamacpp`: `ragtune serve --engine llamacpp --slots N --dtype D` (`--slots`, default the engine's
+  `DEFAULT_SLOTS`, 4; `--llamacpp-dtype`, default auto: the bundled weights re-encoded at bf16 on a CPU with native
+  bf16, else f16, for both llama.cpp systems): continuous batching over llama.cpp's parallel slots, one prompt read
+  at a time (in chunks, between the other slots' tokens), the other clients queued in order; streaming.
 - `ragtune-transformers`: `ragtune serve` on transformers (request batching through `llm.server.Batcher`).
 
 Each client loops until the window closes: ask a HotpotQA question (k=5 chunks, semantic cache off, so every request
 runs retrieval + prefill + decode; ragtune systems stream and the first content piece gives the time to first
 token). A request still running when the window closes is abandoned (counted as `unfinished`, its latency unknown):
-requests/s = requests completed inside the window / window. Reported per system and client count: requests, errors,
-unfinished, requests/s, p50 / p95 latency and time to first token. `best_rps_ratio`: the best ragtune engine's
-requests/s over the wrapper's at 8 clients. Results: benchmarks/results/serve.json (serve_quick.json).
+requests/s = requests completed inside the window / window. Reported per answer cap, system and client count:
+requests, errors, unfinished, requests/s, p50 / p95 latency and time to first token. `best_rps_ratio`: the best
+ragtune engine's requests/s over the wrapper's at 8 clients, for the first answer cap (160 tokens: the RAFT answer
+format, quotes then `<ANSWER>:`, as eval caps it; most of the bundled base model's answers end by themselves well
+before it); `best_rps_ratio_by_max_tokens` gives it for each cap (32: short answers, where reading the prompt
+is most of a request). Results: benchmarks/results/serve.json (serve_quick.json).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ SYSTEMS = ("wrapper", "wrapper-llamacpp", "ragtune-llamacpp", "ragtune-transform
 DEFAULT_SYSTEMS = ("wrapper", "wrapper-llamacpp", "ragtune-llamacpp")
 
 
-def baseline_app(workspace: str, max_tokens: int, engine: str = "transformers"):
+def baseline_app(workspace: str, max_tokens: int, engine: str = "transformers", dtype: str | None = None):
     """The hand-written wrapper: retrieve, prompt, generate, one request at a time."""
     from fastapi import FastAPI
 
@@ -56,7 +61,7 @@ def baseline_app(workspace: str, max_tokens: int, engine: str = "transformers"):
     from ragtune.prompts import build_messages
     from ragtune.retrieve.search import Searcher
 
-    llm, searcher = load_llm(None, engine=engine), Searcher(workspace)
+    llm, searcher = load_llm(None, engine=engine, dtype=dtype), Searcher(workspace)
     searcher.search("warm up", k=5, filters={"tenant": "bench"})
     lock = threading.Lock()
     inflight = [0]
@@ -90,14 +95,15 @@ def baseline_app(workspace: str, max_tokens: int, engine: str = "transformers"):
 class BaselineServer:
     """This file run with --baseline-server, as a child process (same shape as serve_support.Server)."""
 
-    def __init__(self, workspace: Path, max_tokens: int, engine: str):
+    def __init__(self, workspace: Path, max_tokens: int, engine: str, dtype: str | None = None):
         import httpx
         from serve_support import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", "--workspace", str(workspace),
-                                      "--port", str(self.port), "--max-tokens", str(max_tokens), "--engine", engine])
+                                      "--port", str(self.port), "--max-tokens", str(max_tokens), "--engine", engine,
+                                      *(["--dtype", dtype] if dtype else [])])
         for _ in range(1200):
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
@@ -205,15 +211,37 @@ def wait_idle(url: str, limit_s: float = 600.0) -> float:
     raise RuntimeError(f"{url} still busy after {limit_s:.0f} s")
 
 
-def start(system: str, ws: Path, slots: int, max_tokens: int):
+def start(system: str, ws: Path, slots: int, max_tokens: int, llamacpp_dtype: str | None):
+    """One system's server; both llama.cpp systems run the same GGUF type (`llamacpp_dtype`), so the two differ by
+    batching only, and the transformers wrapper runs the library default (fp32), as a hand-written one would."""
     from serve_support import Server
 
-    if system.startswith("wrapper"):
-        return BaselineServer(ws, max_tokens, "llamacpp" if system == "wrapper-llamacpp" else "transformers")
+    if system == "wrapper-llamacpp":
+        return BaselineServer(ws, max_tokens, "llamacpp", llamacpp_dtype)
+    if system == "wrapper":
+        return BaselineServer(ws, max_tokens, "transformers")
     args = ["--max-tokens", str(max_tokens), "--no-cache"]
     if system == "ragtune-llamacpp":
-        args += ["--engine", "llamacpp", "--slots", str(slots), "--slot-ctx", "2048"]
+        args += ["--engine", "llamacpp", "--slots", str(slots), "--slot-ctx", "2048",
+                 *(["--dtype", llamacpp_dtype] if llamacpp_dtype else [])]
     return Server(ws, *args, timeout=1200.0)
+
+
+def summarise(results: dict[str, dict[str, dict]], systems: list[str], client_counts: list[int]) -> dict:
+    """Ratios of one answer length: each ragtune system over each wrapper per client count, and `best_rps_ratio`
+    (the best ragtune system's requests/s over the transformers wrapper's at 8 clients)."""
+    ratios: dict[str, float | None] = {}
+    for clients in map(str, client_counts):
+        for wrapper in ("wrapper", "wrapper-llamacpp"):
+            base = results.get(wrapper, {}).get(clients, {}).get("rps")
+            for system in (s for s in systems if s.startswith("ragtune")):
+                rps = results[system][clients]["rps"]
+                ratios[f"{system}_over_{wrapper}@{clients}"] = round(rps / base, 2) if base else None
+    wrapper8 = results.get("wrapper", {}).get("8", {}).get("rps")
+    best8 = max((results[s]["8"]["rps"] for s in systems if s.startswith("ragtune") and "8" in results.get(s, {})),
+                default=None)
+    best = round(best8 / wrapper8, 2) if best8 is not None and wrapper8 else None
+    return {"results": results, "ratios": ratios, "best_rps_ratio": best}
 
 
 def main() -> None:
@@ -221,20 +249,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 clients x 20 s, 16 tokens")
     parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
     parser.add_argument("--clients", default=None, help="comma list (default 8,32; --quick: 8)")
-    parser.add_argument("--seconds", type=float)
-    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--seconds", type=float, help="window per row (default 40 s for answers of up to 32 tokens, "
+                        "90 s for longer ones; --quick 20)")
+    parser.add_argument("--max-tokens", default=None, help="comma list of answer caps (default 160,32: the RAFT "
+                        "answer format's quotes + answer, as eval caps it, then short answers; --quick 16); the first "
+                        "gives the top-level results and best_rps_ratio")
     parser.add_argument("--slots", type=int, help="ragtune-llamacpp's slots (default: the engine's DEFAULT_SLOTS)")
+    parser.add_argument("--llamacpp-dtype", default="auto", help="--dtype of both llama.cpp systems (auto: bf16 GGUF "
+                        "on a CPU with native bf16, else f16; 'none' for the exact f16 default)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ragtune-bench-serve"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="transformers", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         import uvicorn
 
-        uvicorn.run(baseline_app(str(args.workspace), args.max_tokens, args.engine), host="127.0.0.1",
+        uvicorn.run(baseline_app(str(args.workspace), int(args.max_tokens), args.engine, args.dtype), host="127.0.0.1",
                     port=args.port, log_level="warning")
         return
 
@@ -249,9 +283,17 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; expected {', '.join(SYSTEMS)}")
     client_counts = [int(c) for c in (args.clients or ("8" if quick else "8,32")).split(",")]
-    seconds = args.seconds or (20.0 if quick else 40.0)
-    max_tokens = args.max_tokens or (16 if quick else 32)
+    lengths = [int(n) for n in (args.max_tokens or ("16" if quick else "160,32")).split(",")]
+
+    def window_for(n_tokens: int) -> float:
+        """Long answers need a longer window for the same count of finished requests."""
+        return args.seconds or (20.0 if quick else 40.0 if n_tokens <= 32 else 90.0)
+
     slots = args.slots or DEFAULT_SLOTS
+    llamacpp_dtype = None if args.llamacpp_dtype.lower() == "none" else args.llamacpp_dtype
+    from ragtune.llm.llamacpp_backend import gguf_type_for
+
+    gguf_type = gguf_type_for(llamacpp_dtype)
     n_questions = 30
     out = args.out or ROOT / "benchmarks" / "results" / ("serve_quick.json" if quick else "serve.json")
 
@@ -266,53 +308,53 @@ def main() -> None:
     print(f"workspace: {summary.chunks_total} chunks ({time.perf_counter() - t0:.0f}s)", flush=True)
     key = TenantStore(ws).add("bench")
 
-    results: dict[str, dict[str, dict]] = {}
+    by_length: dict[str, dict[str, dict[str, dict]]] = {str(n): {} for n in lengths}
     for system in systems:
         started = time.perf_counter()
-        server = start(system, ws, slots, max_tokens)
+        server = start(system, ws, slots, max(lengths), llamacpp_dtype)
         up = round(time.perf_counter() - started, 1)
         try:
-            for clients in client_counts:
-                idle = wait_idle(server.url)
-                print(f"{system}: {clients} clients x {seconds:.0f}s (started in {up:.0f}s, idle after {idle}s)",
-                      flush=True)
-                row = load(server.url, key, questions, clients, seconds, max_tokens,
-                           stream=system.startswith("ragtune"))
-                results.setdefault(system, {})[str(clients)] = {**row, "startup_s": up}
-                print(f"  {row['requests']} done, {row['unfinished']} unfinished, {row['errors']} errors, "
-                      f"{row['rps']} req/s, p50 {row['p50_s']} s, ttft p50 {row['ttft_p50_s']} s", flush=True)
+            for n_tokens in lengths:
+                window = window_for(n_tokens)
+                for clients in client_counts:
+                    idle = wait_idle(server.url)
+                    print(f"{system}: {clients} clients x {window:.0f}s, max_tokens {n_tokens} (started in {up:.0f}s, "
+                          f"idle after {idle}s)", flush=True)
+                    row = load(server.url, key, questions, clients, window, n_tokens,
+                               stream=system.startswith("ragtune"))
+                    by_length[str(n_tokens)].setdefault(system, {})[str(clients)] = {**row, "startup_s": up}
+                    print(f"  {row['requests']} done, {row['unfinished']} unfinished, {row['errors']} errors, "
+                          f"{row['rps']} req/s, p50 {row['p50_s']} s, ttft p50 {row['ttft_p50_s']} s", flush=True)
         finally:
             server.stop()
 
-    ratios: dict[str, float | None] = {}
-    for clients in map(str, client_counts):
-        for wrapper in ("wrapper", "wrapper-llamacpp"):
-            base = results.get(wrapper, {}).get(clients, {}).get("rps")
-            for system in (s for s in systems if s.startswith("ragtune")):
-                rps = results[system][clients]["rps"]
-                ratios[f"{system}_over_{wrapper}@{clients}"] = round(rps / base, 2) if base else None
-    wrapper8 = results.get("wrapper", {}).get("8", {}).get("rps")
-    best8 = max((results[s]["8"]["rps"] for s in systems if s.startswith("ragtune") and "8" in results[s]),
-                default=None)
-    best_rps_ratio = round(best8 / wrapper8, 2) if best8 is not None and wrapper8 else None
-    print(f"\n{'system':<22}{'clients':>8}{'done':>6}{'unfin':>7}{'err':>5}{'req/s':>9}{'p50 s':>8}{'p95 s':>8}"
-          f"{'ttft50':>8}")
-    for system, rows in results.items():
-        for clients, x in rows.items():
-            print(f"{system:<22}{clients:>8}{x['requests']:>6}{x['unfinished']:>7}{x['errors']:>5}{x['rps']:>9}"
-                  f"{x['p50_s']!s:>8}{x['p95_s']!s:>8}{x['ttft_p50_s']!s:>8}")
-    print(f"best_rps_ratio (best ragtune engine / wrapper, 8 clients): {best_rps_ratio}")
-    meta = {"quick": quick, "clients": client_counts, "window_s": seconds, "max_tokens": max_tokens,
+    sections = {n: summarise(rows, systems, client_counts) for n, rows in by_length.items()}
+    for n, section in sections.items():
+        print(f"\nmax_tokens {n}, {window_for(int(n)):.0f} s windows")
+        print(f"{'system':<22}{'clients':>8}{'done':>6}{'unfin':>7}{'err':>5}{'req/s':>9}{'p50 s':>8}{'p95 s':>8}"
+              f"{'ttft50':>8}")
+        for system, rows in section["results"].items():
+            for clients, x in rows.items():
+                print(f"{system:<22}{clients:>8}{x['requests']:>6}{x['unfinished']:>7}{x['errors']:>5}{x['rps']:>9}"
+                      f"{x['p50_s']!s:>8}{x['p95_s']!s:>8}{x['ttft_p50_s']!s:>8}")
+        print(f"best_rps_ratio (best ragtune engine / wrapper, 8 clients): {section['best_rps_ratio']}")
+    head = sections[str(lengths[0])]
+    results, ratios, best_rps_ratio = head["results"], head["ratios"], head["best_rps_ratio"]
+    meta = {"quick": quick, "clients": client_counts, "window_s": window_for(lengths[0]), "max_tokens": lengths[0],
+            "lengths": lengths, "windows_s": {str(n): window_for(n) for n in lengths},
             "questions": n_questions, "chunks": summary.chunks_total, "k": 5, "systems": systems, "slots": slots,
-            "model": "smollm2-135m-instruct (bundled): transformers fp32; llama.cpp the same weights at f16",
+            "model": f"smollm2-135m-instruct (bundled): transformers fp32; llama.cpp the same weights at {gguf_type}",
+            "llamacpp_dtype": llamacpp_dtype, "gguf_type": gguf_type,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS')} (every server), shared with other jobs",
             "python": platform.python_version(), "time": time.time()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"meta": meta, "results": results, "ratios": ratios, "best_rps_ratio": best_rps_ratio}
+    doc = {"meta": meta, "results": results, "ratios": ratios, "best_rps_ratio": best_rps_ratio,
+           "by_max_tokens": sections,
+           "best_rps_ratio_by_max_tokens": {n: x["best_rps_ratio"] for n, x in sections.items()}}
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")
-    if any(x["errors"] for rows in results.values() for x in rows.values()):
+    if any(x["errors"] for rows_by in by_length.values() for rows in rows_by.values() for x in rows.values()):
         sys.exit(1)
 
 

@@ -84,6 +84,39 @@ def test_loglikelihood_agrees_with_transformers_and_ranks_the_right_answer(llm):
     assert llm.capabilities.loglikelihood and llm.capabilities.streaming and llm.capabilities.cancel
 
 
+def test_dtype_picks_the_gguf_type_as_it_picks_the_transformers_dtype():
+    """One --dtype for every engine: None stays the exact f16, auto is bf16 exactly where transformers' auto is."""
+    from ragtune.llm import resolve_dtype
+    from ragtune.llm.llamacpp_backend import gguf_type_for
+
+    assert gguf_type_for(None) == "f16"
+    assert gguf_type_for("auto") == ("bf16" if resolve_dtype("auto", "cpu") == "bfloat16" else "f16")
+    assert gguf_type_for("auto", n_gpu_layers=99) == "f16"  # llama.cpp's GPU kernels: f16
+    assert [gguf_type_for(d) for d in ("float32", "fp16", "bfloat16", "bf16")] == ["f32", "f16", "bf16", "bf16"]
+    with pytest.raises(ValueError, match="llamacpp engine runs dtype auto"):
+        gguf_type_for("mixed-bf16")
+
+
+@needs_llama_cpp
+def test_auto_dtype_runs_a_bf16_gguf_with_the_answers_of_transformers_bf16():
+    """On a CPU with native bf16, `dtype="auto"` re-encodes the bundled model at bf16 (once) and answers as the
+    transformers engine does under the same `auto`; elsewhere auto is the f16 default."""
+    from gguf import GGUFReader
+
+    from ragtune.llm.llamacpp_backend import gguf_type_for
+
+    fast = load_llm(engine="llamacpp", dtype="auto", max_length=2048)
+    want = gguf_type_for("auto")
+    assert fast.dtype == f"gguf-{want}" and fast.path.endswith(f"-{want}.gguf")
+    types = {t.tensor_type.name for t in GGUFReader(fast.path).tensors}
+    assert want.upper() in types and types <= {"BF16", "F16", "F32"}
+    config = GenerationConfig(max_new_tokens=24)
+    got = [g.text for g in fast.generate(PROMPTS, config)]
+    reference = [g.text for g in load_llm(dtype="auto").generate(PROMPTS, config, batch_size=1)]
+    assert "Paris" in got[0]
+    assert sum(a == b for a, b in zip(got, reference, strict=True)) >= 2, (got, reference)
+
+
 converter_dir = os.environ.get("LLAMA_CPP_DIR", "")
 
 

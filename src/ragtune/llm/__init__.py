@@ -41,7 +41,8 @@ _OPENAI_KEYS = {
 _LOCAL_KEYS = {"device", "dtype", "max_length", "merge_adapter", "attn_implementation", "generate_options",
                "fast_prefill"}
 _CT2_KEYS = {"device", "dtype", "max_length", "compute_type"}
-_LLAMACPP_KEYS = {"max_length", "n_threads", "n_gpu_layers", "lora_scale", "llama_cpp_dir", "seed", "gguf_quant"}
+_LLAMACPP_KEYS = {"max_length", "n_threads", "n_gpu_layers", "lora_scale", "llama_cpp_dir", "seed", "gguf_quant",
+                  "flash_attn"}
 _VLLM_KEYS = {"dtype", "max_length", "adapters", "gpu_memory_utilization", "tensor_parallel_size", "seed"}
 
 
@@ -71,9 +72,10 @@ def load_llm(ref: str | None = None, adapter: str | None = None, engine: str | N
         raise ValueError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     check(engine, engine_capabilities(engine), wanted)
     if engine == "llamacpp":  # runs the GGUF file itself: no conversion to a Hugging Face folder for a .gguf ref
-        from ragtune.llm.llamacpp_backend import LlamaCppLLM
+        from ragtune.llm.llamacpp_backend import LlamaCppLLM, gguf_type_for
 
         options = {k: v for k, v in kw.items() if k in _LLAMACPP_KEYS and v is not None}
+        options.setdefault("gguf_quant", gguf_type_for(kw.get("dtype"), int(options.get("n_gpu_layers") or 0)))
         return LlamaCppLLM(ref, adapter=adapter, **options)
     resolved = resolve_generator(ref)
     if engine == "vllm":

@@ -113,6 +113,8 @@ class SlotEngine(GivesUpJobs):
         params.n_batch = params.n_ubatch = self.n_batch
         params.n_seq_max = self.slots_n
         params.kv_unified = False  # a cache stream per slot: no attention across unrelated prompts
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if getattr(llm, "flash_attn", True)
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)  # as the one-sequence engine
         threads = llm.llama.n_threads if hasattr(llm.llama, "n_threads") else 1
         params.n_threads = params.n_threads_batch = int(threads)
         ctx = llama_cpp.llama_init_from_model(self._model, params)
