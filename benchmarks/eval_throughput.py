@@ -15,6 +15,9 @@ HotpotQA eval-split questions, oracle documents + 2 distractors, the `cot` promp
 - `tf-bf16-b{8,16,32}`: transformers bf16 (native on CPUs with AVX512-BF16 / AMX), and larger batches;
 - `tf-bf16-eager-b8`, `tf-bf16-static-b8`: eager attention instead of SDPA; a static KV cache;
 - `ct2-fp32-b8`, `ct2-int8-b8`, ...: CTranslate2 on the same weights, converted once (`pip install ctranslate2`);
+- `llamacpp-f16-b1`, `llamacpp-bf16-b1`: the llama.cpp engine (`pip install 'ragtune[llamacpp]'`), one sequence at a
+  time, flash attention, the bundled weights re-encoded at f16 (its exact default) or bf16 (its `--dtype auto` on a
+  CPU with native bf16);
 - the tuned system (base + an all-linear LoRA): `lora-unmerged-*` (PeftModel, what eval did before) vs
   `lora-merged-*` (`merge_and_unload` at load time) vs `ct2-lora-*` (merged, then converted). `--adapter` takes a real
   adapter; without one a synthetic r=16 all-linear adapter (small random B) stands in: it measures speed and whether
@@ -54,8 +57,10 @@ DEFAULT_ENGINES = "tf-fp32-concat-b8,tf-fp32fast-b8,tf-mixed-b8,tf-bf16-b8,tf-bf
 ALL_ENGINES = (
     DEFAULT_ENGINES + ",tf-fp32-b8,tf-mixed-b16,ct2-int8-b8,tf-bf16-b16,tf-bf16-b32,tf-bf16-eager-b8,ct2-fp32-b16,"
     "lora-unmerged-fp32-b8,"
-    "lora-merged-fp32-b8,lora-merged-mixed-b8,lora-unmerged-bf16-b8,lora-merged-bf16-b8,ct2-lora-fp32-b8"
+    "lora-merged-fp32-b8,lora-merged-mixed-b8,lora-unmerged-bf16-b8,lora-merged-bf16-b8,ct2-lora-fp32-b8,"
+    "llamacpp-f16-b1,llamacpp-bf16-b1"
 )
+LLAMACPP_DTYPES = {"f16": None, "bf16": "bfloat16", "f32": "float32"}  # engine-name type -> load_llm dtype
 
 
 def synthetic_adapter(base_path: str, folder: Path, seed: int = 0) -> Path:
@@ -98,6 +103,9 @@ def engine_loader(name: str, adapter: str | None) -> tuple[Callable[[], Any], in
         compute = parts[2] if tuned else parts[1]
         return (lambda: load_llm(engine="ct2", adapter=adapter if tuned else None, compute_type=compute)), batch, (
             "tuned" if tuned else "base")
+    if parts[0] == "llamacpp":  # llama.cpp, one sequence at a time: the bundled weights re-encoded at that type
+        dtype_name = LLAMACPP_DTYPES[parts[1]]
+        return (lambda: load_llm(engine="llamacpp", dtype=dtype_name, max_length=4096)), batch, "base"
     if parts[0] == "lora":
         merged, (dtype, fast) = parts[1] == "merged", DTYPES[parts[2]]
         return (lambda: load_llm(adapter=adapter, dtype=dtype, merge_adapter=merged, fast_prefill=fast)), batch, (

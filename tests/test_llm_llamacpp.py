@@ -98,9 +98,10 @@ def test_dtype_picks_the_gguf_type_as_it_picks_the_transformers_dtype():
 
 
 @needs_llama_cpp
-def test_auto_dtype_runs_a_bf16_gguf_with_the_answers_of_transformers_bf16():
-    """On a CPU with native bf16, `dtype="auto"` re-encodes the bundled model at bf16 (once) and answers as the
-    transformers engine does under the same `auto`; elsewhere auto is the f16 default."""
+def test_auto_dtype_runs_a_bf16_gguf_that_mostly_answers_as_exact_transformers():
+    """On a CPU with native bf16, `dtype="auto"` re-encodes the bundled model at bf16 (once); its greedy answers are
+    mostly the fp32 transformers engine's (benchmarks/llamacpp_types.py: 27 of 30 RAG prompts, where transformers'
+    own bf16 gives 21). Elsewhere auto is the f16 default."""
     from gguf import GGUFReader
 
     from ragtune.llm.llamacpp_backend import gguf_type_for
@@ -112,7 +113,7 @@ def test_auto_dtype_runs_a_bf16_gguf_with_the_answers_of_transformers_bf16():
     assert want.upper() in types and types <= {"BF16", "F16", "F32"}
     config = GenerationConfig(max_new_tokens=24)
     got = [g.text for g in fast.generate(PROMPTS, config)]
-    reference = [g.text for g in load_llm(dtype="auto").generate(PROMPTS, config, batch_size=1)]
+    reference = [g.text for g in load_llm().generate(PROMPTS, config, batch_size=1)]
     assert "Paris" in got[0]
     assert sum(a == b for a, b in zip(got, reference, strict=True)) >= 2, (got, reference)
 

@@ -131,7 +131,9 @@ def serve(
                               "batching (4; 0: one request at a time)."),
     slot_ctx: int = typer.Option(None, "--slot-ctx", help="llama.cpp engine: tokens per slot, prompt + answer "
                                  "(2048)."),
-    dtype: str = typer.Option(None, "--dtype", help="Local model dtype: auto | float32 | bfloat16 | float16."),
+    dtype: str = typer.Option(None, "--dtype", help="Local model dtype: auto | float32 | bfloat16 | float16 "
+                              "(default float32 on CPU). llamacpp: the GGUF type the model is re-encoded at (default "
+                              "f16; auto: bf16 on CPUs with native bf16, 1.3x faster here: see the README)."),
     device: str = typer.Option(None, "--device", help="Local model device (default: cuda if available, else cpu)."),
     engine: str = engine_option(" Here transformers and llamacpp stream and cancel; llamacpp decodes --slots "
                                 "requests together (continuous batching) and serves several adapters over one base, "
