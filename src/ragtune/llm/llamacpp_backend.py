@@ -79,8 +79,9 @@ def gguf_type_for(dtype: str | None, n_gpu_layers: int = 0) -> str:
       transformers engine's in fp32 to within 0.05 of a logit);
     - "auto": the fastest at equal quality, as for transformers: bf16 on a CPU with native bf16 (AVX512-BF16 / AMX),
       whose bf16 dot products llama.cpp runs natively (measured on one EPYC core, bundled SmolLM2, 1,000-token
-      prompt: prefill 262 tokens/s at bf16 against 188 at f16, decoding 23.7 against 24.8 ms a token; the rounding
-      is that of transformers' bf16, which eval already runs under `auto`); f16 on a GPU or a CPU without it;
+      prompt: prefill 262 tokens/s at bf16 against 188 at f16, decoding 23.7 against 24.8 ms a token; greedy answers
+      on 27 of 30 RAG prompts those of transformers in fp32, where transformers' own bf16 keeps 21:
+      benchmarks/llamacpp_types.py); f16 on a GPU or a CPU without it;
     - "float32" / "float16" / "bfloat16" (and fp32 / fp16 / bf16): that type.
     A `.gguf` file given as the model always runs as it is."""
     if dtype is None:
@@ -250,7 +251,8 @@ class LlamaCppLLM(ChatTemplatePrompts, LLM):
         threads = n_threads or _threads()
         # flash attention: llama.cpp's fused attention kernel, on by default (llama-cpp-python's Llama turns it off
         # unless asked): on one EPYC core a 1,000-token prompt of the bundled model reads at 352 tokens/s with it
-        # against 262 without (bf16; f16 238 / 188), the same answers (tests/test_llm_llamacpp.py)
+        # against 262 without (bf16; f16 238 / 188); at f16 it changes none of 30 RAG answers
+        # (benchmarks/llamacpp_types.py)
         self.flash_attn = bool(flash_attn)
         key = (f"{self.model.gguf}|{self.model.lora or ''}|{lora_scale}|{self.flash_attn}", str(n_gpu_layers), n_ctx,
                threads)
