@@ -35,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "hotpotqa_mini" / "hotpotqa_mini.json"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # serve.py: the same workspace and prompts
 ENGINES = {  # name: (engine, dtype, flash attention)
     "tf-fp32": ("transformers", None, None),
     "tf-bf16": ("transformers", "bfloat16", None),
@@ -48,20 +48,14 @@ MIN_AGREEMENT = 0.8
 
 
 def prompts(workdir: Path, n: int) -> list:
-    from ragtune.config import IngestConfig
-    from ragtune.index.ingest import ingest
-    from ragtune.prompts import build_messages
+    """The conversations benchmarks/serve.py sends (its workspace, built here when missing), the first `n`."""
+    from serve import bench_workspace, rag_messages
+
     from ragtune.retrieve.search import Searcher
 
-    data = json.loads(DATA.read_text(encoding="utf-8"))[:30]
-    workdir.mkdir(parents=True, exist_ok=True)
-    subset = workdir / "hotpot30.json"
-    subset.write_text(json.dumps(data), encoding="utf-8")
-    ws = workdir / "ws30"
-    ingest([subset], ws, IngestConfig(tenant="bench"))  # incremental: a no-op when serve.py built it
+    ws, data, _ = bench_workspace(workdir)
     searcher = Searcher(str(ws))
-    return [build_messages(q["question"], searcher.search(q["question"], k=5, filters={"tenant": "bench"}))
-            for q in data[:n]]
+    return [rag_messages(searcher, q["question"]) for q in data[:n]]
 
 
 def decode_steps(gguf_type: str = "bf16", context: int = 800, steps: int = 16) -> dict[str, float]:

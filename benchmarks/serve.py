@@ -50,6 +50,29 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "hotpotqa_mini" / "hotpotqa_mini.json"
 sys.path.insert(0, str(ROOT / "tests"))
 SYSTEMS = ("wrapper", "wrapper-llamacpp", "ragtune-llamacpp", "ragtune-transformers")
+N_QUESTIONS, K = 30, 5
+
+
+def bench_workspace(workdir: Path, n_questions: int = N_QUESTIONS):
+    """The first `n_questions` records of examples/hotpotqa_mini ingested under tenant "bench" into WORKDIR/ws<N>
+    (ingest is incremental: a rerun, or another benchmark on the same prompts, reuses it): (workspace, records,
+    ingest summary)."""
+    from ragtune.config import IngestConfig
+    from ragtune.index.ingest import ingest
+
+    data = json.loads(DATA.read_text(encoding="utf-8"))[:n_questions]
+    workdir.mkdir(parents=True, exist_ok=True)
+    subset = workdir / f"hotpot{n_questions}.json"
+    subset.write_text(json.dumps(data), encoding="utf-8")
+    ws = workdir / f"ws{n_questions}"
+    return ws, data, ingest([subset], ws, IngestConfig(tenant="bench"))
+
+
+def rag_messages(searcher, question: str) -> list:
+    """The conversation every system answers: the question with its top K chunks, in ragtune's RAG prompt."""
+    from ragtune.prompts import build_messages
+
+    return build_messages(question, searcher.search(question, k=K, filters={"tenant": "bench"}))
 DEFAULT_SYSTEMS = ("wrapper", "wrapper-llamacpp", "ragtune-llamacpp")
 
 
@@ -58,11 +81,10 @@ def baseline_app(workspace: str, max_tokens: int, engine: str = "transformers", 
     from fastapi import FastAPI
 
     from ragtune.llm import GenerationConfig, load_llm
-    from ragtune.prompts import build_messages
     from ragtune.retrieve.search import Searcher
 
     llm, searcher = load_llm(None, engine=engine, dtype=dtype), Searcher(workspace)
-    searcher.search("warm up", k=5, filters={"tenant": "bench"})
+    searcher.search("warm up", k=K, filters={"tenant": "bench"})
     lock = threading.Lock()
     inflight = [0]
     app = FastAPI()
@@ -77,8 +99,7 @@ def baseline_app(workspace: str, max_tokens: int, engine: str = "transformers", 
         inflight[0] += 1
         try:
             with lock:
-                hits = searcher.search(question, k=5, filters={"tenant": "bench"})
-                messages = build_messages(question, hits)
+                messages = rag_messages(searcher, question)
                 config = GenerationConfig(max_new_tokens=body.get("max_tokens") or max_tokens)
                 gen = llm.generate([messages], config)[0]
         finally:
@@ -272,8 +293,7 @@ def main() -> None:
                     port=args.port, log_level="warning")
         return
 
-    from ragtune.config import IngestConfig
-    from ragtune.index.ingest import ingest
+    from ragtune.llm.llamacpp_backend import gguf_type_for
     from ragtune.llm.llamacpp_slots import DEFAULT_SLOTS
     from ragtune.serve.tenants import TenantStore
 
@@ -291,20 +311,12 @@ def main() -> None:
 
     slots = args.slots or DEFAULT_SLOTS
     llamacpp_dtype = None if args.llamacpp_dtype.lower() == "none" else args.llamacpp_dtype
-    from ragtune.llm.llamacpp_backend import gguf_type_for
-
     gguf_type = gguf_type_for(llamacpp_dtype)
-    n_questions = 30
     out = args.out or ROOT / "benchmarks" / "results" / ("serve_quick.json" if quick else "serve.json")
 
-    data = json.loads(DATA.read_text(encoding="utf-8"))[:n_questions]
-    questions = [q["question"] for q in data]
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    subset = args.workdir / f"hotpot{n_questions}.json"
-    subset.write_text(json.dumps(data), encoding="utf-8")
-    ws = args.workdir / f"ws{n_questions}"
     t0 = time.perf_counter()
-    summary = ingest([subset], ws, IngestConfig(tenant="bench"))
+    ws, data, summary = bench_workspace(args.workdir)
+    questions = [q["question"] for q in data]
     print(f"workspace: {summary.chunks_total} chunks ({time.perf_counter() - t0:.0f}s)", flush=True)
     key = TenantStore(ws).add("bench")
 
@@ -342,7 +354,7 @@ def main() -> None:
     results, ratios, best_rps_ratio = head["results"], head["ratios"], head["best_rps_ratio"]
     meta = {"quick": quick, "clients": client_counts, "window_s": window_for(lengths[0]), "max_tokens": lengths[0],
             "lengths": lengths, "windows_s": {str(n): window_for(n) for n in lengths},
-            "questions": n_questions, "chunks": summary.chunks_total, "k": 5, "systems": systems, "slots": slots,
+            "questions": len(data), "chunks": summary.chunks_total, "k": K, "systems": systems, "slots": slots,
             "model": f"smollm2-135m-instruct (bundled): transformers fp32; llama.cpp the same weights at {gguf_type}",
             "llamacpp_dtype": llamacpp_dtype, "gguf_type": gguf_type,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS="
