@@ -306,8 +306,7 @@ def main() -> None:
     questions = args.questions or (10 if quick else 100)
     ks = parse_ks(args.ks or ("0,3" if quick else "0..6"))
     # Fixed steps unless a time budget is asked for: a benchmark's adapter must not depend on the host's speed.
-    minutes = args.minutes
-    if args.max_steps is None and minutes is None and quick:
+    if args.max_steps is None and args.minutes is None and quick:
         args.max_steps = 25
     args.throughput_examples = args.throughput_examples or (6 if quick else 32)
     args.throughput_repeats = args.throughput_repeats or (1 if quick else 2)
@@ -357,7 +356,7 @@ def main() -> None:
             trained = json.loads(summary_file.read_text(encoding="utf-8"))
             training = {k: v for k, v in trained.items() if k != "history"} | {"loss_curve": trained.get("history")}
     else:
-        budget = {"max_steps": args.max_steps or -1, "max_minutes": None if args.max_steps else minutes}
+        budget = {"max_steps": args.max_steps or -1, "max_minutes": None if args.max_steps else args.minutes}
         config = SFTRunConfig(epochs=args.epochs, **budget, lr=args.lr, batch_size=args.batch_size,
                               lora=LoraSettings(r=16, dropout=args.lora_dropout, layers=args.lora_layers),
                               grad_accum=args.grad_accum, max_length=args.max_length, save_steps=25)
@@ -400,7 +399,7 @@ def main() -> None:
             "retrieved": retrieved,
             "training": training,
             "throughput": throughput if throughput is not None else previous_throughput,
-            "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"minutes": minutes},
+            "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
             "seconds": round(time.perf_counter() - started, 1),
         }
         out["settings"]["data"] = str(args.data)
