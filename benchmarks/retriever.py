@@ -159,12 +159,26 @@ def pairs_file(beir: BeirDataset, path: Path) -> Path:
 class Results:
     """The JSON written after each method: corpora.<name>.<method>.{ndcg@10, ...} and corpora.<name>.best."""
 
-    def __init__(self, path: Path, meta: dict[str, Any]):
+    def __init__(self, path: Path, meta: dict[str, Any], keep_others: list[str] | None = None):
         self.path = path
         self.data: dict[str, Any] = {"meta": meta, "corpora": {}}
+        if keep_others is not None:
+            self.keep(keep_others)
+
+    def keep(self, running: list[str]) -> None:
+        """Carry over the corpora of an earlier run of the same kind (quick or full) that this run does not redo,
+        so the corpora can be measured by separate invocations into one JSON; each corpus records its command."""
+        if not self.path.exists():
+            return
+        earlier = json.loads(self.path.read_text(encoding="utf-8"))
+        if earlier.get("meta", {}).get("quick") != self.data["meta"]["quick"]:
+            return
+        for name, corpus in earlier.get("corpora", {}).items():
+            if name not in running:
+                self.data["corpora"][name] = corpus
 
     def corpus(self, name: str, **meta: Any) -> None:
-        self.data["corpora"].setdefault(name, {"meta": {}})["meta"].update(meta)
+        self.data["corpora"].setdefault(name, {"meta": {"command": self.data["meta"]["command"]}})["meta"].update(meta)
         self.save()
 
     def method(self, corpus: str, method: str, entry: dict[str, Any]) -> None:
@@ -269,7 +283,10 @@ def run_corpus(name: str, results: Results, workdir: Path, sizes: Sizes, args: a
         except ImportError as exc:
             raise MissingMethod(f"no unsupervised trainer here ({exc})") from exc
         return train_unsupervised(ws, UnsupervisedConfig(tower="query", max_pairs=sizes.unsup_pairs,
-                                                         batch_size=sizes.batch, max_steps=sizes.steps),
+                                                         batch_size=sizes.batch, max_steps=sizes.steps,
+                                                         target=args.unsupervised_target,
+                                                         pairs=args.unsupervised_pairs.split(","),
+                                                         lr=args.unsupervised_lr),
                                   out=out, progress=True)
 
     attempt("unsupervised", unsupervised)
@@ -376,6 +393,14 @@ def main() -> None:
     parser.add_argument("--qa-questions", type=int, default=None, help="HotpotQA test questions answered (0: skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--skip", default="", help="comma list of methods (and qa) to skip")
+    parser.add_argument("--unsupervised-target", choices=("pair", "hybrid"), default="pair",
+                        help="what the corpus-only pseudo-queries are taught: their source passage (pair, ICT / "
+                             "cropping InfoNCE) or the hybrid first stage's ranking (hybrid)")
+    parser.add_argument("--unsupervised-pairs", default="ict,crop", help="pseudo-query kinds: ict, crop")
+    parser.add_argument("--unsupervised-lr", type=float, default=None, help="default: the trainer's (1e-4)")
+    parser.add_argument("--keep-other-corpora", action="store_true",
+                        help="keep the corpora of the existing --out JSON that this run does not measure (one corpus "
+                             "per invocation, one JSON)")
     args = parser.parse_args()
     corpora = [c for c in args.corpora.split(",") if c]
     sources = {"hotpotqa": HOTPOT, "scifact": SCIFACT}
@@ -400,7 +425,7 @@ def main() -> None:
         "lm_adapter": str(args.lm_adapter) if args.lm_adapter else None, "threads": args.threads,
         "sizes": {k: v for k, v in vars(sizes).items()}, "rerank_candidates": args.rerank_candidates,
         "command": " ".join(sys.argv),
-    })
+    }, keep_others=corpora if args.keep_other_corpora else None)
     started = time.perf_counter()
     shared_llm: dict[str, Any] = {}
     for name in corpora:

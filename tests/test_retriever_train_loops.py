@@ -106,6 +106,32 @@ def test_unsupervised_query_tower_learns_from_the_corpus_alone(tiny_ws, tmp_path
     assert len(tuned.search(QUESTION, k=3, mode="dense")) == 3
 
 
+def test_unsupervised_hybrid_target_distils_the_hybrid_ranking(tiny_ws, tmp_path):  # noqa: F811
+    from ragtune.train.retriever.unsupervised import UnsupervisedConfig, hybrid_rank_dataset, train_unsupervised
+
+    searcher = Searcher(tiny_ws)
+    query = "Arthur's Magazine was an American literary periodical"
+    dataset, vectors, counts = hybrid_rank_dataset(searcher, [query, QUESTION], k=5, tau=2.0)
+    assert counts == {"hybrid_taught": 2, "hybrid_short": 0} and len(dataset) == 2
+    hybrid_top = [h.chunk_id for h in searcher.search(query, k=5, mode="hybrid")]
+    rows, scores = dataset[0]["label"]
+    assert scores == [0.0, -1.0, -2.0, -3.0, -4.0]  # the teacher's ranks, best first
+    ids = sorted({h.chunk_id for q in (query, QUESTION) for h in searcher.search(q, k=5, mode="hybrid")})
+    assert [ids[int(r)] for r in rows] == hybrid_top and vectors.shape == (len(ids), 384)
+
+    before = _vectors(tiny_ws)
+    out = tmp_path / "hyb"
+    result = train_unsupervised(tiny_ws, UnsupervisedConfig(target="hybrid", pairs=["ict"], max_pairs=8,
+                                                            teacher_k=5, batch_size=4, max_steps=4, lr=2e-4),
+                                out=out)
+    assert result.steps == 4 and result.counts["hybrid_taught"] == result.counts["pairs"] == 8
+    assert "masked_same_doc" not in result.counts  # no negatives are mined for this target
+    assert result.extra["target"] == "hybrid" and load_spec(out).kind == "query-tower"
+    assert all(np.array_equal(before[c], v) for c, v in _vectors(tiny_ws).items())
+    with pytest.raises(ValueError, match="query tower"):
+        train_unsupervised(tiny_ws, UnsupervisedConfig(target="hybrid", tower="both"), out=tmp_path / "x")
+
+
 def test_unsupervised_both_towers_reembeds(tiny_ws, tmp_path):  # noqa: F811
     import shutil
 
@@ -182,6 +208,9 @@ def test_cli_runs_unsupervised_and_checks_lsr_options(tiny_ws, tmp_path):  # noq
                             "--max-pairs", "6", "--batch-size", "3", "--steps", "2", "--out", str(tmp_path / "u")])
     assert r.exit_code == 0, r.output
     assert load_spec(tmp_path / "u").method == "unsupervised"
+    r = runner.invoke(app, ["train", "retriever", "-w", str(tiny_ws), "--method", "unsupervised", "--target",
+                            "hybrid", "--tower", "both", "--out", str(tmp_path / "v")])
+    assert r.exit_code != 0 and "use tower='query'" in r.output
     r = runner.invoke(app, ["train", "retriever", "-w", str(tiny_ws), "--method", "lsr"])
     assert r.exit_code == 2 and "needs --data" in r.output
     raft = str(tiny_ws / "synth" / "raft.jsonl")

@@ -82,6 +82,8 @@ def retriever_cmd(
     pairs: str = typer.Option(None, "--pairs", help="unsupervised: ict (a sentence vs the rest of its chunk), crop "
                               "(two random spans of a chunk) or both, comma-separated (default ict,crop)."),
     max_pairs: int = typer.Option(None, "--max-pairs", help="unsupervised: at most this many pairs (default 2000)."),
+    target: str = typer.Option(None, "--target", help="unsupervised: pair (each pseudo-query's own passage, InfoNCE; "
+                               "the default) | hybrid (the hybrid first stage's ranking of it, KL; query tower only)."),
     top_k: int = typer.Option(10, "--top-k", help="LSR: retrieved chunks per question that the LM scores."),
     tau: float = typer.Option(0.01, "--tau", help="LSR: temperature of p_LSR (RA-DIT: 0.01)."),
     temperature: float = typer.Option(0.05, "--temperature", help="LSR: temperature of the retriever's p_R."),
@@ -139,7 +141,7 @@ def retriever_cmd(
             kinds = [k.strip() for k in pairs.split(",") if k.strip()] if pairs else None
             uconfig = UnsupervisedConfig(seed=seed, reembed=reembed, max_steps=steps, **_given(
                 pairs=kinds, max_pairs=max_pairs, tower=tower, negatives=negatives, max_seq_length=max_seq_length,
-                epochs=epochs, lr=lr, batch_size=batch_size))
+                epochs=epochs, lr=lr, batch_size=batch_size, target=target))
             result = train_unsupervised(workspace, uconfig, out=out, eval_data=eval_data or data, progress=True)
         elif method == "gpl":
             from ragtune.train.retriever.gpl import CrossEncoderLoadError, GPLConfig, train_gpl

@@ -12,18 +12,25 @@ unlabelled positive (near-duplicate passages, the same fact stated elsewhere).
   ones; the index is kept as it is.
 - `tower="both"`: MultipleNegativesRankingLoss over (query, positive, mined negatives), both towers trained, the index
   re-embedded afterwards (like `contrastive --tower both`).
+
+`target="hybrid"` (query tower only) keeps the pseudo-queries and changes what they are taught: the hybrid first
+stage's own ranking (BM25 and dense fused by RRF) of each query's top `teacher_k` chunks, as the distribution
+p_T(c) ∝ exp(-rank(c) / teacher_tau), which the dense query tower matches with RA-DIT's KL (`LSRLoss`, the LM's
+scores replaced by the ranks). Hybrid beats dense on both benchmark corpora (SciFact 0.729 vs 0.697 nDCG@10), so the
+corpus itself holds a better ranker than the dense tower alone; distilling it needs no labels and no teacher model.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from ragtune.index.settings import index_text
+from ragtune.models import resolve_embedder
 from ragtune.retrieve.search import Searcher
 from ragtune.synth.pairs_unsupervised import (
     KINDS,
@@ -33,8 +40,14 @@ from ragtune.synth.pairs_unsupervised import (
     build_corpus_pairs,
     write_corpus_pairs,
 )
-from ragtune.train.retriever.common import TrainResult, peak_rss_mb, retrieval_scores
-from ragtune.train.retriever.contrastive import fit_both_towers, fit_query_tower, held_out_questions, reembed_with
+from ragtune.train.retriever.common import TrainResult, peak_rss_mb, retrieval_scores, run_trainer, save_query_tower
+from ragtune.train.retriever.contrastive import (
+    Fit,
+    fit_both_towers,
+    fit_query_tower,
+    held_out_questions,
+    reembed_with,
+)
 from ragtune.train.retriever.data import IndexChunks, RetrieverDataError
 from ragtune.train.retriever.lsr import before_after, write_manifest
 from ragtune.workspace import Workspace
@@ -56,6 +69,10 @@ class UnsupervisedConfig(BaseModel):
     scale: Annotated[float, Field(gt=0)] = 20.0
     max_seq_length: Annotated[int | None, Field(ge=8)] = 128  # tower=both: training truncation
     reembed: bool = True  # tower=both only
+    target: Literal["pair", "hybrid"] = "pair"  # hybrid: the hybrid first stage's ranking (query tower only)
+    teacher_k: Annotated[int, Field(ge=2)] = 20  # target=hybrid: chunks of the hybrid ranking per query
+    teacher_tau: Annotated[float, Field(gt=0)] = 2.0  # target=hybrid: p_T ∝ exp(-rank / tau)
+    temperature: Annotated[float, Field(gt=0)] = 0.05  # target=hybrid: the dense tower's softmax temperature
     seed: int = 0
 
 
@@ -106,6 +123,8 @@ def train_unsupervised(
     """Adapt the retriever to the workspace's corpus with ICT / cropping pairs; saved to `out` (default
     WORKSPACE/train/retriever-unsupervised). `eval_data` (a RAFT or pairs file) scores it before and after."""
     config = config or UnsupervisedConfig()
+    if config.target == "hybrid" and config.tower != "query":
+        raise ValueError("target='hybrid' trains the query tower against the index: use tower='query'")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     out = Path(out) if out else ws.train_dir("retriever-unsupervised")
     started = time.perf_counter()
@@ -119,20 +138,32 @@ def train_unsupervised(
         raise RetrieverDataError(f"the index of {ws.root} yields {len(pairs)} {'/'.join(config.pairs)} pair(s): "
                                  "chunks need two sentences (ict) or ten words (crop)")
     pairs_file = write_corpus_pairs(out / "pairs.jsonl", pairs)
-    positives = [index_text(p.title, p.positive, chunks.embed_title) for p in pairs]
-    query_vectors = searcher.embedder.encode([p.query for p in pairs])
-    positive_vectors = searcher.embedder.encode(positives)
-    mined = mine_pair_negatives(chunks, pairs, query_vectors, positive_vectors,
-                                config.negatives if config.tower == "both" else 0, config.depth,
-                                config.relative_margin)
-    counts = {"pairs": len(pairs), **{f"pairs_{k}": sum(p.kind == k for p in pairs) for k in config.pairs},
-              **mined.counts}
+    counts = {"pairs": len(pairs), **{f"pairs_{k}": sum(p.kind == k for p in pairs) for k in config.pairs}}
+    if config.target == "pair":  # the hybrid target needs neither the positives' vectors nor mined negatives
+        positives = [index_text(p.title, p.positive, chunks.embed_title) for p in pairs]
+        query_vectors = searcher.embedder.encode([p.query for p in pairs])
+        positive_vectors = searcher.embedder.encode(positives)
+        mined = mine_pair_negatives(chunks, pairs, query_vectors, positive_vectors,
+                                    config.negatives if config.tower == "both" else 0, config.depth,
+                                    config.relative_margin)
+        counts.update(mined.counts)
     lr = config.lr or (1e-4 if config.tower == "query" else 2e-5)
     fit_config = config.model_copy(update={"lr": lr})
     held_out = held_out_questions(chunks, eval_data) if eval_data else []
     result = TrainResult(out=out, method="unsupervised", examples=0, counts=counts,
                          extra={"tower": config.tower, "pairs": list(config.pairs)})
-    if config.tower == "query":
+    if config.target == "hybrid":
+        dataset, vectors, taught = hybrid_rank_dataset(searcher, [p.query for p in pairs], config.teacher_k,
+                                                       config.teacher_tau)
+        result.counts.update(taught)
+        result.prepare_seconds = time.perf_counter() - started
+        fit = fit_query_tower_on(base, dataset, LSRLossSpec(vectors, config), out, fit_config, progress,
+                                 "unsupervised training (query tower, hybrid ranking)")
+        result.examples = len(dataset)
+        result.extra["target"] = "hybrid"
+        if eval_data:
+            before_after(ws, searcher, chunks, eval_data, None, out, result)
+    elif config.tower == "query":
         n_index = len(chunks.ids)
         doc_vectors = np.vstack([searcher.vectors(chunks.ids), positive_vectors]).astype(np.float32)
         by_doc: dict[str, list[int]] = {}
@@ -175,3 +206,62 @@ def train_unsupervised(
     fit.spec.save(out)
     write_manifest(ws, "train-retriever-unsupervised", pairs_file, config.model_dump(), result)
     return result
+
+
+def hybrid_rank_dataset(searcher: Searcher, queries: list[str], k: int, tau: float) -> tuple[Any, Any, dict[str, int]]:
+    """(dataset, frozen candidate vectors, counts) in `LSRLoss`'s label layout: per query, the hybrid search's top
+    `k` chunks as compact rows and -rank as their scores (LSRLoss divides them by tau). Queries with fewer than `k`
+    hits are left out (every row of the loss needs exactly k candidates)."""
+    import torch
+    from datasets import Dataset
+
+    kept_queries: list[str] = []
+    rankings: list[list[str]] = []
+    short = 0
+    for query in queries:
+        hits = searcher.search(query, k=k, mode="hybrid")
+        ids = list(dict.fromkeys(h.chunk_id for h in hits))[:k]
+        if len(ids) < k:
+            short += 1
+            continue
+        kept_queries.append(query)
+        rankings.append(ids)
+    if len(kept_queries) < 2:
+        raise RetrieverDataError(f"fewer than 2 pseudo-queries have {k} hybrid hits: lower teacher_k")
+    unique = sorted({c for r in rankings for c in r})
+    position = {c: i for i, c in enumerate(unique)}
+    labels = [[[float(position[c]) for c in ranking], [-float(rank) for rank in range(k)]] for ranking in rankings]
+    dataset = Dataset.from_dict({"query": kept_queries, "label": labels})
+    vectors = torch.from_numpy(np.ascontiguousarray(searcher.vectors(unique)))
+    return dataset, vectors, {"hybrid_taught": len(kept_queries), "hybrid_short": short}
+
+
+class LSRLossSpec:
+    """What `fit_query_tower_on` needs to build RA-DIT's KL loss over frozen candidate vectors."""
+
+    def __init__(self, vectors: Any, config: UnsupervisedConfig):
+        self.vectors = vectors
+        self.tau = config.teacher_tau
+        self.temperature = config.temperature
+
+    def build(self, model: Any) -> Any:
+        from ragtune.train.retriever.losses import LSRLoss
+
+        return LSRLoss(model, self.vectors, tau=self.tau, temperature=self.temperature)
+
+
+def fit_query_tower_on(base: str, dataset: Any, loss_spec: LSRLossSpec, out: Path, config: Any, progress: bool,
+                       title: str) -> Fit:
+    """A fresh copy of `base`'s query encoder trained with the loss `loss_spec` builds; saved as a query tower."""
+    import torch
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+
+    torch.manual_seed(config.seed)
+    model = SentenceTransformer(resolve_embedder(base).path)
+    steps, losses, seconds = run_trainer(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model,
+                                         dataset, loss_spec.build(model), config, title, progress)
+    return Fit(save_query_tower(model, out, "unsupervised", base), steps, losses, seconds)
