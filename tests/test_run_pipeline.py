@@ -96,6 +96,23 @@ def test_the_demo_and_own_docs_examples_validate():
     assert "topk" in message and "top_k" in message
 
 
+def test_dual_loop_retriever_is_taught_by_the_trained_generator():
+    from ragtune.run.stages import adapter_dir, plan_retriever
+
+    loop = {**MINIMAL, "synth": {"method": "raft"}, "train": {"name": "gen"},
+            "retriever": {"method": "lsr", "lm": "trained", "lsr": {"top_k": 4}}}
+    cfg = parse_config(loop)
+    assert cfg.enabled() == ["ingest", "synth", "train", "retriever"]  # LM-ft runs before R-ft
+    assert plan_retriever(cfg).upstream == ["ingest", "synth", "train"]  # a retrained generator retrains it
+    assert adapter_dir(cfg).parts[-3:] == ("train", "gen", "adapter")
+    base = parse_config({**loop, "retriever": {"method": "lsr"}})
+    assert plan_retriever(base).upstream == ["ingest", "synth"]
+    assert "needs a train section" in _error({**loop, "train": None})
+    assert "needs method: lsr" in _error({**loop, "retriever": {"method": "contrastive", "lm": "trained"}})
+    assert "drop lsr.lm" in _error({**loop, "retriever": {"method": "lsr", "lm": "trained",
+                                                          "lsr": {"lm_adapter": "x"}}})
+
+
 def test_state_records_interrupted_and_finished_stages(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text("a\n", encoding="utf-8")

@@ -138,10 +138,17 @@ class RetrieverSection(_Strict):
                                 "(top_k, tau, temperature, epochs, lr, batch_size, lm, lm_batch_size, limit, seed).")
     contrastive: dict[str, Any] = Field(default_factory=dict, description="Settings of contrastive: the fields of "
                                         "ContrastiveConfig (tower, negatives, depth, epochs, lr, batch_size, ...).")
+    lm: Literal["base", "trained"] = Field("base", description="lsr: which LM scores the chunks: base (lsr.lm, "
+                                           "default the bundled SmolLM2) | trained (this run's train adapter on "
+                                           "train.model: RA-DIT's dual loop, LM-ft then R-ft with the tuned LM).")
     out: Path | None = Field(None, description="Output folder (default WORKSPACE/train/retriever-METHOD).")
 
     @model_validator(mode="after")
     def _trainer_settings(self) -> RetrieverSection:
+        if self.lm == "trained" and self.method != "lsr":
+            raise ValueError("retriever.lm: trained needs method: lsr (only LSR is taught by an LM)")
+        if self.lm == "trained" and ({"lm", "lm_adapter"} & set(self.lsr)):
+            raise ValueError("retriever.lm: trained takes the LM from the train section: drop lsr.lm / lsr.lm_adapter")
         self.trainer_config()
         return self
 
@@ -206,6 +213,8 @@ class RunConfig(_Strict):
             raise ValueError("train needs a synth section (the data it trains on)")
         if self.retriever is not None and self.synth is None:
             raise ValueError("retriever needs a synth section (the questions it trains on)")
+        if self.retriever is not None and self.retriever.lm == "trained" and self.train is None:
+            raise ValueError("retriever.lm: trained needs a train section (the tuned LM that scores the chunks)")
         if self.compare is not None:
             for entry in self.compare.systems:
                 merged = {**self.compare.defaults, **entry}

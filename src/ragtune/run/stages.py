@@ -255,7 +255,9 @@ def retriever_dir(cfg: RunConfig) -> Path:
 
 def plan_retriever(cfg: RunConfig) -> Plan:
     assert cfg.retriever is not None
-    return Plan(_dump(cfg.retriever), upstream=["ingest", "synth"])
+    # lm: trained (the dual loop) reads the train stage's adapter: a retrained generator retrains the retriever
+    upstream = ["ingest", "synth"] + (["train"] if cfg.retriever.lm == "trained" else [])
+    return Plan(_dump(cfg.retriever), upstream=upstream)
 
 
 def run_retriever(cfg: RunConfig, ctx: Context) -> Outcome:
@@ -272,7 +274,11 @@ def run_retriever(cfg: RunConfig, ctx: Context) -> Outcome:
         if r.method == "lsr":
             from ragtune.train.retriever.lsr import train_lsr
 
-            result = train_lsr(ctx.workspace, data, r.trainer_config(), out=out, progress=True)
+            config = r.trainer_config()
+            if r.lm == "trained":
+                assert cfg.train is not None
+                config = config.model_copy(update={"lm": cfg.train.model, "lm_adapter": str(adapter_dir(cfg))})
+            result = train_lsr(ctx.workspace, data, config, out=out, progress=True)
         else:
             from ragtune.train.retriever.contrastive import train_contrastive
 
