@@ -178,7 +178,8 @@ class Results:
                 self.data["corpora"][name] = corpus
 
     def corpus(self, name: str, **meta: Any) -> None:
-        self.data["corpora"].setdefault(name, {"meta": {"command": self.data["meta"]["command"]}})["meta"].update(meta)
+        fresh = {"meta": {"command": self.data["meta"].get("command")}}
+        self.data["corpora"].setdefault(name, fresh)["meta"].update(meta)
         self.save()
 
     def method(self, corpus: str, method: str, entry: dict[str, Any]) -> None:

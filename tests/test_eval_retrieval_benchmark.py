@@ -39,3 +39,20 @@ def test_results_keys_best_and_missing(tmp_path):
     assert corpus["missing"] == ["lsr_tuned_lm"] and "ndcg@10" not in corpus["lsr_tuned_lm"]
     assert data["summary"]["scifact.contrastive.ndcg@10"] == 0.55
     assert "scifact.lsr_tuned_lm.ndcg@10" not in data["summary"]
+
+
+def test_a_second_invocation_keeps_the_other_corpus(tmp_path):
+    bench = load_benchmark()
+    path = tmp_path / "r.json"
+    first = bench.Results(path, meta={"quick": False, "command": "retriever.py --corpora hotpotqa"})
+    first.corpus("hotpotqa", documents=10)
+    first.method("hotpotqa", "base", {"ndcg@10": 0.7, "mode": "dense"})
+    second = bench.Results(path, meta={"quick": False, "command": "retriever.py --corpora scifact"},
+                           keep_others=["scifact"])
+    second.corpus("scifact", documents=5)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["corpora"]["hotpotqa"]["base"]["ndcg@10"] == 0.7  # carried over, with the command that made it
+    assert data["corpora"]["hotpotqa"]["meta"]["command"] == "retriever.py --corpora hotpotqa"
+    assert data["corpora"]["scifact"]["meta"]["command"] == "retriever.py --corpora scifact"
+    quick = bench.Results(path, meta={"quick": True}, keep_others=["scifact"])  # a quick run never mixes with a full
+    assert "hotpotqa" not in quick.data["corpora"]
