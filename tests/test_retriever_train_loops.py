@@ -111,7 +111,7 @@ def test_unsupervised_hybrid_target_distils_the_hybrid_ranking(tiny_ws, tmp_path
 
     searcher = Searcher(tiny_ws)
     query = "Arthur's Magazine was an American literary periodical"
-    dataset, vectors, counts = hybrid_rank_dataset(searcher, [query, QUESTION], k=5, tau=2.0)
+    dataset, vectors, counts = hybrid_rank_dataset(searcher, [query, QUESTION], k=5)
     assert counts == {"hybrid_taught": 2, "hybrid_short": 0} and len(dataset) == 2
     hybrid_top = [h.chunk_id for h in searcher.search(query, k=5, mode="hybrid")]
     rows, scores = dataset[0]["label"]

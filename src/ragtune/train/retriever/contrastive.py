@@ -95,23 +95,33 @@ def fit_query_tower(base: str, doc_vectors: np.ndarray, queries: list[str], posi
     `config` supplies epochs, max_steps, lr, batch_size, scale and seed (a ContrastiveConfig or alike)."""
     import torch
     from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
 
     from ragtune.train.retriever.losses import FrozenIndexContrastiveLoss
 
     width = max(max(len(p) for p in positives), max(len(m) for m in masked), 1)
     labels = [[padded(p, width), padded(m, width)] for p, m in zip(positives, masked, strict=True)]
     dataset = Dataset.from_dict({"query": queries, "label": labels})
+    vectors = torch.from_numpy(np.ascontiguousarray(doc_vectors))
+    return train_query_tower(base, dataset, lambda model: FrozenIndexContrastiveLoss(model, vectors,
+                                                                                     scale=config.scale),
+                             out, method, config, progress, title)
+
+
+def train_query_tower(base: str, dataset: Any, loss_of: Callable[[Any], Any], out: Path, method: str, config: Any,
+                      progress: bool, title: str) -> Fit:
+    """A fresh, seeded copy of `base`'s query encoder trained on `dataset` with the loss `loss_of(model)` builds (any
+    loss over frozen document vectors); saved under out/query_encoder as a query tower over `base`'s index."""
+    import torch
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+
     torch.manual_seed(config.seed)
     model = SentenceTransformer(resolve_embedder(base).path)
-    vectors = torch.from_numpy(np.ascontiguousarray(doc_vectors))
-    loss = FrozenIndexContrastiveLoss(model, vectors, scale=config.scale)
     steps, losses, seconds = run_trainer(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model,
-                                         dataset, loss, config, title, progress)
+                                         dataset, loss_of(model), config, title, progress)
     return Fit(save_query_tower(model, out, method, base), steps, losses, seconds)
 
 

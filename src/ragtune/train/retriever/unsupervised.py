@@ -30,7 +30,6 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ragtune.index.settings import index_text
-from ragtune.models import resolve_embedder
 from ragtune.retrieve.search import Searcher
 from ragtune.synth.pairs_unsupervised import (
     KINDS,
@@ -40,13 +39,13 @@ from ragtune.synth.pairs_unsupervised import (
     build_corpus_pairs,
     write_corpus_pairs,
 )
-from ragtune.train.retriever.common import TrainResult, peak_rss_mb, retrieval_scores, run_trainer, save_query_tower
+from ragtune.train.retriever.common import TrainResult, peak_rss_mb, retrieval_scores
 from ragtune.train.retriever.contrastive import (
-    Fit,
     fit_both_towers,
     fit_query_tower,
     held_out_questions,
     reembed_with,
+    train_query_tower,
 )
 from ragtune.train.retriever.data import IndexChunks, RetrieverDataError
 from ragtune.train.retriever.lsr import before_after, write_manifest
@@ -153,12 +152,15 @@ def train_unsupervised(
     result = TrainResult(out=out, method="unsupervised", examples=0, counts=counts,
                          extra={"tower": config.tower, "pairs": list(config.pairs)})
     if config.target == "hybrid":
-        dataset, vectors, taught = hybrid_rank_dataset(searcher, [p.query for p in pairs], config.teacher_k,
-                                                       config.teacher_tau)
+        from ragtune.train.retriever.losses import LSRLoss
+
+        dataset, vectors, taught = hybrid_rank_dataset(searcher, [p.query for p in pairs], config.teacher_k)
         result.counts.update(taught)
         result.prepare_seconds = time.perf_counter() - started
-        fit = fit_query_tower_on(base, dataset, LSRLossSpec(vectors, config), out, fit_config, progress,
-                                 "unsupervised training (query tower, hybrid ranking)")
+        fit = train_query_tower(base, dataset, lambda model: LSRLoss(model, vectors, tau=config.teacher_tau,
+                                                                     temperature=config.temperature),
+                                out, "unsupervised", fit_config, progress,
+                                "unsupervised training (query tower, hybrid ranking)")
         result.examples = len(dataset)
         result.extra["target"] = "hybrid"
         if eval_data:
@@ -208,7 +210,7 @@ def train_unsupervised(
     return result
 
 
-def hybrid_rank_dataset(searcher: Searcher, queries: list[str], k: int, tau: float) -> tuple[Any, Any, dict[str, int]]:
+def hybrid_rank_dataset(searcher: Searcher, queries: list[str], k: int) -> tuple[Any, Any, dict[str, int]]:
     """(dataset, frozen candidate vectors, counts) in `LSRLoss`'s label layout: per query, the hybrid search's top
     `k` chunks as compact rows and -rank as their scores (LSRLoss divides them by tau). Queries with fewer than `k`
     hits are left out (every row of the loss needs exactly k candidates)."""
@@ -234,34 +236,3 @@ def hybrid_rank_dataset(searcher: Searcher, queries: list[str], k: int, tau: flo
     dataset = Dataset.from_dict({"query": kept_queries, "label": labels})
     vectors = torch.from_numpy(np.ascontiguousarray(searcher.vectors(unique)))
     return dataset, vectors, {"hybrid_taught": len(kept_queries), "hybrid_short": short}
-
-
-class LSRLossSpec:
-    """What `fit_query_tower_on` needs to build RA-DIT's KL loss over frozen candidate vectors."""
-
-    def __init__(self, vectors: Any, config: UnsupervisedConfig):
-        self.vectors = vectors
-        self.tau = config.teacher_tau
-        self.temperature = config.temperature
-
-    def build(self, model: Any) -> Any:
-        from ragtune.train.retriever.losses import LSRLoss
-
-        return LSRLoss(model, self.vectors, tau=self.tau, temperature=self.temperature)
-
-
-def fit_query_tower_on(base: str, dataset: Any, loss_spec: LSRLossSpec, out: Path, config: Any, progress: bool,
-                       title: str) -> Fit:
-    """A fresh copy of `base`'s query encoder trained with the loss `loss_spec` builds; saved as a query tower."""
-    import torch
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-
-    torch.manual_seed(config.seed)
-    model = SentenceTransformer(resolve_embedder(base).path)
-    steps, losses, seconds = run_trainer(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model,
-                                         dataset, loss_spec.build(model), config, title, progress)
-    return Fit(save_query_tower(model, out, "unsupervised", base), steps, losses, seconds)
